@@ -1,0 +1,51 @@
+"""The ``moderncnn`` command: one sub-command per job, each living beside the code it drives."""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+# sub-command -> (module, function taking argv, one-line help). Imported only when used.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "models": ("moderncnn.cli", "list_models_main", "list the registered model names"),
+    "summary": ("moderncnn.summary", "main", "layer table: shapes, parameters, MACs"),
+    "fit": ("moderncnn.training.cli", "main", "train from a YAML config (LightningCLI)"),
+    "validate": ("moderncnn.training.cli", "main", "validate a checkpoint"),
+    "test": ("moderncnn.training.cli", "main", "test a checkpoint; writes a confusion matrix"),
+    "predict": ("moderncnn.training.cli", "main", "predict with a trained checkpoint"),
+    "plot": ("moderncnn.training.plots", "plot_main", "learning curves PNG of a run"),
+    "preview": ("moderncnn.training.plots", "preview_main", "grid of one augmented batch"),
+}
+
+
+def list_models_main(argv: list[str]) -> int:
+    from moderncnn.models import list_models
+
+    pattern = argv[0] if argv else "*"
+    print("\n".join(list_models(pattern)))
+    return 0
+
+
+def _usage() -> str:
+    lines = ["usage: moderncnn COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"moderncnn: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, function, _ = COMMANDS[command]
+    # LightningCLI reads the sub-command itself, so it gets argv whole.
+    args = argv if module == "moderncnn.training.cli" else rest
+    return getattr(import_module(module), function)(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

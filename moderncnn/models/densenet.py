@@ -1,0 +1,1 @@
+"""Placeholder until the densenet family lands."""

@@ -1,0 +1,1 @@
+"""Placeholder until the googlenet family lands."""

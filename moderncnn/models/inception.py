@@ -1,0 +1,1 @@
+"""Placeholder until the inception family lands."""
