@@ -1,0 +1,174 @@
+"""Shared base of the small datasets kept whole in memory as uint8 tensors (airbench-style).
+
+The DataLoader only slices uint8 batches out of an N x C x H x W tensor (4x less to copy to
+the GPU than float32); augmentation and normalisation run on whole batches on the model's
+device, in :meth:`TensorDataModule.on_after_batch_transfer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from ._checks import check_non_negative_int, check_positive_int, check_split_size, split_count
+from .augment import AugmentationSpec, BatchAugment, denormalize, normalize
+from .stats import ChannelStats
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images (N x C x H x W) and int64 labels (N); a list of indices fetches a batch."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        if images.ndim != 4 or images.dtype != torch.uint8 or len(images) != len(labels):
+            raise ValueError(
+                f"expected uint8 N x C x H x W images and N labels, got {images.dtype} "
+                f"{tuple(images.shape)} images and {len(labels)} labels"
+            )
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        # The DataLoader's fetcher calls this with a whole batch of indices: one slice per batch
+        # instead of N __getitem__ calls and a stack.
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
+
+
+def collate_batch(batch: Any) -> Any:
+    """Passes a batch from ``__getitems__`` through; collates lists of samples as usual."""
+    return batch if isinstance(batch, tuple) else default_collate(batch)
+
+
+class TensorDataModule(L.LightningDataModule):
+    """A labelled image dataset held in memory as uint8 tensors, augmented in batches.
+
+    Subclasses set the class attributes and implement :meth:`load_split`.
+    """
+
+    class_names: list[str]
+    in_chans: int
+    image_size: tuple[int, int]
+    stats: ChannelStats
+    default_augmentations: list[AugmentationSpec]
+
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        num_workers: int,
+        val_size: int | float,
+        seed: int,
+        augmentations: list[AugmentationSpec] | None,
+        train_subset: int | None,
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.num_workers = check_non_negative_int("num_workers", num_workers)
+        self.val_size = check_split_size("val_size", val_size)
+        self.seed = seed
+        if train_subset is not None:
+            check_positive_int("train_subset", train_subset)
+        self.train_subset = train_subset
+        if augmentations is None:
+            augmentations = self.default_augmentations
+        self.augmentations = list(augmentations)
+        self.augment = BatchAugment(self.augmentations)  # checks the names now, not mid-fit
+        self.num_classes = len(self.class_names)
+        self.mean, self.std = self.stats
+        self.train_set: TensorImageDataset | None = None
+        self.val_set: TensorImageDataset | None = None
+        self.test_set: TensorImageDataset | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """C x H x W of the images this module yields."""
+        return (self.in_chans, *self.image_size)
+
+    def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
+        """Loads the official training or test split: uint8 N x C x H x W images, N labels."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads the splits ``stage`` needs, once; train/val are a seeded split of train."""
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            images, labels = self.load_split(train=True)
+            train_idx, val_idx = self._split_indices(len(labels))
+            self.train_set = TensorImageDataset(images[train_idx], labels[train_idx])
+            self.val_set = TensorImageDataset(images[val_idx], labels[val_idx])
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = TensorImageDataset(*self.load_split(train=False))
+
+    def _split_indices(self, total: int) -> tuple[Tensor, Tensor]:
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed))
+        if self.train_subset is not None:
+            if self.train_subset > total:
+                raise ValueError(
+                    f"train_subset={self.train_subset} is larger than the {total} training images"
+                )
+            order, total = order[: self.train_subset], self.train_subset
+        note = "" if self.train_subset is None else f" (train_subset={self.train_subset})"
+        num_val = split_count("val_size", self.val_size, total, note)
+        # Sorted, so a subset keeps the file's order and the split is easy to inspect.
+        return order[num_val:].sort().values, order[:num_val].sort().values
+
+    def _loader(self, dataset: TensorImageDataset | None, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() (or let the Trainer call it) before the dataloaders")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # A last training batch of one image would make BatchNorm fail ("Expected more than
+            # 1 value per channel"); dropping it costs at most one image per epoch.
+            drop_last=train and len(dataset) % self.batch_size == 1,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_batch,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # val_size=0: no validation loop (Lightning skips an empty list of loaders).
+        return (
+            []
+            if self.val_set is not None and len(self.val_set) == 0
+            else self._loader(self.val_set)
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augments (training only) and normalises a uint8 batch on the model's device."""
+        images, labels = batch
+        if self.trainer is not None and self.trainer.training:
+            images = self.augment(images)
+        return normalize(images, self.mean, self.std), labels
+
+    def preview_batch(self, n: int = 32, split: str = "train") -> tuple[Tensor, Tensor]:
+        """``n`` seeded images of ``split`` ("train" augmented), in [0, 1] float, and labels."""
+        check_positive_int("n", n)
+        if split not in {"train", "val", "test"}:
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        self.prepare_data()
+        self.setup("test" if split == "test" else "fit")
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
+        images, labels = dataset.images[order[:n]], dataset.labels[order[:n]]
+        if split == "train":
+            images = self.augment(images)
+        return denormalize(normalize(images, self.mean, self.std), self.mean, self.std), labels

@@ -1,0 +1,340 @@
+"""Image classification from a folder per class: the torchvision ImageFolder / CUB-200 layout.
+
+    root/001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.jpg
+    root/002.Laysan_Albatross/...
+
+Classes are the sub-folders sorted by name; a leading number ("001.") is dropped from the class
+name. Every file is decoded once in :meth:`ImageFolderDataModule.setup`; the unreadable ones are
+reported and left out, so a long run never stops mid-epoch on a bad download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from ._checks import check_fraction, check_non_negative_int, check_positive_int
+from .augment import AugmentationSpec, build_transforms, denormalize
+from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, load_image, scan_images
+from .stats import IMAGENET
+
+log = logging.getLogger(__name__)
+
+_NUMERIC_PREFIX = re.compile(r"^\d+[._\-\s]+")  # "001.", "12_", "3 - "
+
+
+def class_name(folder: str) -> str:
+    """Folder name without a leading numeric prefix: "001.Black_footed_Albatross" -> "Black_..."."""
+    return _NUMERIC_PREFIX.sub("", folder) or folder
+
+
+def find_class_folders(root: Path) -> list[str]:
+    """Names of the non-hidden sub-folders of ``root``, sorted; errors name ``root``."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(
+            f"{root} has no class folders: put the images of each class in their own "
+            f"sub-folder, e.g. {root}/cat/0001.jpg, {root}/dog/0001.jpg"
+        )
+    return folders
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Files with an image suffix under ``folder`` (recursively, hidden ones skipped), sorted."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+class FitToSize(nn.Module):
+    """Resize + center-crop an image that is not yet ``size`` x ``size``; else a no-op.
+
+    Ends the training pipeline so that user augmentations without a fixed-size crop still give
+    batchable images, while a ``RandomResizedCrop(size)`` is left untouched.
+    """
+
+    def __init__(self, size: int, resize_size: int) -> None:
+        super().__init__()
+        self.size, self.resize_size = size, resize_size
+
+    def forward(self, image: Tensor) -> Tensor:
+        if tuple(image.shape[-2:]) == (self.size, self.size):
+            return image
+        image = v2.functional.resize(image, [self.resize_size], antialias=True)
+        return v2.functional.center_crop(image, [self.size, self.size])
+
+
+class ImageFileDataset(Dataset):
+    """(path, label) samples decoded with :func:`load_image` and transformed."""
+
+    def __init__(
+        self, samples: list[tuple[Path, int]], transform: v2.Transform, max_image_pixels: int | None
+    ) -> None:
+        self.samples, self.transform, self.max_image_pixels = samples, transform, max_image_pixels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_image(path, self.max_image_pixels)), label
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Images in one folder per class, decoded by DataLoader workers, with a seeded split.
+
+    Args:
+        root: folder with one sub-folder of images per class.
+        val_fraction: fraction of each class's images used for validation.
+        test_fraction: fraction of each class's images held out for testing (with no test_root).
+        test_root: a separate test folder with the same class sub-folders (or a subset of them).
+        image_size: side of the square images given to the model (pixels).
+        resize_size: evaluation resize of the shorter side before the center crop (pixels);
+            None: ``image_size * 256 / 224``, the ImageNet convention.
+        mean: per-channel normalisation mean (default ImageNet's, for pretrained backbones).
+        std: per-channel normalisation std (default ImageNet's).
+        batch_size: images per batch.
+        num_workers: DataLoader processes decoding images (set it to the CPU cores you have).
+        seed: seed of the split.
+        augmentations: torchvision v2 transform names replacing the default training
+            augmentation (RandomResizedCrop(image_size) + RandomHorizontalFlip); []: none.
+        max_image_pixels: images with more pixels are skipped as decompression bombs;
+            None: no limit.
+    """
+
+    in_chans = 3
+
+    def __init__(
+        self,
+        root: str,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
+        test_root: str | None = None,
+        image_size: int = 224,
+        resize_size: int | None = None,
+        mean: tuple[float, float, float] = IMAGENET.mean,
+        std: tuple[float, float, float] = IMAGENET.std,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 42,
+        augmentations: list[str | dict[str, dict[str, Any]]] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.val_fraction = check_fraction("val_fraction", val_fraction)
+        self.test_fraction = check_fraction("test_fraction", test_fraction)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1, got {val_fraction} + "
+                f"{test_fraction}"
+            )
+        if test_root is not None and test_fraction > 0:
+            raise ValueError(
+                f"give either test_root ({test_root!r}) or test_fraction ({test_fraction}), "
+                "not both"
+            )
+        self.image_size = check_positive_int("image_size", image_size)
+        self.resize_size = check_positive_int(
+            "resize_size", resize_size if resize_size is not None else round(image_size * 256 / 224)
+        )
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values, std > 0; got mean={mean}, std={std}")
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.num_workers = check_non_negative_int("num_workers", num_workers)
+        if max_image_pixels is not None:
+            check_positive_int("max_image_pixels", max_image_pixels)
+        self.max_image_pixels, self.seed = max_image_pixels, seed
+
+        self.root = Path(root).expanduser()
+        self.test_root = None if test_root is None else Path(test_root).expanduser()
+        self.folders = find_class_folders(self.root)
+        names = [class_name(folder) for folder in self.folders]
+        # Two folders may strip to the same name ("1.cat", "2.cat"): keep the folder names then.
+        self.class_names: list[str] = names if len(set(names)) == len(names) else self.folders
+        self.num_classes = len(self.class_names)
+        self.class_to_idx = {name: index for index, name in enumerate(self.class_names)}
+        self.files = self._list_files(self.root, self.folders)
+        self.test_files = self._test_files() if self.test_root is not None else None
+
+        self.train_transform = self._compose(self._train_augmentations(augmentations))
+        self.eval_transform = self._compose(
+            [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(self.image_size)]
+        )
+        self.bad_files: dict[Path, str] | None = None  # set by setup()
+        self.train_set = self.val_set = self.test_set = None
+
+    def _list_files(self, root: Path, folders: list[str]) -> dict[int, list[Path]]:
+        files = {}
+        for folder in folders:
+            label = self.folders.index(folder)
+            files[label] = list_image_files(root / folder)
+            if not files[label]:
+                suffixes = " ".join(sorted(IMAGE_EXTENSIONS))
+                raise ValueError(f"class folder {root / folder} has no images ({suffixes})")
+        return files
+
+    def _test_files(self) -> dict[int, list[Path]]:
+        folders = find_class_folders(self.test_root)
+        unknown = sorted(set(folders) - set(self.folders))
+        if unknown:
+            raise ValueError(
+                f"test_root {self.test_root} has class folders {unknown} that are not in "
+                f"root {self.root}; test classes must be training classes"
+            )
+        return self._list_files(self.test_root, folders)
+
+    def _train_augmentations(self, augmentations: list[AugmentationSpec] | None) -> list:
+        if augmentations is None:
+            crop = v2.RandomResizedCrop(self.image_size, antialias=True)
+            return [crop, v2.RandomHorizontalFlip()]
+        return [*build_transforms(augmentations), FitToSize(self.image_size, self.resize_size)]
+
+    def _compose(self, geometry: list) -> v2.Compose:
+        return v2.Compose(
+            [
+                v2.ToImage(),  # uint8 tensor first: the v2 kernels are fastest on tensors
+                *geometry,
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Decodes every file once, reports the bad ones, and makes the seeded split."""
+        if self.bad_files is None:
+            self._scan()
+            self._split()
+        self._write_run_files_to_log_dir()
+
+    def _scan(self) -> None:
+        groups = [self.files] + ([self.test_files] if self.test_files else [])
+        paths = [path for group in groups for files in group.values() for path in files]
+        self.bad_files = scan_images(paths, self.max_image_pixels, workers=self.num_workers)
+        if self.bad_files:
+            lines = "\n".join(f"  {path}: {reason}" for path, reason in self.bad_files.items())
+            log.warning(
+                "skipping %d unreadable image file(s) of %d:\n%s",
+                len(self.bad_files),
+                len(paths),
+                lines,
+            )
+        for group, root in [(self.files, self.root), (self.test_files or {}, self.test_root)]:
+            for label, files in group.items():
+                group[label] = [path for path in files if path not in self.bad_files]
+                if not group[label] and root == self.root:
+                    raise ValueError(
+                        f"no readable image in class folder {root / self.folders[label]}"
+                    )
+
+    def _split(self) -> None:
+        """Per-class (stratified) seeded split, so small classes keep training images."""
+        generator = torch.Generator().manual_seed(self.seed)
+        train, val, test = [], [], []
+        for label, files in self.files.items():
+            order = torch.randperm(len(files), generator=generator).tolist()
+            n_val = round(self.val_fraction * len(files))
+            n_test = round(self.test_fraction * len(files))
+            while n_val + n_test >= len(files) and n_val + n_test > 0:  # keep >= 1 to train on
+                n_val, n_test = (n_val - 1, n_test) if n_val >= n_test else (n_val, n_test - 1)
+            samples = [(files[i], label) for i in order]
+            val += samples[:n_val]
+            test += samples[n_val : n_val + n_test]
+            train += samples[n_val + n_test :]
+        if self.test_files is not None:
+            test = [(path, label) for label, files in self.test_files.items() for path in files]
+        self.train_set = ImageFileDataset(train, self.train_transform, self.max_image_pixels)
+        self.val_set = ImageFileDataset(val, self.eval_transform, self.max_image_pixels)
+        self.test_set = ImageFileDataset(test, self.eval_transform, self.max_image_pixels)
+
+    def write_run_files(self, directory: str | Path) -> None:
+        """Writes ``class_to_idx.json`` and ``bad_images.json`` ({path: reason}) there."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "class_to_idx.json").write_text(json.dumps(self.class_to_idx, indent=2))
+        bad = {str(path): reason for path, reason in (self.bad_files or {}).items()}
+        (directory / "bad_images.json").write_text(json.dumps(bad, indent=2))
+
+    def _write_run_files_to_log_dir(self) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.loggers or not trainer.is_global_zero:
+            return
+        if trainer.log_dir is not None:
+            self.write_run_files(trainer.log_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints, so a trained model keeps its class-index map."""
+        return {"class_to_idx": self.class_to_idx}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("class_to_idx")
+        if saved is not None and saved != self.class_to_idx:
+            log.warning(
+                "the checkpoint's class_to_idx differs from the folders in %s: %s vs %s",
+                self.root,
+                saved,
+                self.class_to_idx,
+            )
+
+    def _loader(self, dataset: ImageFileDataset | None, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() (or let the Trainer call it) before the dataloaders")
+        workers = self.num_workers > 0
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # A last training batch of one image would make BatchNorm fail.
+            drop_last=train and len(dataset) % self.batch_size == 1,
+            num_workers=self.num_workers,
+            persistent_workers=workers,
+            pin_memory=workers and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is not None and not len(self.val_set):
+            return []  # val_fraction=0: Lightning skips validation
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is not None and not len(self.test_set):
+            raise ValueError(
+                f"no test images: set test_root or test_fraction of the data module for {self.root}"
+            )
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def preview_batch(self, n: int = 32, split: str = "train") -> tuple[Tensor, Tensor]:
+        """``n`` seeded images of ``split`` as transformed ("train": augmented), in [0, 1]."""
+        check_positive_int("n", n)
+        if split not in {"train", "val", "test"}:
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        self.setup()
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        if not len(dataset):
+            raise ValueError(f"the {split} split of {self.root} is empty")
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(dataset), generator=generator)[:n].tolist()
+        images, labels = zip(*(dataset[i] for i in order), strict=True)
+        return denormalize(torch.stack(images), self.mean, self.std), torch.tensor(labels)
