@@ -183,10 +183,9 @@ class ResNet(ClassifierModel):
         return x
 
 
-def _resnet(block: Block, layers: Sequence[int], **kwargs) -> ResNet:
+def _resnet(block: Block, depths: Sequence[int], **kwargs) -> ResNet:
     """Entry points fix depth; any constructor argument (even ``layers``) can override it."""
-    kwargs.setdefault("layers", layers)
-    return ResNet(block, **kwargs)
+    return ResNet(block, **({"layers": depths} | kwargs))
 
 
 @register_model

@@ -25,8 +25,15 @@ def _build(name: str, **kwargs) -> ClassifierModel:
     return create_model(name, num_classes=NUM_CLASSES, **kwargs)
 
 
-def _input(model: ClassifierModel, batch: int = 2, size: str = "min_input_size") -> torch.Tensor:
-    return torch.randn(batch, *getattr(model, size))
+def _input(model: ClassifierModel, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, *model.min_input_size)
+
+
+def _stage_input(model: ClassifierModel) -> torch.Tensor:
+    """At the minimum size the last maps are 1x1 and strides can't be read off; 64 px can."""
+    c, h, w = model.min_input_size
+    side = max(h, min(model.input_size[1], 64))
+    return torch.randn(1, c, side, side)
 
 
 def _logits(out: torch.Tensor | tuple) -> torch.Tensor:
@@ -103,7 +110,7 @@ def test_head_widths_and_reset_classifier(name: str) -> None:
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_stage_features_match_feature_info(name: str) -> None:
     model = _build(name).eval()
-    x = _input(model, batch=1, size="input_size")  # at the minimum, the last maps are 1x1
+    x = _stage_input(model)
     with torch.no_grad():
         stages = model.forward_intermediates(x)
         last = model.forward_features(x)
