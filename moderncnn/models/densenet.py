@@ -8,7 +8,8 @@ Attribute names follow torchvision (``features.denseblock1.denselayer1.norm1``, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -17,6 +18,20 @@ from torch import Tensor, nn
 
 from ._base import ClassifierModel, FeatureInfo
 from ._registry import register_model
+
+Stem = Literal["imagenet", "cifar"]
+
+
+@contextlib.contextmanager
+def keep_running_stats(norm: nn.BatchNorm2d) -> Iterator[None]:
+    """Undo the running-statistics update of the batch norm forward passes run inside."""
+    saved = [buffer.clone() for buffer in norm.buffers()]
+    try:
+        yield  # checkpoint may end the re-run early by raising: restore in any case
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(norm.buffers(), saved, strict=True):
+                buffer.copy_(value)
 
 
 class DenseLayer(nn.Module):
@@ -45,15 +60,27 @@ class DenseLayer(nn.Module):
         self.drop_rate = drop_rate
         self.memory_efficient = memory_efficient
 
-    def bottleneck(self, inputs: list[Tensor]) -> Tensor:
+    def bottleneck(self, *inputs: Tensor) -> Tensor:
+        """Concatenate the earlier maps and BN-ReLU-1x1 them to ``bn_size * growth_rate``."""
         return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
 
+    def _checkpoint_contexts(self) -> tuple[contextlib.AbstractContextManager, ...]:
+        """Contexts of the forward pass and of the backward pass's re-run of the bottleneck.
+
+        Without ``keep_running_stats`` the re-run would count each training batch twice in
+        norm1's running statistics (as torchvision's ``memory_efficient`` does).
+        """
+        return contextlib.nullcontext(), keep_running_stats(self.norm1)
+
     def forward(self, inputs: list[Tensor]) -> Tensor:
+        # inputs: the block input and each earlier layer's map, N x C_i x H x W
         if self.memory_efficient and torch.is_grad_enabled():
-            out = cp.checkpoint(lambda *xs: self.bottleneck(list(xs)), *inputs, use_reentrant=False)
+            out = cp.checkpoint(
+                self.bottleneck, *inputs, use_reentrant=False, context_fn=self._checkpoint_contexts
+            )
         else:
-            out = self.bottleneck(inputs)
-        out = self.conv2(self.relu2(self.norm2(out)))
+            out = self.bottleneck(*inputs)  # N x bn_size * growth_rate x H x W
+        out = self.conv2(self.relu2(self.norm2(out)))  # N x growth_rate x H x W
         return nn.functional.dropout(out, self.drop_rate, self.training) if self.drop_rate else out
 
 
@@ -93,6 +120,9 @@ class DenseNet(ClassifierModel):
         num_init_features: channels of the stem convolution.
         bn_size: bottleneck width as a multiple of ``growth_rate``.
         compression: fraction of channels a transition keeps (0.5 in DenseNet-BC).
+        drop_rate: dropout probability on each layer's new maps (0 in torchvision's models).
+        num_classes: classifier width; 0 leaves the classifier out.
+        in_chans: channels of the input images.
         memory_efficient: checkpoint each layer's bottleneck (slower, far less memory).
         stem: ``"imagenet"``: 7x7/2 conv + 3x3/2 max-pool; ``"cifar"``: one 3x3/1 conv,
             no pooling, as the paper's CIFAR DenseNets.
@@ -111,26 +141,29 @@ class DenseNet(ClassifierModel):
         num_classes: int = 1000,
         in_chans: int = 3,
         memory_efficient: bool = False,
-        stem: Literal["imagenet", "cifar"] = "imagenet",
+        stem: Stem = "imagenet",
     ) -> None:
         super().__init__()
         if not 0 < compression <= 1:
             raise ValueError(f"compression must be in (0, 1], got {compression}")
+        if min(block_config, default=0) < 1:
+            raise ValueError(
+                f"block_config needs >= 1 layer in each of >= 1 blocks, got {list(block_config)}"
+            )
         self.num_classes = num_classes
         self.features = nn.Sequential()
         if stem == "imagenet":
-            self.features.add_module(
-                "conv0", nn.Conv2d(in_chans, num_init_features, 7, 2, padding=3, bias=False)
-            )
-            reduction, self.input_size, self.min_input_size = 4, (3, 224, 224), (3, 32, 32)
+            conv0 = nn.Conv2d(in_chans, num_init_features, 7, stride=2, padding=3, bias=False)
+            reduction, self.input_size = 4, (in_chans, 224, 224)
         elif stem == "cifar":
-            # Huang et al. 2017, section 3: a 32x32 image gets a single 3x3 conv, no pooling.
-            self.features.add_module(
-                "conv0", nn.Conv2d(in_chans, num_init_features, 3, padding=1, bias=False)
-            )
-            reduction, self.input_size, self.min_input_size = 1, (3, 32, 32), (3, 8, 8)
+            # Huang et al. 2017, section 3 (DenseNet-BC on CIFAR): one 3x3 conv to 2k channels on
+            # the full 32x32 image, no pooling. The ImageNet stem would shrink it 4x to 8x8
+            # before the first block, discarding most of its spatial detail.
+            conv0 = nn.Conv2d(in_chans, num_init_features, 3, padding=1, bias=False)
+            reduction, self.input_size = 1, (in_chans, 32, 32)
         else:
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        self.features.add_module("conv0", conv0)
         self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
         self.features.add_module("relu0", nn.ReLU(inplace=True))
         if stem == "imagenet":
@@ -157,12 +190,16 @@ class DenseNet(ClassifierModel):
         self.features.add_module("relu5", nn.ReLU(inplace=True))
         self.feature_info.append(FeatureInfo("features.relu5", chs, reduction))
         self.num_features = chs
+        # Each transition's unpadded 2x2 pool needs a map of at least 2 x 2; at the total stride
+        # every pool gets an even map and the last map is 1 x 1.
+        self.min_input_size = (in_chans, reduction, reduction)
 
         self.dropout = None
         self.classifier = nn.Linear(chs, num_classes) if num_classes else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """torchvision's: He-normal convs (fan-in), unit BN, zero classifier bias."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
@@ -173,51 +210,76 @@ class DenseNet(ClassifierModel):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.features(x)  # N x num_features x H/32 x W/32 (imagenet stem)
+        """The final BN-ReLU map (N x 1024 x 7 x 7 for DenseNet-121 on a 224 x 224 image)."""
+        # N x in_chans x H x W -> stem: N x num_init_features x H/4 x W/4 (cifar stem: H x W)
+        # -> each block adds num_layers * growth_rate channels; each transition halves
+        # channels and map -> norm5, relu5: N x num_features x H/32 x W/32 (cifar: H/8)
+        return self.features(x)
 
 
-def _densenet(growth: int, blocks: Sequence[int], init_features: int, **kwargs) -> DenseNet:
-    """Entry points fix depth and width; any constructor argument can override them."""
-    defaults = dict(growth_rate=growth, block_config=blocks, num_init_features=init_features)
-    return DenseNet(**(defaults | kwargs))
+def _densenet(
+    growth_rate: int,
+    block_config: Sequence[int],
+    stem: Stem,
+    num_classes: int,
+    in_chans: int,
+    kwargs: dict,
+) -> DenseNet:
+    """What an entry point fixes (growth rate, depth, stem) gives way to the caller's ``kwargs``.
 
-
-@register_model
-def densenet121(**kwargs) -> DenseNet:
-    return _densenet(32, (6, 12, 24, 16), 64, **kwargs)
-
-
-@register_model
-def densenet161(**kwargs) -> DenseNet:
-    return _densenet(48, (6, 12, 36, 24), 96, **kwargs)
-
-
-@register_model
-def densenet169(**kwargs) -> DenseNet:
-    return _densenet(32, (6, 12, 32, 32), 64, **kwargs)
-
-
-@register_model
-def densenet201(**kwargs) -> DenseNet:
-    return _densenet(32, (6, 12, 48, 32), 64, **kwargs)
-
-
-# Small-image variants: the paper's CIFAR stem width is twice the growth rate.
-@register_model
-def densenet121_cifar(**kwargs) -> DenseNet:
-    return _densenet(32, (6, 12, 24, 16), 64, stem="cifar", **kwargs)
+    The stem width defaults to twice the growth rate, as in the paper's DenseNet-BC (and all
+    four torchvision ImageNet models), also when ``growth_rate`` is overridden.
+    """
+    args = {"growth_rate": growth_rate, "block_config": block_config, "stem": stem} | kwargs
+    args.setdefault("num_init_features", 2 * args["growth_rate"])
+    return DenseNet(num_classes=num_classes, in_chans=in_chans, **args)
 
 
 @register_model
-def densenet161_cifar(**kwargs) -> DenseNet:
-    return _densenet(48, (6, 12, 36, 24), 96, stem="cifar", **kwargs)
+def densenet121(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
+    """DenseNet-121 (BC, growth rate 32), for 224 x 224 images."""
+    return _densenet(32, (6, 12, 24, 16), "imagenet", num_classes, in_chans, kwargs)
 
 
 @register_model
-def densenet169_cifar(**kwargs) -> DenseNet:
-    return _densenet(32, (6, 12, 32, 32), 64, stem="cifar", **kwargs)
+def densenet161(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
+    """DenseNet-161 (BC, growth rate 48), for 224 x 224 images."""
+    return _densenet(48, (6, 12, 36, 24), "imagenet", num_classes, in_chans, kwargs)
 
 
 @register_model
-def densenet201_cifar(**kwargs) -> DenseNet:
-    return _densenet(32, (6, 12, 48, 32), 64, stem="cifar", **kwargs)
+def densenet169(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
+    """DenseNet-169 (BC, growth rate 32), for 224 x 224 images."""
+    return _densenet(32, (6, 12, 32, 32), "imagenet", num_classes, in_chans, kwargs)
+
+
+@register_model
+def densenet201(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
+    """DenseNet-201 (BC, growth rate 32), for 224 x 224 images."""
+    return _densenet(32, (6, 12, 48, 32), "imagenet", num_classes, in_chans, kwargs)
+
+
+# Small-image variants: a 3x3 stride-1 stem and no pooling, as the paper's CIFAR DenseNet-BC
+# (which has 3 blocks; these keep the ImageNet depths).
+@register_model
+def densenet121_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
+    """DenseNet-121 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _densenet(32, (6, 12, 24, 16), "cifar", num_classes, in_chans, kwargs)
+
+
+@register_model
+def densenet161_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
+    """DenseNet-161 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _densenet(48, (6, 12, 36, 24), "cifar", num_classes, in_chans, kwargs)
+
+
+@register_model
+def densenet169_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
+    """DenseNet-169 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _densenet(32, (6, 12, 32, 32), "cifar", num_classes, in_chans, kwargs)
+
+
+@register_model
+def densenet201_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
+    """DenseNet-201 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _densenet(32, (6, 12, 48, 32), "cifar", num_classes, in_chans, kwargs)

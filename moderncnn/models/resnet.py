@@ -1,4 +1,4 @@
-"""ResNet (He et al., "Deep Residual Learning for Image Recognition", 2015).
+"""ResNet (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016).
 
 Read top-down: the two residual units, the network, its builder, one entry point per
 variant. Attribute names follow torchvision (``conv1``, ``bn1``, ``layer1``..., ``fc``,
@@ -28,7 +28,11 @@ def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
 
 
 def projection(in_chs: int, out_chs: int, stride: int) -> nn.Sequential | None:
-    """The shortcut: identity, or a strided 1x1 conv + BN when stride or width change."""
+    """The shortcut: identity, or a strided 1x1 conv + BN when stride or width change.
+
+    He et al. 2016 option (B): project only where the shapes differ, since identity
+    shortcuts cost nothing and projections everywhere gain little.
+    """
     if stride == 1 and in_chs == out_chs:
         return None
     return nn.Sequential(conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
@@ -39,8 +43,15 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_chs: int, width: int, stride: int = 1, **_: int) -> None:
+    def __init__(
+        self, in_chs: int, width: int, stride: int = 1, groups: int = 1, width_per_group: int = 64
+    ) -> None:
         super().__init__()
+        if groups != 1 or width_per_group != 64:
+            raise ValueError(
+                "BasicBlock has no grouped or widened 3x3 (ResNeXt/Wide ResNet need Bottleneck), "
+                f"got groups={groups}, width_per_group={width_per_group}"
+            )
         out_chs = width * self.expansion
         self.conv1 = conv3x3(in_chs, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
@@ -50,9 +61,9 @@ class BasicBlock(nn.Module):
         self.downsample = projection(in_chs, out_chs, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)  # N x C_out x H/s x W/s
+        out = self.relu(self.bn1(self.conv1(x)))  # N x width x H/s x W/s
+        out = self.bn2(self.conv2(out))  # N x C_out x H/s x W/s
         return self.relu(out + shortcut)
 
 
@@ -77,10 +88,10 @@ class Bottleneck(nn.Module):
         self.downsample = projection(in_chs, out_chs, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)  # N x 4w x H/s x W/s
+        out = self.relu(self.bn1(self.conv1(x)))  # N x inner x H x W
+        out = self.relu(self.bn2(self.conv2(out)))  # N x inner x H/s x W/s
+        out = self.bn3(self.conv3(out))  # N x 4w x H/s x W/s
         return self.relu(out + shortcut)
 
 
@@ -93,11 +104,17 @@ class ResNet(ClassifierModel):
     Args:
         block: ``BasicBlock`` or ``Bottleneck``.
         layers: units per stage (its length is the number of stages).
-        channels: width per stage (before the bottleneck's 4x expansion).
+        num_classes: classifier width; 0 leaves the classifier out.
+        in_chans: channels of the input images.
+        channels: width per stage (before the bottleneck's 4x expansion); the stem has
+            ``channels[0]``.
         stem: ``"imagenet"``: 7x7/2 conv + 3x3/2 max-pool (4x smaller map);
             ``"cifar"``: one 3x3/1 conv and no pooling, for 32x32 and 28x28 images.
         zero_init_residual: start each unit's last BN at zero so the unit begins as the
             identity (Goyal et al. 2017), which helps large-batch training.
+        groups: groups of each bottleneck 3x3 (ResNeXt); ``Bottleneck`` only.
+        width_per_group: bottleneck 3x3 width per group, 64 is ResNet's; ``Bottleneck`` only.
+        drop_rate: dropout probability before the classifier (0 leaves it out, as torchvision).
     """
 
     def __init__(
@@ -119,20 +136,26 @@ class ResNet(ClassifierModel):
                 f"layers and channels need one entry per stage, got layers={list(layers)} "
                 f"and channels={list(channels)}"
             )
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        if min(layers) < 1 or min(channels) < 1:
+            raise ValueError(
+                f"every stage needs >= 1 unit and >= 1 channel, got layers={list(layers)} "
+                f"and channels={list(channels)}"
+            )
         self.num_classes = num_classes
         stem_chs = channels[0]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_chs, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-            reduction, self.input_size, self.min_input_size = 4, (3, 224, 224), (3, 32, 32)
-        else:
-            # He et al. 2016, section 4.2: on 32x32 CIFAR images a 4x-downsampling ImageNet stem
-            # throws away most of the spatial detail and costs several points of accuracy.
+            reduction, self.input_size = 4, (in_chans, 224, 224)
+        elif stem == "cifar":
+            # He et al. 2016, section 4.2 (CIFAR-10 ResNets): the first layer is a 3x3 conv on
+            # the full 32x32 image (stages at 32, 16, 8). The ImageNet stem would shrink it 4x to
+            # 8x8 before the first unit, discarding most of its spatial detail.
             self.conv1 = conv3x3(in_chans, stem_chs)
             self.maxpool = nn.Identity()
-            reduction, self.input_size, self.min_input_size = 1, (3, 32, 32), (3, 8, 8)
+            reduction, self.input_size = 1, (in_chans, 32, 32)
+        else:
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.bn1 = nn.BatchNorm2d(stem_chs)
         self.relu = nn.ReLU(inplace=True)
 
@@ -141,28 +164,27 @@ class ResNet(ClassifierModel):
         for i, (depth, width) in enumerate(zip(layers, channels, strict=True)):
             stride = 1 if i == 0 else 2
             reduction *= stride
+            out_chs = width * block.expansion
             units = [
-                block(
-                    in_chs if j == 0 else width * block.expansion,
-                    width,
-                    stride if j == 0 else 1,
-                    groups=groups,
-                    width_per_group=width_per_group,
-                )
+                block(in_chs if j == 0 else out_chs, width, stride if j == 0 else 1,
+                      groups=groups, width_per_group=width_per_group)
                 for j in range(depth)
-            ]
+            ]  # fmt: skip
             setattr(self, f"layer{i + 1}", nn.Sequential(*units))
-            in_chs = width * block.expansion
-            self.feature_info.append(FeatureInfo(f"layer{i + 1}", in_chs, reduction))
+            self.feature_info.append(FeatureInfo(f"layer{i + 1}", out_chs, reduction))
+            in_chs = out_chs
         self.num_stages = len(layers)
         self.num_features = in_chs
+        # Every conv is padded, so any size runs; at the total stride the last map is 1 x 1 and
+        # each stage's map is input / reduction, as feature_info states.
+        self.min_input_size = (in_chans, reduction, reduction)
 
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else None
         self.fc = nn.Linear(in_chs, num_classes) if num_classes else nn.Identity()
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
+        """torchvision's: He-normal convs (fan-out), unit BN; Linear keeps PyTorch's default."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -177,62 +199,79 @@ class ResNet(ClassifierModel):
                     nn.init.zeros_(m.bn2.weight)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # N x 64 x H/4 x W/4 (imagenet)
+        """The last stage's map (N x 2048 x 7 x 7 for ResNet-50 on a 224 x 224 image)."""
+        # N x in_chans x H x W
+        x = self.relu(self.bn1(self.conv1(x)))  # N x C_0 x H/2 x W/2 (cifar stem: H x W)
+        x = self.maxpool(x)  # N x C_0 x H/4 x W/4 (cifar stem: H x W)
         for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)  # stage i+1: N x C_i x H/2^(i+2) ...
+            x = getattr(self, f"layer{i + 1}")(x)  # feature_info[i]: num_chs x H/reduction
         return x
 
 
-def _resnet(block: Block, depths: Sequence[int], **kwargs) -> ResNet:
-    """Entry points fix depth; any constructor argument (even ``layers``) can override it."""
-    return ResNet(block, **({"layers": depths} | kwargs))
+def _resnet(
+    block: Block, layers: Sequence[int], stem: Stem, num_classes: int, in_chans: int, kwargs: dict
+) -> ResNet:
+    """What an entry point fixes (block, depth, stem) gives way to the caller's ``kwargs``."""
+    defaults = {"block": block, "layers": layers, "stem": stem}
+    return ResNet(num_classes=num_classes, in_chans=in_chans, **(defaults | kwargs))
 
 
 @register_model
-def resnet18(**kwargs) -> ResNet:
-    return _resnet(BasicBlock, (2, 2, 2, 2), **kwargs)
+def resnet18(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-18: basic units, 2-2-2-2, for 224 x 224 images."""
+    return _resnet(BasicBlock, (2, 2, 2, 2), "imagenet", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet34(**kwargs) -> ResNet:
-    return _resnet(BasicBlock, (3, 4, 6, 3), **kwargs)
+def resnet34(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-34: basic units, 3-4-6-3, for 224 x 224 images."""
+    return _resnet(BasicBlock, (3, 4, 6, 3), "imagenet", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet50(**kwargs) -> ResNet:
-    return _resnet(Bottleneck, (3, 4, 6, 3), **kwargs)
+def resnet50(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-50: bottleneck units, 3-4-6-3, for 224 x 224 images."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), "imagenet", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet101(**kwargs) -> ResNet:
-    return _resnet(Bottleneck, (3, 4, 23, 3), **kwargs)
+def resnet101(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-101: bottleneck units, 3-4-23-3, for 224 x 224 images."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), "imagenet", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet152(**kwargs) -> ResNet:
-    return _resnet(Bottleneck, (3, 8, 36, 3), **kwargs)
+def resnet152(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-152: bottleneck units, 3-8-36-3, for 224 x 224 images."""
+    return _resnet(Bottleneck, (3, 8, 36, 3), "imagenet", num_classes, in_chans, kwargs)
+
+
+# Small-image variants: the same networks with the 3x3 stride-1 stem and no max-pool.
+@register_model
+def resnet18_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-18 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _resnet(BasicBlock, (2, 2, 2, 2), "cifar", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet18_cifar(**kwargs) -> ResNet:
-    return _resnet(BasicBlock, (2, 2, 2, 2), stem="cifar", **kwargs)
+def resnet34_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-34 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _resnet(BasicBlock, (3, 4, 6, 3), "cifar", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet34_cifar(**kwargs) -> ResNet:
-    return _resnet(BasicBlock, (3, 4, 6, 3), stem="cifar", **kwargs)
+def resnet50_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-50 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), "cifar", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet50_cifar(**kwargs) -> ResNet:
-    return _resnet(Bottleneck, (3, 4, 6, 3), stem="cifar", **kwargs)
+def resnet101_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-101 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), "cifar", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet101_cifar(**kwargs) -> ResNet:
-    return _resnet(Bottleneck, (3, 4, 23, 3), stem="cifar", **kwargs)
-
-
-@register_model
-def resnet152_cifar(**kwargs) -> ResNet:
-    return _resnet(Bottleneck, (3, 8, 36, 3), stem="cifar", **kwargs)
+def resnet152_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNet-152 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
+    return _resnet(Bottleneck, (3, 8, 36, 3), "cifar", num_classes, in_chans, kwargs)
