@@ -1,0 +1,286 @@
+"""A layer table for any model: output shapes, parameters and multiply-accumulates (MACs).
+
+MACs are counted by torch itself (:class:`torch.utils.flop_counter.FlopCounterMode`, which
+counts convolutions and matrix products, the published convention): torchvision's ResNet-50
+gives 4.089 GMACs, the number in its model table. Shapes come from forward hooks. Build the
+model on the ``meta`` device for an instant summary of a big model (the CLI does)::
+
+    with torch.device("meta"):
+        model = create_model("resnet152")
+    print(summary(model))
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# A tensor's shape, the shapes of a tuple of outputs (aux heads), or None (never called).
+Shape = Union[tuple[int, ...], list["Shape"], None]  # noqa: UP007  (recursive alias)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One module of the table; ``params`` and ``macs`` include its submodules."""
+
+    name: str
+    depth: int
+    type: str
+    output_shape: Shape
+    params: int
+    macs: int
+    calls: int = 1
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One entry of a model's ``feature_info``: a stage output and its stride."""
+
+    module: str
+    output_shape: Shape
+    reduction: int
+
+
+@dataclass
+class ModelSummary:
+    """What :func:`summary` found; ``str()`` renders it as a table."""
+
+    model_name: str
+    input_shape: tuple[int, ...]
+    output_shape: Shape
+    rows: list[LayerRow]
+    total_params: int
+    trainable_params: int
+    macs: int
+    param_bytes: int
+    depth: int
+    stages: list[StageRow] = field(default_factory=list)
+
+    @property
+    def gmacs(self) -> float:
+        """MACs of the whole batch, in units of 10^9."""
+        return self.macs / 1e9
+
+    @property
+    def param_size_mb(self) -> float:
+        """Size of the parameters in MB (10^6 bytes)."""
+        return self.param_bytes / 1e6
+
+    def __str__(self) -> str:
+        header = ("Layer", "Type", "Output shape", "Params", "MACs")
+        body = [
+            (
+                "  " * (r.depth - 1) + r.name,
+                r.type if r.calls <= 1 else f"{r.type} (x{r.calls})",
+                _format_shape(r.output_shape),
+                f"{r.params:,}" if r.params else "-",
+                _human(r.macs),
+            )
+            for r in self.rows
+        ]
+        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+        def fmt(line: tuple[str, ...]) -> str:
+            left = [f"{c:<{w}}" for c, w in zip(line[:3], widths[:3], strict=True)]
+            right = [f"{c:>{w}}" for c, w in zip(line[3:], widths[3:], strict=True)]
+            return "  ".join(left + right).rstrip()
+
+        rule = "=" * len(fmt(header))
+        lines = [
+            f"{self.model_name}: input {_format_shape(self.input_shape)}, depth {self.depth}",
+            rule,
+            fmt(header),
+            rule,
+        ]
+        lines += [fmt(line) for line in body]
+        batch = self.input_shape[0] if self.input_shape else 1
+        lines += [
+            rule,
+            f"Output shape:       {_format_shape(self.output_shape)}",
+            f"Total params:       {self.total_params:,}",
+            f"Trainable params:   {self.trainable_params:,}",
+            f"Non-trainable:      {self.total_params - self.trainable_params:,}",
+            f"MACs (G):           {self.gmacs:.3f}  (batch of {batch})",
+            f"Parameter size MB:  {self.param_size_mb:.2f}",
+        ]
+        if self.stages:
+            lines += [rule, "Stages (feature_info): module, output shape, stride"]
+            width = max(len(s.module) for s in self.stages)
+            shape_width = max(len(_format_shape(s.output_shape)) for s in self.stages)
+            lines += [
+                f"  {s.module:<{width}}  {_format_shape(s.output_shape):<{shape_width}}"
+                f"  /{s.reduction}"
+                for s in self.stages
+            ]
+        return "\n".join(lines)
+
+
+def summary(
+    model: nn.Module,
+    input_size: tuple[int, ...] = (3, 224, 224),
+    depth: int = 3,
+    batch_size: int = 1,
+) -> ModelSummary:
+    """Run one eval-mode forward pass of ``model`` and tabulate its modules.
+
+    Args:
+        model: any module; it runs on its own device (``meta`` costs no compute) and its
+            train/eval mode is restored afterwards.
+        input_size: one input without the batch dimension, e.g. ``(3, 224, 224)``.
+        depth: deepest module level listed (1 = the model's direct children).
+        batch_size: leading dimension of the input; MACs are for the whole batch.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    like = next(iter(model.parameters()), next(iter(model.buffers()), None))
+    device = like.device if like is not None else torch.device("cpu")
+    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
+    x = torch.zeros((batch_size, *input_size), device=device, dtype=dtype)
+
+    modules = dict(model.named_modules())
+    shapes: dict[str, Shape] = {}
+    calls: dict[str, int] = dict.fromkeys(modules, 0)
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            shapes[name] = _shape_of(output)  # a module called twice keeps its last output
+            calls[name] += 1
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
+    modes = {m: m.training for m in model.modules()}
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.inference_mode(), counter:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
+
+    # FlopCounterMode names a module "<RootClass>.<dotted name>"; its counts include children.
+    root = type(model).__name__
+    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    rows = [
+        LayerRow(
+            name=name,
+            depth=name.count(".") + 1,
+            type=type(module).__name__,
+            output_shape=shapes.get(name),
+            params=sum(p.numel() for p in module.parameters()),
+            macs=flops.get(f"{root}.{name}", 0) // 2,  # one multiply-add = 2 flops
+            calls=calls[name],
+        )
+        for name, module in modules.items()
+        if name and name.count(".") < depth
+    ]
+    params = list(model.parameters())
+    stages = [
+        StageRow(info.module, shapes.get(info.module), info.reduction)
+        for info in getattr(model, "feature_info", [])
+    ]
+    return ModelSummary(
+        model_name=type(model).__name__,
+        input_shape=tuple(x.shape),
+        output_shape=shapes.get(""),
+        rows=rows,
+        total_params=sum(p.numel() for p in params),
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        macs=counter.get_total_flops() // 2,
+        param_bytes=sum(p.numel() * p.element_size() for p in params),
+        depth=depth,
+        stages=stages,
+    )
+
+
+def _shape_of(output: Any) -> Shape:
+    if isinstance(output, Tensor):
+        return tuple(output.shape)
+    if isinstance(output, (list, tuple)):
+        return [_shape_of(o) for o in output]
+    return None
+
+
+def _format_shape(shape: Shape) -> str:
+    if shape is None:
+        return "-"
+    if isinstance(shape, list):
+        return "(" + ", ".join(_format_shape(s) for s in shape) + ")"
+    return " x ".join(str(d) for d in shape)
+
+
+def _human(n: int) -> str:
+    """4089184256 -> '4.09G': compact MACs for the table (exact totals are printed below)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n) if n else "-"
+
+
+def _build(args: argparse.Namespace) -> nn.Module:
+    from moderncnn.models import create_model
+
+    kwargs = {"num_classes": args.num_classes, "in_chans": args.in_chans}
+    try:
+        # No memory and no weight init: shapes and MACs need no real numbers.
+        with torch.device("meta"):
+            return create_model(args.name, **kwargs)
+    except (NotImplementedError, RuntimeError):  # an __init__ that needs real data
+        return create_model(args.name, **kwargs)
+
+
+def main(argv: list[str]) -> int:
+    """``moderncnn summary NAME``: print the layer table of a registered model."""
+    from moderncnn.models import UnknownModelError
+
+    parser = argparse.ArgumentParser(
+        prog="moderncnn summary", description="Layer table: output shapes, parameters, MACs."
+    )
+    parser.add_argument("name", help="a registered model name (see `moderncnn models`)")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        help="one input image; default: the model's input_size (its training resolution)",
+    )
+    parser.add_argument("--depth", type=int, default=3, help="deepest module level listed")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier width")
+    parser.add_argument("--in-chans", type=int, default=3, help="input image channels")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error argparse already printed
+        return int(exit_.code or 0)
+    try:
+        model = _build(args)
+    except UnknownModelError as err:
+        print(f"moderncnn summary: error: {err}", file=sys.stderr)
+        return 2
+    input_size = tuple(args.input_size or (args.in_chans, *model.input_size[1:]))
+    smallest = getattr(model, "min_input_size", None)
+    if smallest and any(s < m for s, m in zip(input_size[1:], smallest[1:], strict=True)):
+        print(
+            f"moderncnn summary: error: input size {input_size} is smaller than "
+            f"{args.name}'s minimum {tuple(smallest)}; pass a larger --input-size",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        table = summary(model, input_size=input_size, depth=args.depth)
+    except RuntimeError as err:  # e.g. --input-size channels that differ from --in-chans
+        message = f"moderncnn summary: error: {args.name} on input {input_size}: {err}"
+        print(message, file=sys.stderr)
+        return 2
+    print(table)
+    return 0
