@@ -3,9 +3,12 @@
     root/001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.jpg
     root/002.Laysan_Albatross/...
 
-Classes are the sub-folders sorted by name; a leading number ("001.") is dropped from the class
-name. Every file is decoded once in :meth:`ImageFolderDataModule.setup`; the unreadable ones are
-reported and left out, so a long run never stops mid-epoch on a bad download.
+Classes are the sub-folders sorted by name, so the class indices are torchvision's ImageFolder's;
+a leading number ("001.") is dropped from the class name. A root needs two class folders or more,
+and a class folder without an image is an error (:class:`EmptyClassError`, a FileNotFoundError as
+in torchvision), not skipped: skipping would shift the indices of the classes after it. Every file
+is decoded once in :meth:`ImageFolderDataModule.setup`; the unreadable ones are reported and
+left out, so a long run never stops mid-epoch on a bad download.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +36,18 @@ log = logging.getLogger(__name__)
 _NUMERIC_PREFIX = re.compile(r"^\d+[._\-\s]+")  # "001.", "12_", "3 - "
 
 
+class EmptyClassError(FileNotFoundError, ValueError):
+    """A class folder without a usable image (FileNotFoundError, as torchvision's ImageFolder)."""
+
+
 def class_name(folder: str) -> str:
-    """Folder name without a leading numeric prefix: "001.Black_footed_Albatross" -> "Black_..."."""
-    return _NUMERIC_PREFIX.sub("", folder) or folder
+    """Folder name without a leading numeric prefix: "001.Black_footed_Albatross" -> "Black_...".
+
+    Unicode is NFC-normalised: macOS stores "Ö" in file names as "O" + combining diaeresis
+    (NFD), Linux and Windows as one character, and the class map must be the same on all three.
+    """
+    name = unicodedata.normalize("NFC", folder)
+    return _NUMERIC_PREFIX.sub("", name) or name
 
 
 def find_class_folders(root: Path) -> list[str]:
@@ -165,6 +178,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self.test_root = None if test_root is None else Path(test_root).expanduser()
         self.folders = find_class_folders(self.root)
+        if len(self.folders) < 2:
+            raise ValueError(
+                f"{self.root} has only one class folder ({self.folders[0]!r}): a classifier "
+                "needs at least 2 classes; put the images of each class in their own sub-folder"
+            )
         names = [class_name(folder) for folder in self.folders]
         # Two folders may strip to the same name ("1.cat", "2.cat"): keep the folder names then.
         self.class_names: list[str] = names if len(set(names)) == len(names) else self.folders
@@ -181,13 +199,19 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
 
     def _list_files(self, root: Path, folders: list[str]) -> dict[int, list[Path]]:
-        files = {}
-        for folder in folders:
-            label = self.folders.index(folder)
-            files[label] = list_image_files(root / folder)
-            if not files[label]:
-                suffixes = " ".join(sorted(IMAGE_EXTENSIONS))
-                raise ValueError(f"class folder {root / folder} has no images ({suffixes})")
+        """Image files per label; a class folder without any is an error, not skipped.
+
+        Skipping it would shift the labels of the folders after it away from what torchvision's
+        ImageFolder gives the same root, or leave a class the model can never see.
+        """
+        files = {self.folders.index(folder): list_image_files(root / folder) for folder in folders}
+        empty = [str(root / self.folders[label]) for label, paths in files.items() if not paths]
+        if empty:
+            raise EmptyClassError(
+                f"class folder(s) with no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}): "
+                f"{', '.join(empty)}. Every sub-folder of {root} is a class: add images to it "
+                "or remove it"
+            )
         return files
 
     def _test_files(self) -> dict[int, list[Path]]:
@@ -239,8 +263,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             for label, files in group.items():
                 group[label] = [path for path in files if path not in self.bad_files]
                 if not group[label] and root == self.root:
-                    raise ValueError(
-                        f"no readable image in class folder {root / self.folders[label]}"
+                    raise EmptyClassError(
+                        f"no readable image in class folder {root / self.folders[label]}: all "
+                        "its image files are unreadable (listed in the warning above); "
+                        "replace them or remove the folder"
                     )
 
     def _split(self) -> None:
@@ -267,9 +293,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Writes ``class_to_idx.json`` and ``bad_images.json`` ({path: reason}) there."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "class_to_idx.json").write_text(json.dumps(self.class_to_idx, indent=2))
         bad = {str(path): reason for path, reason in (self.bad_files or {}).items()}
-        (directory / "bad_images.json").write_text(json.dumps(bad, indent=2))
+        for name, content in (("class_to_idx.json", self.class_to_idx), ("bad_images.json", bad)):
+            # UTF-8 whatever the locale: class and file names are often not ASCII.
+            text = json.dumps(content, indent=2, ensure_ascii=False)
+            (directory / name).write_text(text + "\n", encoding="utf-8")
 
     def _write_run_files_to_log_dir(self) -> None:
         trainer = self.trainer

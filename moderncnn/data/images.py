@@ -87,9 +87,17 @@ def load_image(
             return to_rgb(ImageOps.exif_transpose(image))
     except BadImageError:
         raise
+    except Image.DecompressionBombError as err:
+        # PIL refuses, in Image.open, images above twice its limit (>= ours) before we look.
+        raise BadImageError(
+            f"{path}: {err} (above max_image_pixels={max_image_pixels}, the decompression-bomb "
+            "guard); raise max_image_pixels if the image is genuine"
+        ) from err
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        raise BadImageError(f"{path}: cannot read the file ({err.strerror})") from err
     except Image.UnidentifiedImageError as err:
         raise BadImageError(f"{path}: not an image file PIL can read") from err
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, ValueError, SyntaxError) as err:
         raise BadImageError(f"{path}: truncated or corrupt image ({err})") from err
 
 

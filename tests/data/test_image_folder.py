@@ -205,7 +205,9 @@ def test_folder_errors_name_the_folder(tmp_path: Path) -> None:
         _module(tmp_path / "root")
     (tmp_path / "root" / "cats").mkdir()
     (tmp_path / "root" / "cats" / "notes.txt").write_text("no images here")
-    with pytest.raises(ValueError, match=r"class folder .*cats has no images"):
+    (tmp_path / "root" / "dogs").mkdir()
+    _gradient().save(tmp_path / "root" / "dogs" / "0.png")
+    with pytest.raises(ValueError, match=r"class folder\(s\) with no image files .*cats\."):
         _module(tmp_path / "root")
     with pytest.raises(ValueError, match="val_fraction must be a fraction in"):
         _module(tmp_path / "root", val_fraction=1.5)
