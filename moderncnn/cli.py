@@ -12,7 +12,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("moderncnn.training.cli", "main", "train from a YAML config (LightningCLI)"),
     "validate": ("moderncnn.training.cli", "main", "validate a checkpoint"),
     "test": ("moderncnn.training.cli", "main", "test a checkpoint; writes a confusion matrix"),
-    "predict": ("moderncnn.training.cli", "main", "predict with a trained checkpoint"),
+    "predict": ("moderncnn.training.cli", "main", "-c CONFIG, or --checkpoint CKPT FILES: top-k"),
+    "features": ("moderncnn.transfer.features", "main", "cache a frozen backbone's features"),
+    "probe": ("moderncnn.transfer.probe", "main", "train a linear probe on cached features"),
+    "export": ("moderncnn.export", "main", "ONNX or TorchScript file, checked vs the model"),
     "plot": ("moderncnn.training.plots", "plot_main", "learning curves PNG of a run"),
     "preview": ("moderncnn.training.plots", "preview_main", "grid of one augmented batch"),
 }
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moderncnn: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, function, _ = COMMANDS[command]
+    if command == "predict" and any(a.split("=")[0] == "--checkpoint" for a in rest):
+        # `predict --checkpoint ... FILES` classifies image files; `predict -c` is LightningCLI's.
+        module, function = "moderncnn.transfer.predict", "main"
     # LightningCLI reads the sub-command itself, so it gets argv whole.
     args = argv if module == "moderncnn.training.cli" else rest
     return getattr(import_module(module), function)(args) or 0

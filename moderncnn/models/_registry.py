@@ -60,6 +60,7 @@ def create_model(
     *,
     num_classes: int = 1000,
     in_chans: int = 3,
+    weights: str | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model by name.
@@ -69,7 +70,17 @@ def create_model(
         num_classes: width of the classifier; 0 builds the model without one
             (``forward`` then returns the pooled features).
         in_chans: channels of the input images (1 for Fashion-MNIST).
+        weights: pretrained weights to load: ``"imagenet"`` (torchvision's), an ``https://``
+            URL or a ``.pth``/``.safetensors`` file; see :mod:`moderncnn.transfer.weights`.
         **kwargs: passed to the model's constructor (widths, depths, growth rate, ...).
     """
     check_model_name(name)
-    return _MODEL_ENTRYPOINTS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = _MODEL_ENTRYPOINTS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if weights is not None:
+        # Imported on use: file formats and downloads are not needed to build a model.
+        from moderncnn.transfer.weights import load_pretrained
+
+        load_pretrained(
+            model, weights, model_name=name, transform_input=kwargs.get("transform_input")
+        )
+    return model

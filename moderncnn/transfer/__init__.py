@@ -1,0 +1,38 @@
+"""Transfer learning: pretrained weights, cached backbone features, linear probes, prediction.
+
+- :func:`load_pretrained` (also ``create_model(..., weights="imagenet")``): torchvision's
+  ImageNet checkpoints, or any ``.pth``/``.safetensors`` file or ``https://`` URL.
+- :func:`extract_features` / :class:`FeatureCache`: a frozen backbone's pooled features of an
+  image folder or data module, cached and verified on disk (``moderncnn features``).
+- :func:`train_probe`: a linear (or small MLP) head on those features (``moderncnn probe``).
+- :func:`predict`: top-k classes of image files (``moderncnn predict --checkpoint``).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# Loaded on first use, so that importing a submodule does not import all of them.
+_LAZY = {
+    "load_pretrained": "moderncnn.transfer.weights",
+    "resolve_weights": "moderncnn.transfer.weights",
+    "TORCHVISION_WEIGHTS": "moderncnn.transfer.weights",
+    "read_state_dict": "moderncnn.transfer.checkpoint",
+    "CheckpointError": "moderncnn.transfer.checkpoint",
+    "extract_features": "moderncnn.transfer.features",
+    "FeatureCache": "moderncnn.transfer.cache",
+    "CacheInvalidError": "moderncnn.transfer.cache",
+    "train_probe": "moderncnn.transfer.probe",
+    "load_probe": "moderncnn.transfer.probe",
+    "predict": "moderncnn.transfer.predict",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'moderncnn.transfer' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)
