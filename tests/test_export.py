@@ -1,0 +1,223 @@
+"""export_model: ONNX and TorchScript files that give the eager model's logits, with a sidecar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from moderncnn import create_model, list_models
+from moderncnn.cli import main as cli_main
+from moderncnn.data import FashionMNISTDataModule
+from moderncnn.export import (
+    ExportError,
+    export_model,
+    fp32_noise,
+    load_exported,
+    sidecar_path,
+    verify_export,
+)
+
+FORMATS = ["onnx", "torchscript"]
+# One member per family runs by default; the rest (2-20 s each on 2 shared cores: deep
+# graphs to trace, 25-240 MB files to write, TorchScript's first-run graph optimisation)
+# only in the slow run.
+FAST = {("resnet18_cifar", "onnx"), ("resnet18_cifar", "torchscript")}
+FAST |= {("googlenet_cifar", "onnx"), ("googlenet_cifar", "torchscript")}
+FAST |= {("densenet121_cifar", "onnx"), ("inception_v3_cifar", "onnx")}
+MODELS_AND_FORMATS = [
+    (n, f) if (n, f) in FAST else pytest.param(n, f, marks=pytest.mark.slow)
+    for n in list_models()
+    for f in FORMATS
+]
+
+
+def calibrate_batch_norms(model: nn.Module, size: tuple[int, int, int]) -> nn.Module:
+    """Random BN affine parameters and running statistics measured on random images.
+
+    Fresh running statistics (mean 0, var 1) make folding a no-op and let deep nets'
+    activations grow to 1e7; measured ones behave like a trained network's.
+    """
+    g = torch.Generator().manual_seed(0)
+    model.eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, _BatchNorm)):
+            bn.weight.copy_(0.5 + torch.rand(bn.num_features, generator=g))
+            bn.bias.copy_(0.1 * torch.randn(bn.num_features, generator=g))
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average: the stats of this one batch
+            bn.train()  # only the BNs: the model stays in eval mode (no aux heads)
+        model(torch.randn(4, *size, generator=g))
+    return model.eval()
+
+
+def small_size(model: nn.Module) -> tuple[int, int, int]:
+    """The smallest legal input; inception_v3's 299 is for its aux head, skipped in eval."""
+    c, h, w = model.min_input_size
+    return (c, 75, 75) if h > 75 else (c, h, w)
+
+
+def tolerance(logits: Tensor) -> float:
+    # fp32 round-off scales with the logits (random weights give |logits| up to ~1e3).
+    return 1e-4 * max(1.0, logits.abs().max().item())
+
+
+@pytest.mark.parametrize(("name", "fmt"), MODELS_AND_FORMATS)
+def test_export_matches_eager(name: str, fmt: str, tmp_path: Path) -> None:
+    model = create_model(name, num_classes=5)
+    size = small_size(model)
+    calibrate_batch_norms(model, size)
+    model.train()  # export must use eval mode and leave the caller's mode alone
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    out = export_model(model, tmp_path / f"{name}.{fmt}", fmt, input_size=size)
+
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["format"] == fmt and meta["input_size"] == list(size) and meta["bn_folded"]
+    x = torch.randn(1, *size)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    diff = verify_export(out, model, x)
+    print(f"{name} {fmt} {size}: max |diff| {diff:.2e}, max |logit| {expected.abs().max():.3g}")
+    # Within 1e-4 of the logits' scale, or within 4x the eager model's own fp32 error.
+    assert diff <= tolerance(expected) or diff <= 4 * fp32_noise(model, x), f"{diff:.3g}"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dynamic_batch(fmt: str, tmp_path: Path) -> None:
+    model = calibrate_batch_norms(create_model("resnet18_cifar", num_classes=5), (3, 16, 16))
+    dynamic = load_exported(export_model(model, tmp_path / "d", fmt, (3, 16, 16), True))
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    assert dynamic.metadata["dynamic_batch"] is True
+    torch.testing.assert_close(dynamic(x), expected, rtol=0, atol=tolerance(expected))
+    torch.testing.assert_close(dynamic(x[:1]), expected[:1], rtol=0, atol=tolerance(expected))
+    if fmt == "onnx":  # without dynamic_batch the graph's batch dimension is fixed at 1
+        static = load_exported(export_model(model, tmp_path / "s.onnx", fmt, (3, 16, 16)))
+        with pytest.raises(Exception, match="(?i)dimension|shape"):
+            static(x)
+
+
+def test_sidecar_round_trip(tmp_path: Path) -> None:
+    model = create_model("googlenet_cifar", num_classes=3, in_chans=1)
+    names = ["cat", "dog", "ünïcode bird"]
+    out = export_model(
+        model, tmp_path / "g.onnx", "onnx", (1, 8, 8), class_names=names, mean=[0.5], std=[0.25]
+    )
+    assert sidecar_path(out) == tmp_path / "g.onnx.json"
+    exported = load_exported(out)
+    assert exported.class_names == names
+    meta = exported.metadata
+    assert (meta["input_size"], meta["mean"], meta["std"]) == ([1, 8, 8], [0.5], [0.25])
+    assert meta["opset"] == 17 and meta["input_name"] == "images"
+    assert exported(torch.randn(1, 1, 8, 8)).shape == (1, 3)
+    default = load_exported(export_model(model, tmp_path / "n.onnx", "onnx", (1, 8, 8)))
+    assert default.class_names == ["class_0", "class_1", "class_2"]
+    with pytest.raises(ValueError, match="2 class names for 3 outputs"):
+        export_model(model, tmp_path / "bad.onnx", "onnx", (1, 8, 8), class_names=["a", "b"])
+
+
+class TracesDifferently(nn.Module):
+    """Doubles its input only while traced: what a silently wrong export looks like."""
+
+    input_size = (3, 4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1) * (2.0 if torch.jit.is_tracing() else 1.0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_mismatching_export_is_refused_and_deleted(fmt: str, tmp_path: Path) -> None:
+    out = tmp_path / "bad"
+    with pytest.raises(ExportError, match="differs from the eager model by"):
+        export_model(TracesDifferently(), out, fmt, optimize=False)
+    assert not out.exists() and not sidecar_path(out).exists()
+
+
+def test_illegal_input_size_is_named(tmp_path: Path) -> None:
+    model = create_model("resnet18_cifar", num_classes=5)
+    with pytest.raises(ValueError, match=r"cannot run on an input of size \(1, 1, 8, 8\)"):
+        export_model(model, tmp_path / "x.onnx", "onnx", input_size=(1, 8, 8))
+    with pytest.raises(ValueError, match="three positive ints"):
+        export_model(model, tmp_path / "x.onnx", "onnx", input_size=(3, 8))  # type: ignore[arg-type]
+
+
+def test_cli_exports_lightning_checkpoint(tmp_path: Path) -> None:
+    model = create_model("resnet18_cifar", num_classes=10, in_chans=1).eval()
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    state["test_confusion.confmat"] = torch.zeros(10, 10)  # not the network's: left out
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {"model": "resnet18_cifar", "num_classes": 10, "in_chans": 1},
+            "datamodule_hyper_parameters": {
+                "_class_path": "moderncnn.data.FashionMNISTDataModule",
+                "batch_size": 8,
+            },
+        },
+        ckpt,
+    )
+    assert cli_main(["export", str(ckpt), "--format", "onnx", "--dynamic-batch"]) == 0
+
+    exported = load_exported(tmp_path / "last.onnx")
+    assert exported.class_names == FashionMNISTDataModule.class_names
+    meta = exported.metadata
+    assert meta["model"] == "resnet18_cifar" and meta["input_size"] == [1, 28, 28]
+    assert meta["mean"] == pytest.approx([0.2860]) and meta["std"] == pytest.approx([0.3530])
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(exported(x), expected, rtol=0, atol=tolerance(expected))
+
+
+def test_cli_exports_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import save_file
+
+    model = create_model("resnet18_cifar", num_classes=4).eval()
+    weights = tmp_path / "r.safetensors"
+    save_file(model.state_dict(), weights)
+    assert cli_main(["export", str(weights), "--format", "torchscript"]) == 1
+    assert "--model NAME and --num-classes N" in capsys.readouterr().err
+
+    out = tmp_path / "out" / "r.pt"
+    argv = ["export", str(weights), "--format", "torchscript", "-o", str(out)]
+    argv += ["--model", "resnet18_cifar", "--num-classes", "4", "--input-size", "3", "8", "8"]
+    assert cli_main(argv) == 0
+    exported = load_exported(out)
+    assert exported.metadata["format"] == "torchscript"
+    assert exported.class_names == [f"class_{i}" for i in range(4)]
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x), rtol=0, atol=1e-4)
+    # A state dict of another width is refused with the model named.
+    argv[argv.index("4")] = "7"
+    assert cli_main(argv) == 1
+    assert "does not fit resnet18_cifar(num_classes=7" in capsys.readouterr().err
+
+
+def test_cli_reads_image_classifier_hparams(tmp_path: Path) -> None:
+    from moderncnn.training.module import ImageClassifier
+
+    preprocess = {"image_size": 16, "resize_size": None, "mean": [0.5] * 3, "std": [0.25] * 3}
+    module = ImageClassifier("resnet18_cifar", num_classes=3, class_names=["a", "b", "c"])
+    module.hparams.preprocess = preprocess  # what ImageClassifier.setup records from the data
+    ckpt = tmp_path / "ic.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+    assert cli_main(["export", str(ckpt), "--format", "onnx"]) == 0
+
+    exported = load_exported(tmp_path / "ic.onnx")
+    meta = exported.metadata
+    assert exported.class_names == ["a", "b", "c"] and meta["input_size"] == [3, 16, 16]
+    assert (meta["mean"], meta["std"]) == (preprocess["mean"], preprocess["std"])
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = module.model.eval()(x)
+    torch.testing.assert_close(exported(x), expected, rtol=0, atol=tolerance(expected))
