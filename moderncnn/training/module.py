@@ -1,0 +1,336 @@
+"""``ImageClassifier``: any registered model, trained with cross-entropy under Lightning.
+
+Its ``__init__`` arguments are the ``model:`` section of a training config (LightningCLI), and
+they are saved in every checkpoint, so ``ImageClassifier.load_from_checkpoint(path)`` rebuilds
+the network from the checkpoint alone (nanoGPT's rule: a checkpoint holds its model's recipe).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from moderncnn.models import check_model_name, create_model
+
+Optimizer = Literal["sgd", "adam", "adamw"]
+Scheduler = Literal["onecycle", "cosine", "step", "none"]
+Interval = Literal["step", "epoch"]
+Stage = Literal["train", "val", "test"]
+
+# Top-5 accuracy says something only when there are clearly more than 5 classes to choose from.
+TOP5_MIN_CLASSES = 6
+
+
+def _check(ok: bool, name: str, value: Any, requirement: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {requirement}, got {value!r}")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, name, value, f"one of {', '.join(map(repr, allowed))}")
+
+
+def preprocess_of(data: Any) -> dict[str, Any] | None:
+    """A data module's evaluation transform: image size, resize size, mean and std (or None).
+
+    Saved in the checkpoint so that ``moderncnn predict --checkpoint`` can prepare image files
+    the way the test images were prepared.
+    """
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    size = getattr(data, "image_size", None)
+    if mean is None or std is None or size is None:
+        return None
+    resize = getattr(data, "resize_size", None)
+    return {
+        "image_size": int(size[0] if isinstance(size, tuple | list) else size),
+        "resize_size": None if resize is None else int(resize),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
+
+
+class ImageClassifier(L.LightningModule):
+    """Trains a classifier: loss, optimiser, learning-rate schedule and accuracy metrics.
+
+    Args:
+        model: a name from ``moderncnn.list_models()`` (built with ``create_model``) or, from
+            Python, an ``nn.Module`` (then not saved in the checkpoint's hyperparameters).
+        num_classes: classes to predict (the CLI takes it from the data module).
+        in_chans: image channels (the CLI takes it from the data module).
+        model_kwargs: more keyword arguments for the model's entry point (widths, depths, ...).
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        lr: peak learning rate (per optimiser step, not scaled by batch size).
+        momentum: SGD momentum (Adam/AdamW use it as beta1).
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 penalty coefficient (decoupled for AdamW).
+        no_decay_bn_bias: no weight decay on BatchNorm parameters and biases (Goyal et al. 2017,
+            section 5.1: decaying them only limits the scale-invariant layers' freedom).
+        scheduler: ``"onecycle"`` (Smith & Topin 2018), ``"cosine"`` (linear warm-up, then
+            cosine to zero; Loshchilov & Hutter 2017), ``"step"`` (x ``gamma`` every
+            ``step_size`` epochs) or ``"none"`` (constant).
+        warmup_epochs: epochs (fractions allowed) of linear warm-up to ``lr``; for one-cycle,
+            the length of its rising phase.
+        step_size: epochs between learning-rate drops of the ``"step"`` schedule.
+        gamma: factor of each ``"step"`` drop.
+        scheduler_interval: update the learning rate after every ``"step"`` or ``"epoch"``.
+        label_smoothing: probability mass spread over all classes in the target (Szegedy et al.
+            2016, section 7); 0 is plain cross-entropy.
+        aux_loss_weight: weight of each auxiliary head's loss (GoogLeNet, Inception v3), used
+            in training only: loss = main + weight * sum(aux). 0.3 as in Szegedy et al. 2015.
+        channels_last: keep weights and images in channels-last (NHWC) memory order, which
+            oneDNN (CPU) and cuDNN (tensor cores) convolve faster; the numbers are the same.
+        class_names: the data's class names, saved so predictions can be named (CLI-linked).
+        preprocess: the data's evaluation resize and normalisation, saved for prediction on
+            image files (``{"image_size", "resize_size", "mean", "std"}``; CLI-linked).
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = "resnet18_cifar",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        model_kwargs: dict[str, Any] | None = None,
+        optimizer: Optimizer = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        no_decay_bn_bias: bool = True,
+        scheduler: Scheduler = "onecycle",
+        warmup_epochs: float = 1.0,
+        step_size: int = 30,
+        gamma: float = 0.1,
+        scheduler_interval: Interval = "step",
+        label_smoothing: float = 0.0,
+        aux_loss_weight: float = 0.3,
+        channels_last: bool = False,
+        class_names: list[str] | None = None,
+        preprocess: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        _choice("optimizer", optimizer, ("sgd", "adam", "adamw"))
+        _choice("scheduler", scheduler, ("onecycle", "cosine", "step", "none"))
+        _choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
+        _check(lr > 0, "lr", lr, "> 0")
+        _check(0 <= momentum < 1, "momentum", momentum, "in [0, 1)")
+        _check(weight_decay >= 0, "weight_decay", weight_decay, ">= 0")
+        _check(warmup_epochs >= 0, "warmup_epochs", warmup_epochs, ">= 0")
+        _check(step_size >= 1, "step_size", step_size, ">= 1 (epochs)")
+        _check(0 < gamma <= 1, "gamma", gamma, "in (0, 1]")
+        _check(0 <= label_smoothing < 1, "label_smoothing", label_smoothing, "in [0, 1)")
+        _check(aux_loss_weight >= 0, "aux_loss_weight", aux_loss_weight, ">= 0")
+        _check(num_classes >= 2, "num_classes", num_classes, ">= 2")
+        _check(in_chans >= 1, "in_chans", in_chans, ">= 1")
+        if class_names is not None:
+            n = len(class_names)
+            _check(n == num_classes, "class_names", class_names, f"{num_classes} names, not {n}")
+        self.num_classes = num_classes
+        self.model = self._build_model(model, num_classes, in_chans, model_kwargs or {})
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+
+        self.train_metrics = self._metrics("train")
+        self.val_metrics = self._metrics("val")
+        self.test_metrics = self._metrics("test")
+        # Rows: true class, columns: predicted; read by the confusion-matrix callback after test.
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def setup(self, stage: str) -> None:
+        """Records the data's class names and transform when the CLI did not link them."""
+        data = self.trainer.datamodule
+        if data is None:
+            return
+        names = getattr(data, "class_names", None)
+        if self.hparams.class_names is None and names and len(names) == self.num_classes:
+            self.hparams.class_names = list(names)
+        if self.hparams.preprocess is None:
+            self.hparams.preprocess = preprocess_of(data)
+
+    @staticmethod
+    def _build_model(
+        model: str | nn.Module, num_classes: int, in_chans: int, model_kwargs: dict[str, Any]
+    ) -> nn.Module:
+        if isinstance(model, nn.Module):
+            if model_kwargs:
+                raise ValueError(
+                    f"model_kwargs {model_kwargs!r} apply to a model name, not an nn.Module; "
+                    "pass them to the module's constructor instead"
+                )
+            return model
+        if not isinstance(model, str):
+            raise TypeError(f"model must be a registered name or an nn.Module, got {model!r}")
+        check_model_name(model)  # UnknownModelError that suggests close names
+        return create_model(model, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+
+    def _metrics(self, stage: Stage) -> MetricCollection:
+        # average="micro": the fraction of images classified correctly (torchmetrics' default,
+        # "macro", would average the per-class accuracies instead).
+        metrics = {"acc": MulticlassAccuracy(self.num_classes, average="micro")}
+        if self.num_classes >= TOP5_MIN_CLASSES:
+            metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics, prefix=f"{stage}_")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of the main classifier, whatever mode the model is in."""
+        out = self.model(x.contiguous(memory_format=self.memory_format))
+        return out[0] if isinstance(out, tuple) else out
+
+    def loss(self, output: Tensor | tuple[Tensor, ...], target: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy of the main logits plus ``aux_loss_weight`` x each aux head's; and logits.
+
+        ``output`` is the model's: a plain tensor, or (training mode, aux heads) a NamedTuple
+        whose first field is the main logits.
+        """
+        smoothing = self.hparams.label_smoothing
+        logits, aux = (output[0], output[1:]) if isinstance(output, tuple) else (output, ())
+        loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
+        for aux_logits in aux:
+            if aux_logits is not None:
+                aux_loss = F.cross_entropy(aux_logits, target, label_smoothing=smoothing)
+                loss = loss + self.hparams.aux_loss_weight * aux_loss
+        return loss, logits
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> tuple[Tensor, Tensor]:
+        images, target = batch
+        images = images.contiguous(memory_format=self.memory_format)
+        loss, logits = self.loss(self.model(images), target)
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits, target)
+        # on_epoch: one value per epoch, averaged over images (batch_size weights the mean).
+        kwargs = {"on_step": False, "on_epoch": True, "batch_size": len(target)}
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", **kwargs)
+        self.log_dict(metrics, prog_bar=stage != "test", **kwargs)
+        return loss, logits
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        _, logits = self._step(batch, "test")
+        self.test_confusion.update(logits, batch[1])
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Class probabilities (N x num_classes) of a batch of images (or (images, labels))."""
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(images).softmax(dim=1)
+
+    # -- optimisation ---------------------------------------------------------------------
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                # 1-D parameters are the biases and the BatchNorm scales and shifts.
+                (no_decay if param.ndim <= 1 and self.hparams.no_decay_bn_bias else decay).append(
+                    param
+                )
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = self._param_groups()
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0
+            )
+        else:
+            optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
+            optimizer = optimizer_class(groups, lr=hp.lr, betas=(hp.momentum, 0.999))
+        if hp.scheduler == "none":
+            return {"optimizer": optimizer}
+        scheduler = self._scheduler(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": hp.scheduler_interval},
+        }
+
+    def on_train_start(self) -> None:
+        """Refuses to resume a schedule planned for a different length of training."""
+        scheduler = self.lr_schedulers()
+        if not isinstance(scheduler, OneCycleLR | LambdaLR):
+            return
+        planned = getattr(scheduler, "total_steps", None)
+        if isinstance(scheduler, LambdaLR):
+            planned = getattr(scheduler.lr_lambdas[0], "total", None)
+        total, _ = self._schedule_length()
+        if planned is not None and planned != total:
+            raise ValueError(
+                f"the checkpoint's {self.hparams.scheduler!r} schedule spans {planned} "
+                f"{self.hparams.scheduler_interval}s but this run has {total}: resume with the "
+                "trainer limits (max_epochs, limit_train_batches, batch size) it was started with"
+            )
+
+    def _schedule_length(self) -> tuple[int, float]:
+        """Scheduler updates in the whole run, and per epoch (from the Trainer's limits)."""
+        trainer = self.trainer
+        total_steps = int(trainer.estimated_stepping_batches)
+        batches = trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        else:  # an iterable dataset of unknown length: spread max_steps over max_epochs
+            steps_per_epoch = max(1, total_steps // max(trainer.max_epochs or 1, 1))
+        if self.hparams.scheduler_interval == "step":
+            return total_steps, steps_per_epoch
+        return max(1, math.ceil(total_steps / steps_per_epoch)), 1
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> LRScheduler:
+        hp = self.hparams
+        total, per_epoch = self._schedule_length()
+        warmup = round(hp.warmup_epochs * per_epoch)
+        if hp.scheduler == "step":  # open-ended: the same schedule however long the run
+            every = round(hp.step_size * per_epoch)
+            return LambdaLR(optimizer, _WarmupStep(warmup, every, hp.gamma))
+        warmup = min(warmup, total - 1)  # leave at least one update for the decay
+        if hp.scheduler == "onecycle":
+            # The configured momentum is kept as is (no momentum cycling).
+            return OneCycleLR(
+                optimizer,
+                max_lr=[hp.lr] * len(optimizer.param_groups),
+                total_steps=total,
+                pct_start=max(warmup, 1) / total if total > 1 else 0.5,
+                cycle_momentum=False,
+            )
+        return LambdaLR(optimizer, _WarmupCosine(warmup, total))
+
+
+class _WarmupCosine:
+    """LR factor: linear warm-up over ``warmup`` updates, then half a cosine down to zero."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class _WarmupStep:
+    """LR factor: linear warm-up over ``warmup`` updates, then x ``gamma`` every ``every``."""
+
+    def __init__(self, warmup: int, every: int, gamma: float) -> None:
+        self.warmup, self.every, self.gamma = warmup, max(1, every), gamma
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return self.gamma ** (step // self.every)
