@@ -25,12 +25,12 @@ from moderncnn.export import (
 FORMATS = ["onnx", "torchscript"]
 # One member per family runs by default; the rest (2-20 s each on 2 shared cores: deep
 # graphs to trace, 25-240 MB files to write, TorchScript's first-run graph optimisation)
-# only in the slow run.
+# only in the full sweep (`pytest -m sweep`).
 FAST = {("resnet18_cifar", "onnx"), ("resnet18_cifar", "torchscript")}
 FAST |= {("googlenet_cifar", "onnx"), ("googlenet_cifar", "torchscript")}
 FAST |= {("densenet121_cifar", "onnx"), ("inception_v3_cifar", "onnx")}
 MODELS_AND_FORMATS = [
-    (n, f) if (n, f) in FAST else pytest.param(n, f, marks=pytest.mark.slow)
+    (n, f) if (n, f) in FAST else pytest.param(n, f, marks=pytest.mark.sweep)
     for n in list_models()
     for f in FORMATS
 ]

@@ -15,7 +15,7 @@ from moderncnn.models.layers import ConvBNAct
 # Building these (random init of 14M-60M parameters) and copying them takes seconds on 2 cores.
 SLOW = {"resnet101", "resnet152", "densenet161", "densenet169", "densenet201", "inception_v3"}
 ALL_MODELS = [
-    pytest.param(n, marks=pytest.mark.slow) if n.removesuffix("_cifar") in SLOW else n
+    pytest.param(n, marks=pytest.mark.sweep) if n.removesuffix("_cifar") in SLOW else n
     for n in list_models()
 ]
 

@@ -17,6 +17,16 @@ from moderncnn.models import (
 )
 
 ALL_MODELS = list_models()
+# Deeper variants run the same code as resnet18/50 and densenet121 with more units: they are
+# checked in the full sweep (`pytest -m sweep`); parameter counts and parity cover them always.
+DEEP = ("resnet101", "resnet152", "densenet161", "densenet169", "densenet201")
+
+
+def _marked(names: list[str]) -> list:
+    return [pytest.param(n, marks=pytest.mark.sweep) if n.startswith(DEEP) else n for n in names]
+
+
+MODELS = _marked(ALL_MODELS)
 AUX_MODELS = [n for n in ALL_MODELS if n.startswith(("googlenet", "inception"))]
 NUM_CLASSES = 7
 
@@ -60,7 +70,7 @@ def test_duplicate_registration_raises() -> None:
         register_model(resnet18)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_smallest_input(name: str) -> None:
     model = _build(name).eval()
     assert isinstance(model, ClassifierModel)
@@ -71,7 +81,7 @@ def test_forward_smallest_input(name: str) -> None:
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_backward_reaches_every_parameter(name: str) -> None:
     model = _build(name).train()
     out = model(_input(model))
@@ -94,7 +104,7 @@ def test_aux_heads_train_tuple_eval_tensor(name: str) -> None:
     assert isinstance(eval_out, torch.Tensor) and eval_out.shape == (2, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_head_widths_and_reset_classifier(name: str) -> None:
     model = _build(name).eval()
     x = _input(model)
@@ -107,7 +117,7 @@ def test_head_widths_and_reset_classifier(name: str) -> None:
         assert model(x).shape == (2, model.num_features)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_stage_features_match_feature_info(name: str) -> None:
     model = _build(name).eval()
     x = _stage_input(model)
@@ -124,7 +134,7 @@ def test_stage_features_match_feature_info(name: str) -> None:
     assert model(x).shape == (1, NUM_CLASSES)  # hooks were removed: forward still works
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_MODELS if n.endswith("_cifar")])
+@pytest.mark.parametrize("name", _marked([n for n in ALL_MODELS if n.endswith("_cifar")]))
 def test_small_image_variants_take_one_channel_28px(name: str) -> None:
     model = create_model(name, num_classes=10, in_chans=1).eval()
     assert model.input_size[1:] == (32, 32)
