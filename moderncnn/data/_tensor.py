@@ -69,6 +69,7 @@ class TensorDataModule(L.LightningDataModule):
         seed: int,
         augmentations: list[AugmentationSpec] | None,
         train_subset: int | None,
+        classes: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -82,11 +83,37 @@ class TensorDataModule(L.LightningDataModule):
             augmentations = self.default_augmentations
         self.augmentations = list(augmentations)
         self.augment = BatchAugment(self.augmentations)  # checks the names now, not mid-fit
+        self.classes = self._check_classes(classes)
+        if self.classes is not None:  # an instance attribute: the class's list stays whole
+            self.class_names = [self.class_names[c] for c in self.classes]
         self.num_classes = len(self.class_names)
         self.mean, self.std = self.stats
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
+
+    def _check_classes(self, classes: list[int] | None) -> list[int] | None:
+        """``classes`` if it lists 2 or more distinct, valid class indices; else a ValueError."""
+        if classes is None:
+            return None
+        total = len(self.class_names)
+        ok = all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+        if not ok or len(set(classes)) != len(classes) or len(classes) < 2:
+            raise ValueError(f"classes must be 2 or more distinct class indices, got {classes!r}")
+        if not all(0 <= c < total for c in classes):
+            raise ValueError(f"classes must be indices in 0..{total - 1}, got {classes!r}")
+        return list(classes)
+
+    def _select_classes(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Only the images of ``classes``, relabelled 0..k-1 in the order ``classes`` lists."""
+        if self.classes is None:
+            return images, labels
+        size = max(int(labels.max()), *self.classes) + 1
+        new_label = torch.full((size,), -1, dtype=torch.long)  # -1: a class left out
+        new_label[self.classes] = torch.arange(len(self.classes))
+        relabelled = new_label[labels]
+        keep = relabelled >= 0
+        return images[keep], relabelled[keep]
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -100,12 +127,13 @@ class TensorDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Loads the splits ``stage`` needs, once; train/val are a seeded split of train."""
         if stage in (None, "fit", "validate") and self.train_set is None:
-            images, labels = self.load_split(train=True)
+            images, labels = self._select_classes(*self.load_split(train=True))
             train_idx, val_idx = self._split_indices(len(labels))
             self.train_set = TensorImageDataset(images[train_idx], labels[train_idx])
             self.val_set = TensorImageDataset(images[val_idx], labels[val_idx])
         if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = TensorImageDataset(*self.load_split(train=False))
+            images, labels = self._select_classes(*self.load_split(train=False))
+            self.test_set = TensorImageDataset(images, labels)
 
     def _split_indices(self, total: int) -> tuple[Tensor, Tensor]:
         order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed))

@@ -65,6 +65,9 @@ class FashionMNISTDataModule(TensorDataModule):
             None: a 2-pixel pad-and-crop and a horizontal flip; []: none.
         train_subset: use only this many (seeded, random) training images, for quick runs;
             ``val_size`` is then taken out of the subset.
+        classes: keep only these classes (indices into ``CLASS_NAMES``), relabelled 0..k-1 in
+            this order, e.g. [5, 6, 7, 8, 9] for a 5-class task; ``train_subset`` and
+            ``val_size`` then count images of these classes. None: all 10.
     """
 
     class_names = CLASS_NAMES
@@ -89,6 +92,7 @@ class FashionMNISTDataModule(TensorDataModule):
         seed: int = 42,
         augmentations: list[str | dict[str, dict[str, Any]]] | None = None,
         train_subset: int | None = None,
+        classes: list[int] | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -97,6 +101,7 @@ class FashionMNISTDataModule(TensorDataModule):
             seed=seed,
             augmentations=augmentations,
             train_subset=train_subset,
+            classes=classes,
         )
         self.save_hyperparameters()
         self.data_dir = data_dir

@@ -5,6 +5,7 @@
 - :func:`extract_features` / :class:`FeatureCache`: a frozen backbone's pooled features of an
   image folder or data module, cached and verified on disk (``moderncnn features``).
 - :func:`train_probe`: a linear (or small MLP) head on those features (``moderncnn probe``).
+- :class:`FreezeBackbone`: fine-tuning callback: head first, then the backbone at a lower rate.
 - :func:`predict`: top-k classes of image files (``moderncnn predict --checkpoint``).
 """
 
@@ -25,6 +26,7 @@ _LAZY = {
     "CacheInvalidError": "moderncnn.transfer.cache",
     "train_probe": "moderncnn.transfer.probe",
     "load_probe": "moderncnn.transfer.probe",
+    "FreezeBackbone": "moderncnn.transfer.finetune",
     "predict": "moderncnn.transfer.predict",
 }
 

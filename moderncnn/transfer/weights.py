@@ -9,8 +9,9 @@ it; our state-dict keys are torchvision's, so its files load unchanged. ``weight
 - a local ``.pth`` / ``.pt`` / ``.ckpt`` / ``.safetensors`` file (see :mod:`.checkpoint`).
 
 A checkpoint whose classifier has another number of classes loads everything but the
-classifier, which stays freshly initialised (a warning names the skipped keys); any other
-missing, unexpected or mis-shaped key is an error.
+classifier, which stays freshly initialised (a warning names the skipped keys); so does a
+backbone saved without a classifier (``reset_classifier(0)``); any other missing, unexpected
+or mis-shaped key is an error.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 URL_ROOT = "https://download.pytorch.org/models/"
 # Modules whose keys belong to the (possibly re-sized) classifiers rather than the backbone:
 # the final classifier and the auxiliary heads' last layers.
-HEAD_PREFIXES = ("fc.", "classifier.", "aux1.fc2.", "aux2.fc2.", "AuxLogits.fc.")
+CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+HEAD_PREFIXES = (*CLASSIFIER_PREFIXES, "aux1.fc2.", "aux2.fc2.", "AuxLogits.fc.")
 AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
 
@@ -257,7 +259,14 @@ def load_pretrained(
     fresh_head = _head_keys(state, own)
     for key in fresh_head:
         del state[key]
-    head_names = {k for k in own if k.startswith(HEAD_PREFIXES)} if fresh_head else set()
+    # A backbone saved without its classifier (reset_classifier(0)) gives a fresh head too.
+    headless = (
+        not fresh_head
+        and not any(k.startswith(CLASSIFIER_PREFIXES) for k in state)
+        and any(k.startswith(CLASSIFIER_PREFIXES) for k in own)
+    )
+    fresh = fresh_head or headless
+    head_names = {k for k in own if k.startswith(HEAD_PREFIXES)} if fresh else set()
     # An aux head the file has no tensor of at all stays as initialised (a file saved from a
     # model without aux heads); a partly present one is an error like any other missing key.
     in_file = {k.split(".", 1)[0] for k in state}
@@ -272,6 +281,8 @@ def load_pretrained(
             f"{', '.join(fresh_head)}",
             stacklevel=2,
         )
+    if headless:
+        log.info("%s has no classifier; %s keeps a freshly initialised one", path.name, name)
     if fresh_aux:
         log.info("%s has no aux-head weights; %d tensors stay fresh", path.name, len(fresh_aux))
     untrained_aux = entry is not None and not entry.aux_trained

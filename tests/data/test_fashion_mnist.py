@@ -156,3 +156,34 @@ def test_val_size_must_leave_training_images() -> None:
     with pytest.raises(ValueError, match=r"val_size=5000 leaves no .* 100 images \(train_subset"):
         dm._split_indices(60_000)
     assert len(FashionMNISTDataModule(val_size=5000.0)._split_indices(60_000)[1]) == 5000
+
+
+def test_classes_keeps_only_those_relabelled_in_order(fashion_mnist_dir: Path) -> None:
+    dm = FashionMNISTDataModule(
+        data_dir=str(fashion_mnist_dir), classes=[9, 5, 7], train_subset=300, val_size=0.2
+    )
+    assert dm.num_classes == 3 and dm.class_names == ["Ankle boot", "Sandal", "Sneaker"]
+    assert FashionMNISTDataModule.class_names == fm.CLASS_NAMES  # the class's list is untouched
+    dm.setup("fit")
+    dm.setup("test")
+    assert (len(dm.train_set), len(dm.val_set)) == (240, 60)  # the subset counts kept images
+    assert torch.bincount(dm.test_set.labels).tolist() == [1000, 1000, 1000]
+    images = torch.from_numpy(read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz"))
+    labels = torch.from_numpy(read_idx(fashion_mnist_dir / "t10k-labels-idx1-ubyte.gz")).long()
+    for new, old in enumerate([9, 5, 7]):  # label i is the i-th listed class, file order kept
+        assert torch.equal(dm.test_set.images[dm.test_set.labels == new, 0], images[labels == old])
+    assert set(dm.train_set.labels.tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        ([3], "2 or more distinct class indices, got \\[3\\]"),
+        ([1, 1], "2 or more distinct class indices, got \\[1, 1\\]"),
+        ([2, 10], "indices in 0..9, got \\[2, 10\\]"),
+        ([-1, 2], "indices in 0..9, got \\[-1, 2\\]"),
+    ],
+)
+def test_bad_classes_are_named(classes: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FashionMNISTDataModule(classes=classes)

@@ -285,3 +285,19 @@ def test_googlenet_file_without_aux_heads_keeps_fresh_ones(tmp_path: Path) -> No
     loaded = ours.inception5b.branch1.conv.weight
     assert torch.equal(loaded, tv_model.inception5b.branch1.conv.weight)
     assert not ours.transform_input  # not torchvision's published file: left as built
+
+
+def test_backbone_saved_without_classifier_keeps_a_fresh_head(tmp_path: Path) -> None:
+    source = create_model("resnet18_cifar", num_classes=5, channels=(8, 16), layers=(1, 1))
+    source.reset_classifier(0)  # a backbone only: no fc.* keys in the file
+    torch.save(source.state_dict(), tmp_path / "backbone.pth")
+    target = create_model("resnet18_cifar", num_classes=5, channels=(8, 16), layers=(1, 1))
+    head = target.fc.weight.clone()
+    load_pretrained(target, tmp_path / "backbone.pth")
+    assert torch.equal(target.fc.weight, head)
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    del_one = {k: v for k, v in source.state_dict().items() if k != "layer1.0.conv1.weight"}
+    torch.save(del_one, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"1 missing: layer1\.0\.conv1\.weight"):
+        load_pretrained(target, tmp_path / "partial.pth")
