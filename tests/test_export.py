@@ -221,3 +221,53 @@ def test_cli_reads_image_classifier_hparams(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = module.model.eval()(x)
     torch.testing.assert_close(exported(x), expected, rtol=0, atol=tolerance(expected))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dynamic", [False, True], ids=["batch1", "dynamic"])
+def test_exported_model_predicts_images_like_its_checkpoint(
+    fmt: str, dynamic: bool, cifar_samples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    # `moderncnn export`, then `moderncnn predict --checkpoint model.onnx FILES`: the same top
+    # classes and probabilities as predicting from the .ckpt, names from the JSON sidecar.
+    from moderncnn.training.module import ImageClassifier
+    from moderncnn.transfer.predict import predict
+
+    preprocess = {"image_size": 32, "resize_size": None, "mean": [0.49, 0.48, 0.45]}
+    preprocess["std"] = [0.25, 0.24, 0.26]
+    names = ["plane", "car", "bird", "cat"]
+    module = ImageClassifier(
+        "resnet18_cifar", num_classes=4, class_names=names, model_kwargs={"channels": [8, 16],
+        "layers": [1, 1]}, preprocess=preprocess,
+    )  # fmt: skip
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+    out = tmp_path / f"run{'.onnx' if fmt == 'onnx' else '.torchscript'}"
+    argv = ["export", str(ckpt), "--format", fmt, "-o", str(out)]
+    assert cli_main(argv + (["--dynamic-batch"] if dynamic else [])) == 0
+
+    images = sorted(cifar_samples_dir.glob("*.png"))[:5]
+    assert cli_main(["predict", "--checkpoint", str(out), *map(str, images), "--topk", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 images classified, 0 unreadable" in printed
+    exported = predict(images, out, topk=2, batch_size=4)
+    eager = predict(images, ckpt, topk=2, batch_size=4)
+    assert [p.classes for p in exported] == [p.classes for p in eager]
+    assert all(set(p.classes) <= set(names) for p in exported)
+    torch.testing.assert_close(
+        torch.tensor([p.probabilities for p in exported]),
+        torch.tensor([p.probabilities for p in eager]),
+        rtol=0,
+        atol=1e-4,
+    )
+    assert f"{images[0]}: {exported[0].classes[0]} " in printed
+
+
+def test_exported_model_without_its_sidecar_is_named(cifar_samples_dir: Path, tmp_path: Path):
+    from moderncnn.transfer.predict import predict
+
+    model = create_model("resnet18_cifar", num_classes=3, channels=[8], layers=[1])
+    out = export_model(model, tmp_path / "m.onnx", "onnx", class_names=["a", "b", "c"])
+    sidecar_path(out).unlink()
+    with pytest.raises(FileNotFoundError, match=r"m\.onnx\.json not found: m\.onnx's class names"):
+        predict(cifar_samples_dir, out)

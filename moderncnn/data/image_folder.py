@@ -303,8 +303,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.loggers or not trainer.is_global_zero:
             return
-        if trainer.log_dir is not None:
-            self.write_run_files(trainer.log_dir)
+        # The logger's folder, not trainer.log_dir: that one is a collective call under DDP,
+        # which rank 0 alone (here) would wait on forever.
+        logger = trainer.loggers[0]
+        directory = getattr(logger, "log_dir", None) or logger.save_dir
+        if directory is not None:
+            self.write_run_files(directory)
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints, so a trained model keeps its class-index map."""

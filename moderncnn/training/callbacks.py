@@ -8,10 +8,12 @@ import csv
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
@@ -19,8 +21,17 @@ from torch import Tensor
 from .plots import plot_curves, save_confusion_matrix
 
 
-def _run_dir(trainer: L.Trainer) -> Path | None:
-    return Path(trainer.log_dir) if trainer.log_dir is not None and trainer.loggers else None
+def run_dir(trainer: L.Trainer) -> Path | None:
+    """The run folder (the first logger's), or None without loggers.
+
+    Not ``trainer.log_dir``: under DDP that is a collective call (a broadcast from rank 0),
+    which the rank-0-only code that writes files would wait on forever.
+    """
+    if not trainer.loggers:
+        return None
+    logger = trainer.loggers[0]
+    folder = getattr(logger, "log_dir", None) or logger.save_dir
+    return None if folder is None else Path(folder)
 
 
 class SeedEachEpoch(L.Callback):
@@ -58,6 +69,24 @@ class SeedEachEpoch(L.Callback):
             fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
             if fetcher is not None:
                 iter(fetcher)
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that remembers the best checkpoint of the run it resumes.
+
+    A resumed run writes into a new ``version_N/checkpoints``; Lightning then forgets the
+    earlier best score, so the resumed run's first epoch would count as best even if worse,
+    and ``test_after_fit`` would test it. The earlier best (while its file exists) is kept as
+    the one to beat; it is never deleted, being outside this run's folder.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        best, score = state_dict.get("best_model_path"), state_dict.get("best_model_score")
+        if self.best_model_score is None and score is not None and best and Path(best).is_file():
+            self.best_model_score = self.kth_value = torch.as_tensor(score)
+            self.best_k_models = {best: self.best_model_score}
+            self.best_model_path = self.kth_best_model_path = best
 
 
 class LearningCurvesPlot(L.Callback):
@@ -114,15 +143,15 @@ class ConfusionMatrixReport(L.Callback):
         for name, n, _, acc in rows:
             print(f"{name:<{width}}  {n:>6}  {acc:8.2%}")
         print(f"{'all':<{width}}  {int(totals.sum()):>6}  {accuracy:8.2%}")
-        run_dir = _run_dir(trainer)
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with (run_dir / "per_class_accuracy.csv").open("w", newline="") as file:
+        folder = run_dir(trainer)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / "per_class_accuracy.csv").open("w", newline="") as file:
                 writer = csv.writer(file)
                 writer.writerow(["class", "images", "correct", "accuracy"])
                 writer.writerows((name, n, c, f"{acc:.4f}") for name, n, c, acc in rows)
             title = f"test accuracy {accuracy:.2%}"
-            path = save_confusion_matrix(confusion, names, run_dir / "confusion_matrix.png", title)
+            path = save_confusion_matrix(confusion, names, folder / "confusion_matrix.png", title)
             print(f"confusion matrix and per-class accuracy: {path.parent}")
 
 

@@ -24,13 +24,32 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import moderncnn.data  # noqa: F401  (lets a config name our data modules by class name)
+from moderncnn.transfer.checkpoint import read_checkpoint
 
-from .callbacks import ConfusionMatrixReport, LearningCurvesPlot, SeedEachEpoch
+from .callbacks import (
+    ConfusionMatrixReport,
+    LearningCurvesPlot,
+    ResumableModelCheckpoint,
+    SeedEachEpoch,
+    run_dir,
+)
 from .module import ImageClassifier, preprocess_of
+from .preflight import (
+    LOG_MARGIN_BYTES,
+    OutputFolderError,
+    check_fit_limits,
+    check_output_folder,
+    check_resume_checkpoint,
+    min_free_bytes,
+    run_folders,
+)
 
 LOG_ROOT = "lightning_logs"
+# --ckpt_path values that Lightning resolves itself ("last"/"best" are resolved here first).
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 # Both loggers write into the same lightning_logs/version_N/ (see instantiate_trainer).
 DEFAULT_LOGGERS = [
@@ -48,6 +67,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": DEFAULT_LOGGERS,
     # Same seed, same result on CPU; "warn" rather than True because a few CUDA kernels
     # (adaptive average pooling's backward) have no deterministic version and would raise.
+    # Lightning then also turns cuDNN autotuning off (benchmark=False): GPU recipes set
+    # `deterministic: false` and `benchmark: true` for speed (configs/resnet18_cifar10_fast.yaml).
     "deterministic": "warn",
 }
 
@@ -68,7 +89,7 @@ class ModernCNNCLI(LightningCLI):
             default=False,
             help="after fit, test the best checkpoint on the test split (same run folder)",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_acc",
@@ -84,6 +105,22 @@ class ModernCNNCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand is not None:
             self._resolve_checkpoint(subcommand, self.config[subcommand])
+            if self.config[subcommand].get("weights_only", False) is None:
+                # A checkpoint is tensors and plain containers: never unpickle code from one.
+                self.config[subcommand].weights_only = True
+
+    def _parse_ckpt_path(self) -> None:
+        """The config, not ``--ckpt_path``, says which model to build.
+
+        Lightning would overwrite the config's ``model:`` section with the checkpoint's
+        hyperparameters, silently training another network than the config names; instead a
+        checkpoint that does not fit the config's model is refused, naming the difference
+        (:func:`~moderncnn.training.preflight.check_resume_checkpoint`, before the run starts).
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path)  # truncated or unsafe: one message naming the file, now
 
     def _resolve_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """``--ckpt_path last`` / ``best``: a checkpoint of the newest earlier run.
@@ -120,7 +157,22 @@ class ModernCNNCLI(LightningCLI):
             _ = logger.version
         return trainer
 
+    def _preflight(self) -> None:
+        """Fails now, naming the setting, on what would fail later or lose an earlier run's files:
+        an unwritable or full output folder, a fit of zero epochs, a checkpoint that is unsafe
+        or made for another model."""
+        fitting = self.subcommand == "fit"
+        if fitting:
+            check_fit_limits(self.trainer, self.model)
+        needed = min_free_bytes(self.model) if fitting else LOG_MARGIN_BYTES
+        for folder in run_folders(self.trainer):
+            check_output_folder(folder, needed)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and "://" not in ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
+            check_resume_checkpoint(ckpt_path, self.model)
+
     def _open_run_folder(self) -> None:
+        self._preflight()
         # The CSV logger deletes the metrics.csv of a folder that already has files; open it
         # before the config and TensorBoard files are written, so it starts in an empty folder.
         for logger in self.trainer.loggers:
@@ -135,8 +187,9 @@ class ModernCNNCLI(LightningCLI):
         if self.config["fit"].get("test_after_fit"):
             # Weights of the best validation epoch when there is one, else the final weights.
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best_path or None)
-        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
-            print(f"\nrun folder: {self.trainer.log_dir}")
+        folder = run_dir(self.trainer)  # not trainer.log_dir: a collective call under DDP
+        if self.trainer.is_global_zero and folder is not None:
+            print(f"\nrun folder: {folder}")
             if best_path:
                 score = best.best_model_score
                 note = f" ({best.monitor} = {float(score):.4f})" if score is not None else ""
@@ -151,12 +204,13 @@ class ModernCNNCLI(LightningCLI):
     def after_predict(self) -> None:
         """Writes ``predictions.csv`` (image index, class, probability) into the run folder."""
         batches = self.trainer.predict_loop.predictions
-        if not batches or not self.trainer.is_global_zero or self.trainer.log_dir is None:
+        folder = run_dir(self.trainer)
+        if not batches or not self.trainer.is_global_zero or folder is None:
             return
         probs = torch.cat(batches if isinstance(batches[0], torch.Tensor) else batches[0])
         names = self.model.hparams.class_names or [str(i) for i in range(probs.shape[1])]
         best, index = probs.max(dim=1)
-        path = Path(self.trainer.log_dir) / "predictions.csv"
+        path = folder / "predictions.csv"
         with path.open("w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["index", "class", "probability"])
@@ -227,7 +281,26 @@ def main(argv: list[str] | None = None) -> int:
     except ArgumentError as err:  # an unknown key, a value of the wrong type
         print(f"{_prog(argv)}: error: {err}\n(see `{_prog(argv)} --help`)", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:  # a bad value or a missing file: no traceback
-        print(f"{_prog(argv)}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, OutputFolderError, MisconfigurationException) as err:
+        # A bad value, a missing file, an unwritable run folder: one message, no traceback.
+        print(f"{_prog(argv)}: error: {_one_message(err)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_message(err: Exception) -> str:
+    """The error itself, without jsonargparse's account of the data module's ``class_path`` union.
+
+    A data module's ValueError (``batch_size must be a positive integer, got 0``) reaches us
+    wrapped in "Does not validate against any of the Union subtypes", the subtypes and the
+    namespace given; keep only the data module's own message.
+    """
+    text = str(err)
+    if "Union subtypes" not in text:
+        return text
+    reasons = [
+        line.strip()[2:]
+        for line in text.splitlines()
+        if line.strip().startswith("- ") and "NoneType" not in line
+    ]
+    return f"data: {'; '.join(reasons)}" if reasons else text

@@ -1,10 +1,12 @@
 """Classify image files with a trained classifier or a backbone + linear-probe head.
 
 ``checkpoint`` is either a Lightning checkpoint of :class:`moderncnn.ImageClassifier`
-(``.ckpt``; read with ``weights_only=True`` and rebuilt from its saved hyperparameters) or a
-probe folder written by ``moderncnn probe`` (the backbone is rebuilt from its name and
-weights and checked against the hash recorded when the features were extracted). A file that
-cannot be decoded is reported with its reason; the other files are still classified.
+(``.ckpt``; read with ``weights_only=True`` and rebuilt from its saved hyperparameters), an
+exported ``.onnx`` or ``.torchscript`` file from ``moderncnn export`` (class names and
+normalisation read from its JSON sidecar), or a probe folder written by ``moderncnn probe``
+(the backbone is rebuilt from its name and weights and checked against the hash recorded when
+the features were extracted). A file that cannot be decoded is reported with its reason; the
+other files are still classified.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from ._cli import user_errors_as_messages
 from .sources import ImageFileDataset, Preprocess, collate_images, find_images
 
 __all__ = ["Prediction", "load_predictor", "main", "predict", "write_csv", "write_json"]
+
+# Files written by `moderncnn export` (moderncnn.export.SUFFIXES).
+EXPORTED_SUFFIXES = (".onnx", ".torchscript")
 
 
 @dataclass
@@ -116,8 +121,17 @@ def _classifier_predictor(path: Path, transform: Any) -> Predictor:
             f"{path} was trained with a Python nn.Module, not a registered model name, so it "
             "cannot be rebuilt from the checkpoint; load it with the module in Python"
         )
-    module = ImageClassifier(**hparams)
-    module.load_state_dict(checkpoint["state_dict"])
+    # The state dict replaces every pretrained tensor, so the file (or download) a fine-tuning
+    # run started from is not needed to rebuild it: drop `weights` from the model's arguments.
+    kwargs = {k: v for k, v in (hparams.get("model_kwargs") or {}).items() if k != "weights"}
+    module = ImageClassifier(**{**hparams, "model_kwargs": kwargs})
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:  # a state dict edited or saved for another network
+        raise ValueError(
+            f"{path}: its weights do not fit the {hparams['model']} its hyperparameters describe "
+            f"({str(err).splitlines()[-1].strip()}); the file is inconsistent, save it again"
+        ) from err
     class_names = hparams.get("class_names") or [str(i) for i in range(module.num_classes)]
     if transform is None:
         if hparams.get("preprocess") is None:
@@ -126,16 +140,55 @@ def _classifier_predictor(path: Path, transform: Any) -> Predictor:
                 "predict(..., transform=...)"
             )
         transform = Preprocess.from_dict(hparams["preprocess"]).transform()
-    return Predictor(module.eval(), list(class_names), transform)
+    # Batch norm folded into the convolutions, channels-last: the same logits, faster. In eval
+    # mode the network returns the main logits alone (no auxiliary-head tuple).
+    from moderncnn.inference import optimize_for_inference
+
+    return Predictor(optimize_for_inference(module.model), list(class_names), transform)
+
+
+def _exported_predictor(path: Path, transform: Any) -> Predictor:
+    """An ONNX or TorchScript file from ``moderncnn export``, with its sidecar's names and stats."""
+    from moderncnn.export import load_exported, sidecar_path
+
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise FileNotFoundError(
+            f"{side} not found: {path.name}'s class names and normalisation are kept in it; "
+            "copy it beside the model, or export the checkpoint again with `moderncnn export`"
+        )
+    exported = load_exported(path)
+    meta = exported.metadata
+    if transform is None:
+        if meta.get("mean") is None or meta.get("std") is None:
+            raise ValueError(
+                f"{side} records no normalisation mean/std (the export was made from a plain "
+                "state dict); pass predict(..., transform=...)"
+            )
+        size = int(meta["input_size"][-1])
+        preprocess = Preprocess.for_size(size, meta["mean"], meta["std"])
+        if "resize_size" in meta:
+            preprocess = Preprocess(size, meta["resize_size"], preprocess.mean, preprocess.std)
+        transform = preprocess.transform()
+
+    def logits(images: Tensor) -> Tensor:
+        if meta.get("dynamic_batch"):
+            return exported(images.cpu())
+        # Exported for batch size 1 only: one image at a time.
+        return torch.cat([exported(image[None].cpu()) for image in images])
+
+    return Predictor(logits, exported.class_names, transform)
 
 
 def load_predictor(
     checkpoint: str | Path, backbone: nn.Module | None = None, transform: Any = None
 ) -> Predictor:
-    """A :class:`Predictor` from a ``.ckpt`` file or a probe folder."""
+    """A :class:`Predictor` from a ``.ckpt`` file, an exported model or a probe folder."""
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         return _probe_predictor(path, backbone, transform)
+    if path.suffix in EXPORTED_SUFFIXES and path.is_file():
+        return _exported_predictor(path, transform)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {str(path)!r} does not exist; pass a .ckpt file from `moderncnn fit` "
@@ -159,7 +212,8 @@ def predict(
 
     Args:
         inputs: image files and/or folders.
-        checkpoint: a ``.ckpt`` of an ImageClassifier, or a folder from ``moderncnn probe``.
+        checkpoint: a ``.ckpt`` of an ImageClassifier, an ``.onnx``/``.torchscript`` file from
+            ``moderncnn export``, or a folder from ``moderncnn probe``.
         topk: classes reported per image (at most the number of classes).
         batch_size: images per forward pass.
         backbone: for a probe whose backbone is not a registered model (or not rebuildable).
@@ -208,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     """``moderncnn predict --checkpoint CKPT|PROBE_DIR FILES... [--topk K] [--csv] [--json]``."""
     parser = argparse.ArgumentParser(prog="moderncnn predict", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="image files or folders")
-    parser.add_argument("--checkpoint", required=True, help=".ckpt file or probe folder")
+    parser.add_argument(
+        "--checkpoint", required=True, help=".ckpt, exported .onnx/.torchscript, or probe folder"
+    )
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--csv", default=None, help="write the predictions to this CSV file")

@@ -152,7 +152,9 @@ def test_class_map_and_bad_file_report_go_to_the_log_dir(image_root, tmp_path: P
     root, _, bad = image_root
     dm = _module(root)
     run_dir = tmp_path / "run"
-    dm.trainer = SimpleNamespace(loggers=[object()], is_global_zero=True, log_dir=str(run_dir))
+    # The run folder comes from the logger (trainer.log_dir is a collective call under DDP).
+    logger = SimpleNamespace(log_dir=str(run_dir), save_dir=str(tmp_path))
+    dm.trainer = SimpleNamespace(loggers=[logger], is_global_zero=True)
     dm.setup("fit")
 
     assert json.loads((run_dir / "class_to_idx.json").read_text()) == dm.class_to_idx

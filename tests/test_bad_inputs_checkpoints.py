@@ -1,0 +1,187 @@
+"""Bad checkpoints: truncated, for another architecture or class count, or a pickle that would
+run code. Each is refused with a message naming the file, through every door a checkpoint comes
+in by: ``create_model(weights=...)``, ``fit/test --ckpt_path``, ``predict --checkpoint`` and
+``export``; nothing in the file is executed and nothing already written is touched.
+
+More cases of ``load_pretrained`` (wrappers, key renames, torchvision files): tests/transfer/
+test_weights.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from moderncnn.cli import main as moderncnn_main
+from moderncnn.models import create_model
+from moderncnn.training.module import ImageClassifier
+from moderncnn.transfer.checkpoint import CheckpointError
+
+MODEL_KWARGS = {"channels": [8, 16], "layers": [1, 1]}
+
+
+class RunsCode:
+    """Unpickling this calls ``Path.touch(marker)``: the attack ``weights_only=True`` stops."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def lightning_checkpoint(path: Path, num_classes: int = 10, channels=(8, 16), **extra) -> Path:
+    """A checkpoint laid out as `moderncnn fit` writes it (state dict + hyperparameters)."""
+    kwargs = {"channels": list(channels), "layers": [1, 1]}
+    module = ImageClassifier(
+        "resnet18_cifar", num_classes=num_classes, in_chans=1, model_kwargs=kwargs
+    )
+    hparams = dict(module.hparams) | {
+        "preprocess": {"image_size": 28, "resize_size": None, "mean": [0.3], "std": [0.35]}
+    }
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, **extra}, path)
+    return path
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    good = lightning_checkpoint(tmp_path / "good.ckpt")
+    data = good.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    marker = tmp_path / "code_ran"
+    lightning_checkpoint(tmp_path / "evil.ckpt", extra_object=RunsCode(marker))
+    return {
+        "good": good,
+        "truncated": tmp_path / "truncated.ckpt",
+        "evil": tmp_path / "evil.ckpt",
+        "marker": marker,
+        "other_arch": lightning_checkpoint(tmp_path / "wide.ckpt", channels=(16, 32)),
+        "other_classes": lightning_checkpoint(tmp_path / "five.ckpt", num_classes=5),
+    }
+
+
+# -- create_model(weights=...) ----------------------------------------------------------------
+
+
+def test_weights_truncated_or_code_are_refused(files: dict[str, Path]) -> None:
+    build = {"num_classes": 10, "in_chans": 1, **MODEL_KWARGS}
+    with pytest.raises(CheckpointError, match=r"truncated\.ckpt: the file is truncated or corrupt"):
+        create_model("resnet18_cifar", weights=str(files["truncated"]), **build)
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: it holds pickled Python objects"):
+        create_model("resnet18_cifar", weights=str(files["evil"]), **build)
+    assert not files["marker"].exists()
+
+
+def test_weights_of_another_architecture_are_refused(files: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match=r"wide\.ckpt.*does not fit resnet18_cifar"):
+        create_model("resnet18_cifar", weights=str(files["other_arch"]), in_chans=1, **MODEL_KWARGS)
+
+
+def test_weights_of_another_class_count_keep_a_fresh_head(files: dict[str, Path], caplog) -> None:
+    # Transfer learning: the backbone loads, the classifier of the new class count stays fresh.
+    model = create_model(
+        "resnet18_cifar", num_classes=10, in_chans=1, weights=str(files["other_classes"]),
+        **MODEL_KWARGS,
+    )  # fmt: skip
+    saved = torch.load(files["other_classes"], weights_only=True)["state_dict"]
+    assert torch.equal(model.conv1.weight, saved["model.conv1.weight"])
+    assert model.fc.out_features == 10
+
+
+# -- moderncnn fit/test --ckpt_path ---------------------------------------------------------------
+
+
+def fit_config(tmp_path: Path, fashion_mnist_dir: Path) -> Path:
+    config = {
+        "model": {"model": "resnet18_cifar", "model_kwargs": MODEL_KWARGS},
+        "data": {
+            "class_path": "moderncnn.data.FashionMNISTDataModule",
+            "init_args": {"data_dir": str(fashion_mnist_dir), "batch_size": 64},
+        },
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("truncated", "truncated.ckpt: the file is truncated or corrupt"),
+        ("evil", "evil.ckpt: it holds pickled Python objects"),
+        ("other_arch", "wide.ckpt does not fit this config's model: model_kwargs="),
+        (
+            "other_classes",
+            "five.ckpt does not fit this config's model: num_classes=5 (this config: 10)",
+        ),
+        ("missing", "--ckpt_path '"),
+    ],
+)
+@pytest.mark.parametrize("command", ["fit", "test"])
+def test_ckpt_path_is_checked_before_the_run_starts(
+    command: str, name: str, message: str, files, fashion_mnist_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    config = fit_config(tmp_path, fashion_mnist_dir)
+    earlier = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    earlier.mkdir(parents=True)
+    (earlier / "last.ckpt").write_bytes(b"an earlier run's")
+    monkeypatch.chdir(tmp_path)
+    ckpt = files.get(name, tmp_path / "missing.ckpt")
+    assert moderncnn_main([command, "-c", str(config), "--ckpt_path", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not files["marker"].exists()
+    # No new run folder, and the earlier run's checkpoint as it was.
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+    assert (earlier / "last.ckpt").read_bytes() == b"an earlier run's"
+
+
+# -- moderncnn predict --checkpoint and moderncnn export ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("truncated", "truncated.ckpt: the file is truncated or corrupt"),
+        ("evil", "evil.ckpt: it holds pickled Python objects"),
+    ],
+)
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_predict_and_export_refuse_bad_checkpoints(
+    command: str, name: str, message: str, files, cifar_samples_dir: Path, tmp_path, capsys
+) -> None:
+    image = str(next(cifar_samples_dir.glob("*.png")))
+    args = {
+        "predict": ["predict", "--checkpoint", str(files[name]), image],
+        "export": ["export", str(files[name]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+    }[command]
+    assert moderncnn_main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not files["marker"].exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_predict_refuses_weights_that_do_not_fit_their_hyperparameters(
+    files, cifar_samples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    # A checkpoint whose state dict was swapped for another network's.
+    good = torch.load(files["good"], weights_only=True)
+    wide = torch.load(files["other_arch"], weights_only=True)
+    torch.save({**good, "state_dict": wide["state_dict"]}, tmp_path / "swapped.ckpt")
+    image = str(next(cifar_samples_dir.glob("*.png")))
+    args = ["predict", "--checkpoint", str(tmp_path / "swapped.ckpt"), image]
+    assert moderncnn_main(args) == 1
+    err = capsys.readouterr().err
+    assert "swapped.ckpt: its weights do not fit the resnet18_cifar" in err
+    assert "Traceback" not in err
+
+
+def test_good_checkpoint_predicts(files, cifar_samples_dir: Path, capsys) -> None:
+    # The fixture's checkpoints are real: the refusals above are about the files' faults.
+    image = str(next(cifar_samples_dir.glob("*.png")))
+    assert moderncnn_main(["predict", "--checkpoint", str(files["good"]), image]) == 0
+    assert "1 images classified, 0 unreadable" in capsys.readouterr().out
