@@ -249,3 +249,22 @@ def test_features_cli_from_a_training_config(cifar_folder: Path, tmp_path: Path,
     assert cache.splits == ["train", "val"] and cache.num_features == 512
     assert len(cache.labels("train")) + len(cache.labels("val")) == 20
     assert cache.meta["source"] == "ImageFolderDataModule"
+
+
+def test_bf16_features_are_close_keyed_apart_and_default_batches_by_size(
+    cifar_folder: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    net = CountingBackbone()
+    fp32 = extract_features(net, cifar_folder, tmp_path / "a", image_size=32, progress=False)
+    assert net.calls == 1  # 20 images at 32 px: the default batch is 64 on a CPU
+    bf16 = extract_features(
+        net, cifar_folder, tmp_path / "b", image_size=32, bf16=True, progress=False
+    )
+    assert bf16.features("all").dtype == torch.float32
+    assert bf16.meta["compute"] == "bfloat16-autocast" and fp32.meta["compute"] == "float32"
+    torch.testing.assert_close(bf16.features("all"), fp32.features("all"), rtol=0.05, atol=0.02)
+    assert not torch.equal(bf16.features("all"), fp32.features("all"))  # really bf16 math
+    # 128 px or more on a CPU: batches of 8 (a large map per image overflows the caches)
+    extract_features(net, cifar_folder, tmp_path / "c", image_size=128, progress=False)
+    assert net.calls == 2 + 3
