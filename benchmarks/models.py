@@ -1,19 +1,26 @@
-"""moderncnn vs torchvision on this CPU: inference and training throughput, DenseNet memory.
+"""moderncnn vs torchvision and timm on this CPU: inference and training throughput, memory.
 
-Each model is built twice from the same weights (torchvision's ``state_dict`` loaded into
-ours) and timed side by side: inference at defaults (fp32, NCHW, eval, ``inference_mode``),
-our :func:`~moderncnn.inference.optimize_for_inference` path against torchvision's defaults,
-and one SGD training step. DenseNet-121's peak training memory compares our
-``memory_efficient=True`` with torchvision's default, each measured in a fresh process,
-as peak tensor bytes (torch.profiler) and as peak resident memory (the kernel's VmHWM).
+Each model is built from the same weights (torchvision's ``state_dict`` loaded into ours and,
+when ``timm`` is installed -- ``pip install moderncnn[bench]`` -- into timm's) and timed side by
+side: inference at defaults (fp32, NCHW, eval, ``inference_mode``), our
+:func:`~moderncnn.inference.optimize_for_inference` path against their defaults, and one SGD
+training step: at defaults, channels-last, and channels-last under bf16 autocast (what
+``trainer.precision: bf16-mixed`` does on a CPU with bf16 instructions). timm has no GoogLeNet,
+and its Inception v3 no auxiliary head (one loss fewer to train). DenseNet-121's peak training
+memory compares our ``memory_efficient=True`` with torchvision's default, each measured in a
+fresh process, as peak tensor bytes (torch.profiler) and as peak resident memory (VmHWM).
 
-    python benchmarks/models.py            # full run: about 10 minutes on 2 quiet cores
-    python benchmarks/models.py --quick    # smoke run (batch 2, 1-2 runs): ~1 min, writes nothing
+    python benchmarks/models.py            # full run: about 8 minutes on 2 quiet cores (estimate)
+    python benchmarks/models.py --quick    # smoke run (batch 2, 1-2 runs): minutes, writes nothing
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -37,7 +44,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "models.md"
 IMAGE_SIZE = {"resnet50": 224, "densenet121": 224, "googlenet": 224, "inception_v3": 299}
 # The goals we hold ourselves to: throughput ratio ours / torchvision (higher is better) and
 # memory ratio (lower is better).
-GOAL_DEFAULTS, GOAL_OPTIMISED, GOAL_MEMORY = 1.0, 1.2, 0.6
+GOAL_DEFAULTS, GOAL_OPTIMISED, GOAL_TRAINING, GOAL_MEMORY = 1.0, 1.2, 1.1, 0.6
+HAVE_TIMM = importlib.util.find_spec("timm") is not None
+# bf16 autocast is fast only where oneDNN has bf16 kernels (AVX512-BF16, AMX); elsewhere slow.
+HAVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def calibrate_batch_norms(model: nn.Module, size: int) -> None:
@@ -58,14 +68,33 @@ def calibrate_batch_norms(model: nn.Module, size: int) -> None:
         bn.momentum = 0.1
 
 
-def build_pair(name: str, size: int) -> tuple[nn.Module, nn.Module]:
-    """Ours and torchvision's ``name`` holding the same (batch-norm calibrated) weights."""
+def build_models(name: str, size: int) -> dict[str, nn.Module]:
+    """Ours, torchvision's and timm's ``name`` (timm if it has it), with the same weights."""
     kwargs = {"init_weights": True} if name in {"googlenet", "inception_v3"} else {}
     theirs = getattr(torchvision.models, name)(weights=None, **kwargs)
     calibrate_batch_norms(theirs, size)
-    ours = create_model(name)
-    ours.load_state_dict(theirs.state_dict())  # strict: every key and shape must agree
-    return ours, theirs
+    models = {"ours": create_model(name), "torchvision": theirs}
+    models["ours"].load_state_dict(theirs.state_dict())  # strict: every key and shape agree
+    timm_model = build_timm(name, theirs.state_dict())
+    if timm_model is not None:
+        models["timm"] = timm_model
+    return models
+
+
+def build_timm(name: str, state: dict[str, Tensor]) -> nn.Module | None:
+    """timm's ``name`` with torchvision's weights (same key names), or None if there is none."""
+    if not HAVE_TIMM:
+        return None
+    import timm
+
+    if name not in timm.list_models(name):
+        return None
+    model = timm.create_model(name, pretrained=False)
+    result = model.load_state_dict(state, strict=False)
+    # timm's Inception v3 has no auxiliary head: only those keys may be left over.
+    if result.missing_keys or any(not k.startswith("AuxLogits.") for k in result.unexpected_keys):
+        raise RuntimeError(f"timm's {name} does not take torchvision's weights: {result}")
+    return model
 
 
 def timed_rounds(
@@ -85,38 +114,49 @@ def timed_rounds(
 
 
 def bench_inference(name: str, batch: int, size: int, args: argparse.Namespace) -> dict:
-    ours, theirs = build_pair(name, size)
-    ours.eval()
-    theirs.eval()
-    fast = optimize_for_inference(ours)
+    models = {key: model.eval() for key, model in build_models(name, size).items()}
+    fast = optimize_for_inference(models["ours"])
     x = torch.randn(batch, 3, size, size)
     with torch.inference_mode():
         # same weights, same numbers: otherwise the comparison means nothing
-        expected = theirs(x)
-        torch.testing.assert_close(ours(x), expected, rtol=1e-4, atol=1e-4)
+        expected = models["torchvision"](x)
+        for key, model in models.items():
+            torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4, msg=key)
         fast_out = fast(x.contiguous(memory_format=torch.channels_last))
         # folding reorders fp32 rounding: compare relative to the logits' scale
         scale = expected.abs().max().item()
         torch.testing.assert_close(fast_out, expected, rtol=1e-3, atol=1e-4 * scale)
-        steps = {
-            "ours": lambda: ours(x),
-            "optimised": lambda: fast(x.contiguous(memory_format=torch.channels_last)),
-            "torchvision": lambda: theirs(x),
-        }
+        steps = {key: functools.partial(model, x) for key, model in models.items()}
+        steps["optimised"] = lambda: fast(x.contiguous(memory_format=torch.channels_last))
         return timed_rounds(steps, args.warmup, args.repeats)
 
 
-def training_step(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
-    """One SGD step; aux heads (GoogLeNet, Inception v3) add 0.3 x their loss (Szegedy 2015)."""
+def training_step(
+    model: nn.Module, x: Tensor, y: Tensor, channels_last: bool = False, bf16: bool = False
+) -> Callable[[], None]:
+    """One SGD step; aux heads (GoogLeNet, Inception v3) add 0.3 x their loss (Szegedy 2015).
+
+    ``channels_last``: NHWC weights and images (ImageClassifier's ``channels_last``);
+    ``bf16``: forward under bf16 autocast, fp32 weights (Lightning's ``bf16-mixed``).
+    """
     model.train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
+    autocast = (
+        functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+        if bf16
+        else contextlib.nullcontext
+    )
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        logits, *aux = out if isinstance(out, tuple) else (out,)
-        loss = loss_fn(logits, y) + sum(0.3 * loss_fn(a, y) for a in aux)
+        with autocast():
+            out = model(x)
+            logits, *aux = out if isinstance(out, tuple) else (out,)
+            loss = loss_fn(logits, y) + sum(0.3 * loss_fn(a, y) for a in aux)
         loss.backward()
         optimizer.step()
 
@@ -124,9 +164,16 @@ def training_step(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
 
 
 def bench_training(name: str, batch: int, size: int, args: argparse.Namespace) -> dict:
-    ours, theirs = build_pair(name, size)
+    models = build_models(name, size)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
-    steps = {"ours": training_step(ours, x, y), "torchvision": training_step(theirs, x, y)}
+    steps = {key: training_step(model, x, y) for key, model in models.items()}
+    fast = {"channels_last": {"channels_last": True}}
+    if HAVE_BF16:
+        fast["bf16"] = {"channels_last": True, "bf16": True}
+    for key, switches in fast.items():  # each on a fresh copy of the same weights
+        ours = create_model(name)
+        ours.load_state_dict(models["torchvision"].state_dict())
+        steps[key] = training_step(ours, x, y, **switches)
     return timed_rounds(steps, args.warmup, args.train_repeats)
 
 
@@ -252,48 +299,76 @@ def machine_info(args: argparse.Namespace) -> list[str]:
     ]
 
 
+# (row, benchmark, our variant, goal: ratio to torchvision at its defaults)
+TASKS = [
+    ("inference, defaults", "inference", "ours", GOAL_DEFAULTS),
+    ("inference, optimize_for_inference", "inference", "optimised", GOAL_OPTIMISED),
+    ("training step, defaults", "training", "ours", GOAL_DEFAULTS),
+    ("training step, channels-last", "training", "channels_last", GOAL_TRAINING),
+    ("training step, channels-last + bf16 autocast", "training", "bf16", GOAL_TRAINING),
+]
+
+
 def throughput_rows(name: str, size: int, args: argparse.Namespace) -> list[str]:
-    inf = bench_inference(name, args.batch, size, args)
-    train = bench_training(name, args.train_batch, size, args)
+    times = {
+        "inference": bench_inference(name, args.batch, size, args),
+        "training": bench_training(name, args.train_batch, size, args),
+    }
     rows = []
-    for task, times, key, goal, batch in (
-        ("inference, defaults", inf, "ours", GOAL_DEFAULTS, args.batch),
-        ("inference, optimize_for_inference", inf, "optimised", GOAL_OPTIMISED, args.batch),
-        ("training step, defaults", train, "ours", GOAL_DEFAULTS, args.train_batch),
-    ):
-        ours, theirs = (batch / statistics.median(times[k]) for k in (key, "torchvision"))
-        ratio = ours / theirs
+    for task, bench, key, goal in TASKS:
+        runs = times[bench]
+        if key not in runs:  # bf16 without bf16 kernels on this CPU
+            continue
+        batch = args.batch if bench == "inference" else args.train_batch
+        speed = {k: batch / statistics.median(v) for k, v in runs.items()}
+        ratio = speed[key] / speed["torchvision"]
+        timm_cells = "| — | — "
+        if "timm" in speed:
+            timm_cells = f"| {speed['timm']:.1f} {spread(runs['timm'])} "
+            timm_cells += f"| {speed[key] / speed['timm']:.2f}x "
         rows.append(
-            f"| {name} | {task} | {batch} | {size} | {ours:.1f} {spread(times[key])} "
-            f"| {theirs:.1f} {spread(times['torchvision'])} | {ratio:.2f}x | >= {goal:.1f}x "
-            f"| {'yes' if ratio >= goal else 'no'} |"
+            f"| {name} | {task} | {batch} | {size} | {speed[key]:.1f} {spread(runs[key])} "
+            f"| {speed['torchvision']:.1f} {spread(runs['torchvision'])} | {ratio:.2f}x "
+            f"{timm_cells}| >= {goal:.1f}x | {'yes' if ratio >= goal else 'no'} |"
         )
         print(rows[-1], flush=True)
     return rows
 
 
 def report(args: argparse.Namespace) -> str:
-    lines = ["# moderncnn vs torchvision on CPU", ""]
+    lines = ["# moderncnn vs torchvision and timm on CPU", ""]
     if args.quick:
         lines += ["**Quick smoke run: tiny batches, too few runs to read anything into.**", ""]
     lines += [*machine_info(args), ""]
+    timm_note = (
+        f"timm {importlib.metadata.version('timm')} (same weights, checked)"
+        if HAVE_TIMM
+        else "timm: not installed (`pip install moderncnn[bench]`), its columns show —"
+    )
     lines += [
         "## Throughput (images/s, higher is better)",
         "",
         f"Median of {args.repeats} timed runs (training: {args.train_repeats}) after "
         f"{args.warmup} warm-up runs, the variants interleaved round by round so that load "
         "changes hit them alike; ± is half the interquartile range (a ratio within it is "
-        "noise). Same weights in both (checked: "
+        "noise). Same weights in all (checked: "
         "equal logits): torchvision's random init with batch-norm statistics calibrated on "
         "one random batch, so that eval-mode activations have a trained network's scale "
-        "(uncalibrated, GoogLeNet's fade into slow denormal floats). Defaults: fp32, NCHW, "
-        "eval mode under `torch.inference_mode`. Optimised: "
+        "(uncalibrated, GoogLeNet's fade into slow denormal floats). torchvision and timm "
+        "always run at their defaults: fp32, NCHW; inference in eval mode under "
+        "`torch.inference_mode`. Ours, optimised inference: "
         "`optimize_for_inference` (batch norm folded into convs, channels-last weights; the "
         "input conversion to channels-last is timed). Training: forward, cross-entropy (+0.3 x "
-        "aux losses), backward and an SGD step.",
+        "aux losses; timm's Inception v3 has no aux head), backward and an SGD step; ours at "
+        "defaults, channels-last (`model.channels_last: true`, the same fp32 arithmetic), and "
+        "channels-last under bf16 autocast with fp32 weights (`trainer.precision: bf16-mixed`: "
+        "mixed precision, so not the same arithmetic; shown only where oneDNN has bf16 "
+        f"kernels, here: {'yes' if HAVE_BF16 else 'no'}). {timm_note}. Ratios: ours / "
+        "torchvision (the goal) and ours / timm.",
         "",
-        "| model | task | batch | px | ours | torchvision | ratio | goal | met |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | task | batch | px | ours | torchvision | ours/tv | timm | ours/timm "
+        "| goal | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for name in args.models:
@@ -313,9 +388,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-batch", type=int, default=8, help="training batch size")
     # Inception v3's aux head needs >= 299 px in training (a 17 x 17 map before its 5x5 pool).
     parser.add_argument("--image-size", type=int, help="px for every model (default: published)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per variant")
-    parser.add_argument("--repeats", type=int, default=10, help="timed inference runs")
-    parser.add_argument("--train-repeats", type=int, default=5, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant")
+    parser.add_argument("--repeats", type=int, default=7, help="timed inference runs")
+    parser.add_argument("--train-repeats", type=int, default=4, help="timed training steps")
     parser.add_argument("--memory-batch", type=int, default=8, help="DenseNet memory batch")
     parser.add_argument("--memory-repeats", type=int, default=3, help="processes per variant")
     parser.add_argument("--skip-memory", action="store_true")
