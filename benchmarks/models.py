@@ -105,10 +105,14 @@ def timed_rounds(
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for key, step in steps.items():
+    keys = list(steps)
+    for round_ in range(repeats):
+        # Each round starts with another variant: the one timed right after a heavier one
+        # (a cold cache, a fragmented allocator) is not always the same.
+        shift = round_ % len(keys)
+        for key in keys[shift:] + keys[:shift]:
             start = time.perf_counter()
-            step()
+            steps[key]()
             times[key].append(time.perf_counter() - start)
     return times
 
@@ -349,8 +353,8 @@ def report(args: argparse.Namespace) -> str:
         "## Throughput (images/s, higher is better)",
         "",
         f"Median of {args.repeats} timed runs (training: {args.train_repeats}) after "
-        f"{args.warmup} warm-up runs, the variants interleaved round by round so that load "
-        "changes hit them alike; ± is half the interquartile range (a ratio within it is "
+        f"{args.warmup} warm-up runs, the variants interleaved round by round, each round "
+        "starting with the next one, so that load changes and order effects hit them alike; ± is half the interquartile range (a ratio within it is "
         "noise). Same weights in all (checked: "
         "equal logits): torchvision's random init with batch-norm statistics calibrated on "
         "one random batch, so that eval-mode activations have a trained network's scale "

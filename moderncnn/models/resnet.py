@@ -64,7 +64,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)  # N x C_out x H/s x W/s
         out = self.relu(self.bn1(self.conv1(x)))  # N x width x H/s x W/s
         out = self.bn2(self.conv2(out))  # N x C_out x H/s x W/s
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as torchvision: no extra map-sized buffer per block
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -92,7 +93,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))  # N x inner x H x W
         out = self.relu(self.bn2(self.conv2(out)))  # N x inner x H/s x W/s
         out = self.bn3(self.conv3(out))  # N x 4w x H/s x W/s
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as torchvision: no extra map-sized buffer per block
+        return self.relu(out)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
