@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -105,12 +106,13 @@ def timed_rounds(
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {k: [] for k in steps}
-    keys = list(steps)
-    for round_ in range(repeats):
-        # Each round starts with another variant: the one timed right after a heavier one
-        # (a cold cache, a fragmented allocator) is not always the same.
-        shift = round_ % len(keys)
-        for key in keys[shift:] + keys[:shift]:
+    keys, order = list(steps), random.Random(0)
+    for _ in range(repeats):
+        # A seeded shuffle each round: a variant timed right after one in another memory
+        # format or dtype (oneDNN re-plans, caches go cold) pays for it; a fixed order would
+        # make the same variant pay every round.
+        order.shuffle(keys)
+        for key in keys:
             start = time.perf_counter()
             steps[key]()
             times[key].append(time.perf_counter() - start)
@@ -353,8 +355,9 @@ def report(args: argparse.Namespace) -> str:
         "## Throughput (images/s, higher is better)",
         "",
         f"Median of {args.repeats} timed runs (training: {args.train_repeats}) after "
-        f"{args.warmup} warm-up runs, the variants interleaved round by round, each round "
-        "starting with the next one, so that load changes and order effects hit them alike; ± is half the interquartile range (a ratio within it is "
+        f"{args.warmup} warm-up runs, the variants interleaved round by round, in a "
+        "seeded random order each round, so that load changes and order effects hit them alike; "
+        "± is half the interquartile range (a ratio within it is "
         "noise). Same weights in all (checked: "
         "equal logits): torchvision's random init with batch-norm statistics calibrated on "
         "one random batch, so that eval-mode activations have a trained network's scale "
@@ -394,7 +397,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="px for every model (default: published)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant")
     parser.add_argument("--repeats", type=int, default=7, help="timed inference runs")
-    parser.add_argument("--train-repeats", type=int, default=4, help="timed training steps")
+    parser.add_argument("--train-repeats", type=int, default=9, help="timed training steps")
     parser.add_argument("--memory-batch", type=int, default=8, help="DenseNet memory batch")
     parser.add_argument("--memory-repeats", type=int, default=3, help="processes per variant")
     parser.add_argument("--skip-memory", action="store_true")

@@ -311,7 +311,7 @@ def markdown(rows: list[Row], notes: list[str], budget: Budget, info: dict[str, 
     if b.test_batches is not None:  # --quick
         tested += f" ((b), (c) and pretraining: {256 * b.test_batches:,} of them)"
     load = f"{info['load_start']:.2f} at start, {info['load_end']:.2f} at end"
-    if max(info["load_start"], info["load_end"]) > 1.5:
+    if max(info["load_start"], info["load_end"]) > (os.cpu_count() or 1) + 0.5:
         load += " (**a shared, busy machine: times are slower and noisier than on a quiet one**)"
     sizes = "; ".join(
         f"{label}: `{name}` with {kwargs}, {parameters(label):,} parameters"
