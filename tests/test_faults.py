@@ -8,6 +8,7 @@ half_read`` and ``test_writer_killed_before_manifest_invalidates_old_cache``.)
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -174,6 +175,25 @@ def test_read_only_output_folder_is_named(tmp_path: Path) -> None:
     finally:
         folder.chmod(0o700)
     assert not list(folder.iterdir())
+
+
+def test_read_only_mount_is_named_before_training(tmp_path: Path, monkeypatch, capsys) -> None:
+    # Root ignores folder permissions, but not a read-only mount: the probe write fails with
+    # EROFS. Simulated here (mounting needs privileges a test must not ask for).
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.ckpt").write_bytes(b"earlier run")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("moderncnn.training.preflight.tempfile.TemporaryFile", read_only)
+    assert run_cli(tmp_path, tiny_config(), "fit") == 1
+    err = capsys.readouterr().err
+    assert "cannot write the run folder lightning_logs/version_1: " in err
+    assert "is not writable (Read-only file system)" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
+    assert (checkpoints / "last.ckpt").read_bytes() == b"earlier run"
 
 
 def test_full_disk_is_named_before_training_and_earlier_runs_are_untouched(
