@@ -212,7 +212,7 @@ def efficientnet_lite0() -> nn.Module | None:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         return None
-    from moderncnn.transfer.checkpoint import read_state_dict
+    from moderncnn.io.checkpoint import read_state_dict
 
     network = EfficientNet.from_name("efficientnet-lite0")
     # Its own loader calls torch.load without weights_only; ours reads tensors only.

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 # Heavy imports (Lightning, matplotlib) load on first use, so `import moderncnn` stays quick.
 _LAZY = {
-    "summary": "moderncnn.summary",
+    "summary": "moderncnn.models.layer_table",
     "optimize_for_inference": "moderncnn.inference",
     "ImageClassifier": "moderncnn.training.module",
     "FashionMNISTDataModule": "moderncnn.data",

@@ -8,14 +8,14 @@ from importlib import import_module
 # sub-command -> (module, function taking argv, one-line help). Imported only when used.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("moderncnn.cli", "list_models_main", "list the registered model names"),
-    "summary": ("moderncnn.summary", "main", "layer table: shapes, parameters, MACs"),
+    "summary": ("moderncnn.models.layer_table", "main", "layer table: shapes, parameters, MACs"),
     "fit": ("moderncnn.training.cli", "main", "train from a YAML config (LightningCLI)"),
     "validate": ("moderncnn.training.cli", "main", "validate a checkpoint"),
     "test": ("moderncnn.training.cli", "main", "test a checkpoint; writes a confusion matrix"),
     "predict": ("moderncnn.training.cli", "main", "-c CONFIG, or --checkpoint CKPT FILES: top-k"),
     "features": ("moderncnn.transfer.features", "main", "cache a frozen backbone's features"),
     "probe": ("moderncnn.transfer.probe", "main", "train a linear probe on cached features"),
-    "export": ("moderncnn.export", "main", "ONNX or TorchScript file, checked vs the model"),
+    "export": ("moderncnn.inference.export", "main", "ONNX, TorchScript or safetensors, checked"),
     "plot": ("moderncnn.training.plots", "plot_main", "learning curves PNG of a run"),
     "preview": ("moderncnn.training.plots", "preview_main", "grid of one augmented batch"),
 }

@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from moderncnn.cli import main as moderncnn_main
+from moderncnn.io.checkpoint import CheckpointError
 from moderncnn.models import create_model
 from moderncnn.training.module import ImageClassifier
-from moderncnn.transfer.checkpoint import CheckpointError
 
 MODEL_KWARGS = {"channels": [8, 16], "layers": [1, 1]}
 

@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from moderncnn import create_model, list_models
 from moderncnn.cli import main as cli_main
 from moderncnn.data import FashionMNISTDataModule
-from moderncnn.export import (
+from moderncnn.inference.export import (
     ExportError,
     export_model,
     fp32_noise,

@@ -1,4 +1,4 @@
-"""moderncnn.summary: MACs match torchvision's published numbers, shapes and totals are right."""
+"""moderncnn.models.layer_table: MACs match torchvision's published numbers, shapes and totals are right."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from torch import nn
 
 from moderncnn import create_model
 from moderncnn.cli import main as cli_main
-from moderncnn.summary import main as summary_main
-from moderncnn.summary import summary
+from moderncnn.models.layer_table import main as summary_main
+from moderncnn.models.layer_table import summary
 
 # torchvision's model table ("GFLOPS", which are multiply-accumulates), 224 x 224 input
 # except Inception v3 at 299 x 299.

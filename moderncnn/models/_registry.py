@@ -71,14 +71,14 @@ def create_model(
             (``forward`` then returns the pooled features).
         in_chans: channels of the input images (1 for Fashion-MNIST).
         weights: pretrained weights to load: ``"imagenet"`` (torchvision's), an ``https://``
-            URL or a ``.pth``/``.safetensors`` file; see :mod:`moderncnn.transfer.weights`.
+            URL or a ``.pth``/``.safetensors`` file; see :mod:`moderncnn.models.pretrained`.
         **kwargs: passed to the model's constructor (widths, depths, growth rate, ...).
     """
     check_model_name(name)
     model = _MODEL_ENTRYPOINTS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     if weights is not None:
         # Imported on use: file formats and downloads are not needed to build a model.
-        from moderncnn.transfer.weights import load_pretrained
+        from moderncnn.models.pretrained import load_pretrained
 
         load_pretrained(
             model, weights, model_name=name, transform_input=kwargs.get("transform_input")

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import moderncnn.data  # noqa: F401  (lets a config name our data modules by class name)
-from moderncnn.transfer.checkpoint import read_checkpoint
+from moderncnn.io.checkpoint import read_checkpoint
 
 from .callbacks import (
     ConfusionMatrixReport,

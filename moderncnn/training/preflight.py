@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning.pytorch as L
 from torch import nn
 
-from moderncnn.transfer.checkpoint import CheckpointError, read_checkpoint
+from moderncnn.io.checkpoint import CheckpointError, read_checkpoint
 
 __all__ = [
     "OutputFolderError",

@@ -16,11 +16,11 @@ from typing import Any
 
 # Loaded on first use, so that importing a submodule does not import all of them.
 _LAZY = {
-    "load_pretrained": "moderncnn.transfer.weights",
-    "resolve_weights": "moderncnn.transfer.weights",
-    "TORCHVISION_WEIGHTS": "moderncnn.transfer.weights",
-    "read_state_dict": "moderncnn.transfer.checkpoint",
-    "CheckpointError": "moderncnn.transfer.checkpoint",
+    "load_pretrained": "moderncnn.models.pretrained",
+    "resolve_weights": "moderncnn.models.pretrained",
+    "TORCHVISION_WEIGHTS": "moderncnn.models.pretrained",
+    "read_state_dict": "moderncnn.io.checkpoint",
+    "CheckpointError": "moderncnn.io.checkpoint",
     "extract_features": "moderncnn.transfer.features",
     "FeatureCache": "moderncnn.transfer.cache",
     "CacheInvalidError": "moderncnn.transfer.cache",

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .download import sha256_file
+from moderncnn.io.download import sha256_file
 
 __all__ = ["MANIFEST", "CacheInvalidError", "FeatureCache", "write_cache"]
 

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._cli import user_errors_as_messages
+from moderncnn.io.cli_errors import user_errors_as_messages
+
 from .cache import FeatureCache, write_cache
 from .sources import (
     ImageFileDataset,
@@ -63,8 +64,7 @@ def build_backbone(name: str, weights: str | None, in_chans: int = 3) -> nn.Modu
 def default_preprocess(backbone: nn.Module, name: str | None, weights: str | None) -> Preprocess:
     """The evaluation transform a backbone expects: its weights' recipe, else its input size."""
     from moderncnn.data.stats import IMAGENET
-
-    from .weights import find_pretrained
+    from moderncnn.models.pretrained import find_pretrained
 
     entry = find_pretrained(name, weights) if weights else None
     in_chans, size = getattr(backbone, "input_size", (3, 224, 224))[:2]

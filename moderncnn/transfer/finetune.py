@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from .weights import AUX_PREFIXES
+from moderncnn.models.pretrained import AUX_PREFIXES
 
 __all__ = ["FreezeBackbone", "split_head"]
 

@@ -24,12 +24,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ._cli import user_errors_as_messages
+from moderncnn.io.cli_errors import user_errors_as_messages
+
 from .sources import ImageFileDataset, Preprocess, collate_images, find_images
 
 __all__ = ["Prediction", "load_predictor", "main", "predict", "write_csv", "write_json"]
 
-# Files written by `moderncnn export` (moderncnn.export.SUFFIXES).
+# Files written by `moderncnn export` (moderncnn.inference.export.SUFFIXES).
 EXPORTED_SUFFIXES = (".onnx", ".torchscript")
 
 
@@ -106,9 +107,8 @@ def _probe_predictor(folder: Path, backbone: nn.Module | None, transform: Any) -
 
 def _classifier_predictor(path: Path, transform: Any) -> Predictor:
     """An ImageClassifier rebuilt from its checkpoint's hyperparameters (no pickled code run)."""
+    from moderncnn.io.checkpoint import read_checkpoint
     from moderncnn.training.module import ImageClassifier
-
-    from .checkpoint import read_checkpoint
 
     # Lightning's load_from_checkpoint would torch.load the file in full; this reads tensors
     # and plain containers only, then rebuilds the module from the saved __init__ arguments.
@@ -149,7 +149,7 @@ def _classifier_predictor(path: Path, transform: Any) -> Predictor:
 
 def _exported_predictor(path: Path, transform: Any) -> Predictor:
     """An ONNX or TorchScript file from ``moderncnn export``, with its sidecar's names and stats."""
-    from moderncnn.export import load_exported, sidecar_path
+    from moderncnn.inference.export import load_exported, sidecar_path
 
     side = sidecar_path(path)
     if not side.is_file():

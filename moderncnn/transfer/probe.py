@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._cli import user_errors_as_messages
+from moderncnn.io.cli_errors import user_errors_as_messages
+
 from .cache import FeatureCache
 
 __all__ = [

@@ -13,7 +13,7 @@ from torch import nn
 
 from moderncnn.data import FashionMNISTDataModule
 from moderncnn.data.stats import IMAGENET
-from moderncnn.transfer.checkpoint import read_state_dict
+from moderncnn.io.checkpoint import read_state_dict
 from moderncnn.transfer.features import extract_features
 from moderncnn.transfer.probe import train_probe
 from moderncnn.transfer.sources import Preprocess

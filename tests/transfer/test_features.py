@@ -223,7 +223,7 @@ def test_half_storage_is_refused_when_it_would_distort(cifar_folder: Path, tmp_p
 def test_cli_reports_offline_weights_as_one_message(
     cifar_folder: Path, tmp_path: Path, torch_home: Path, monkeypatch, capsys
 ) -> None:
-    from moderncnn.transfer import download
+    from moderncnn.io import download
 
     def offline(*args, **kwargs):
         raise download.URLError("no network")

@@ -14,11 +14,11 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from moderncnn.io import download
+from moderncnn.io.checkpoint import CheckpointError, read_state_dict
+from moderncnn.io.download import WeightsDownloadError, WeightsHashError
 from moderncnn.models import create_model
-from moderncnn.transfer import download
-from moderncnn.transfer.checkpoint import CheckpointError, read_state_dict
-from moderncnn.transfer.download import WeightsDownloadError, WeightsHashError
-from moderncnn.transfer.weights import TORCHVISION_WEIGHTS, load_pretrained
+from moderncnn.models.pretrained import TORCHVISION_WEIGHTS, load_pretrained
 
 X64 = (2, 3, 64, 64)
 
@@ -253,7 +253,7 @@ def test_download_checks_hash_before_caching(torch_home: Path, tmp_path: Path, m
 def unchecked_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let a stand-in file take the name of a published torchvision file."""
     monkeypatch.setattr(download, "check_hash", lambda path: None)
-    monkeypatch.setattr("moderncnn.transfer.weights.check_hash", lambda path: None)
+    monkeypatch.setattr("moderncnn.models.pretrained.check_hash", lambda path: None)
 
 
 def test_googlenet_imagenet_weights_turn_transform_input_on(torch_home, unchecked_hashes) -> None:

@@ -343,8 +343,8 @@ def load_checkpoint_model(
     hyperparameters; a plain state dict (``.pth``/``.safetensors``) needs ``model_name`` and
     ``num_classes``. Files are read with ``weights_only=True``: no pickled code runs.
     """
+    from moderncnn.io.checkpoint import read_checkpoint, read_state_dict, unwrap_state_dict
     from moderncnn.models import create_model
-    from moderncnn.transfer.checkpoint import read_checkpoint, read_state_dict, unwrap_state_dict
 
     path = Path(path)
     obj = None if path.suffix == ".safetensors" else read_checkpoint(path)

@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from .checkpoint import read_state_dict
-from .download import cached_download, check_hash, hash_prefix
+from moderncnn.io.checkpoint import read_state_dict
+from moderncnn.io.download import cached_download, check_hash, hash_prefix
 
 __all__ = [
     "LoadReport",
