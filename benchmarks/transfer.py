@@ -54,7 +54,7 @@ from moderncnn.training.module import ImageClassifier
 from moderncnn.transfer.features import extract_features
 from moderncnn.transfer.finetune import FreezeBackbone
 from moderncnn.transfer.probe import train_probe
-from moderncnn.transfer.sources import Preprocess
+from moderncnn.io.card import Preprocess
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transfer.md"
 SOURCE, TARGET = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]

@@ -13,10 +13,23 @@ __version__ = "0.1.0"
 _LAZY = {
     "summary": "moderncnn.models.layer_table",
     "optimize_for_inference": "moderncnn.inference",
+    "load_model": "moderncnn.inference",
+    "save_model": "moderncnn.inference",
+    "predict": "moderncnn.inference",
+    "ModelCard": "moderncnn.io.card",
+    "Preprocess": "moderncnn.io.card",
+    "ModernCNNError": "moderncnn.io.errors",
     "ImageClassifier": "moderncnn.training.module",
     "FashionMNISTDataModule": "moderncnn.data",
     "CIFAR10DataModule": "moderncnn.data",
     "ImageFolderDataModule": "moderncnn.data",
+    "Trainer": "moderncnn.training.trainer",
+    "from_config": "moderncnn.training.config",
+    "plot_curves": "moderncnn.viz",
+    "plot_confusion_matrix": "moderncnn.viz",
+    "show_batch": "moderncnn.viz",
+    "show_results": "moderncnn.viz",
+    "plot_top_losses": "moderncnn.viz",
 }
 
 

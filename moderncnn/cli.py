@@ -1,9 +1,19 @@
-"""The ``moderncnn`` command: one sub-command per job, each living beside the code it drives."""
+"""The ``moderncnn`` command: one sub-command per job, each living beside the code it drives.
+
+Every sub-command goes through one wrapper with one exit-code scheme: 0 done; 2 the command
+line or config does not parse; 1 a mistake the user can fix (a
+:class:`~moderncnn.io.errors.ModernCNNError` or an operating-system error such as a full
+disk), printed as ``moderncnn CMD: error: ...`` in one line. Anything else is a programming
+error and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import sys
 from importlib import import_module
+
+from moderncnn.io.errors import ModernCNNError
+from moderncnn.models import list_models
 
 # sub-command -> (module, function taking argv, one-line help). Imported only when used.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -16,14 +26,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("moderncnn.transfer.features", "main", "cache a frozen backbone's features"),
     "probe": ("moderncnn.transfer.probe", "main", "train a linear probe on cached features"),
     "export": ("moderncnn.inference.export", "main", "ONNX, TorchScript or safetensors, checked"),
-    "plot": ("moderncnn.training.plots", "plot_main", "learning curves PNG of a run"),
-    "preview": ("moderncnn.training.plots", "preview_main", "grid of one augmented batch"),
+    "plot": ("moderncnn.viz.curves", "plot_main", "learning curves PNG of a run"),
+    "preview": ("moderncnn.training.config", "preview_main", "grid of one augmented batch"),
 }
 
 
 def list_models_main(argv: list[str]) -> int:
-    from moderncnn.models import list_models
-
     pattern = argv[0] if argv else "*"
     print("\n".join(list_models(pattern)))
     return 0
@@ -47,10 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     module, function, _ = COMMANDS[command]
     if command == "predict" and any(a.split("=")[0] == "--checkpoint" for a in rest):
         # `predict --checkpoint ... FILES` classifies image files; `predict -c` is LightningCLI's.
-        module, function = "moderncnn.transfer.predict", "main"
+        module, function = "moderncnn.inference.prediction", "main"
     # LightningCLI reads the sub-command itself, so it gets argv whole.
     args = argv if module == "moderncnn.training.cli" else rest
-    return getattr(import_module(module), function)(args) or 0
+    try:
+        return getattr(import_module(module), function)(args) or 0
+    except SystemExit as exit_:  # argparse: --help (0) or a command line that does not parse (2)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    except (ModernCNNError, OSError) as err:
+        print(f"moderncnn {command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

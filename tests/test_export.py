@@ -13,14 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from moderncnn import create_model, list_models
 from moderncnn.cli import main as cli_main
 from moderncnn.data import FashionMNISTDataModule
-from moderncnn.inference.export import (
-    ExportError,
-    export_model,
-    fp32_noise,
-    load_exported,
-    sidecar_path,
-    verify_export,
-)
+from moderncnn.inference.export import ExportError, export_model, fp32_noise, verify_export
+from moderncnn.inference.runtimes import load_exported, sidecar_path
 
 FORMATS = ["onnx", "torchscript"]
 # One member per family runs by default; the rest (2-20 s each on 2 shared cores: deep
@@ -115,12 +109,13 @@ def test_sidecar_round_trip(tmp_path: Path) -> None:
     exported = load_exported(out)
     assert exported.class_names == names
     meta = exported.metadata
-    assert (meta["input_size"], meta["mean"], meta["std"]) == ([1, 8, 8], [0.5], [0.25])
+    pre = meta["card"]["preprocess"]
+    assert (meta["input_size"], pre["mean"], pre["std"]) == ([1, 8, 8], [0.5], [0.25])
     assert meta["opset"] == 17 and meta["input_name"] == "images"
     assert exported(torch.randn(1, 1, 8, 8)).shape == (1, 3)
     default = load_exported(export_model(model, tmp_path / "n.onnx", "onnx", (1, 8, 8)))
     assert default.class_names == ["class_0", "class_1", "class_2"]
-    with pytest.raises(ValueError, match="2 class names for 3 outputs"):
+    with pytest.raises(ValueError, match="2 class names for 3 (outputs|classes)"):
         export_model(model, tmp_path / "bad.onnx", "onnx", (1, 8, 8), class_names=["a", "b"])
 
 
@@ -139,6 +134,19 @@ def test_mismatching_export_is_refused_and_deleted(fmt: str, tmp_path: Path) -> 
     with pytest.raises(ExportError, match="differs from the eager model by"):
         export_model(TracesDifferently(), out, fmt, optimize=False)
     assert not out.exists() and not sidecar_path(out).exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary file left either
+
+
+def test_failed_export_keeps_the_earlier_good_one(tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    good = nn.Sequential(nn.Flatten())
+    good.input_size = (3, 4, 4)
+    export_model(good, out, "onnx", optimize=False)
+    before = out.read_bytes(), sidecar_path(out).read_bytes()
+    with pytest.raises(ExportError):
+        export_model(TracesDifferently(), out, "onnx", optimize=False)
+    assert (out.read_bytes(), sidecar_path(out).read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json"]
 
 
 def test_illegal_input_size_is_named(tmp_path: Path) -> None:
@@ -157,10 +165,18 @@ def test_cli_exports_lightning_checkpoint(tmp_path: Path) -> None:
     torch.save(
         {
             "state_dict": state,
-            "hyper_parameters": {"model": "resnet18_cifar", "num_classes": 10, "in_chans": 1},
-            "datamodule_hyper_parameters": {
-                "_class_path": "moderncnn.data.FashionMNISTDataModule",
-                "batch_size": 8,
+            "hyper_parameters": {
+                "model": "resnet18_cifar",
+                "num_classes": 10,
+                "in_chans": 1,
+                # linked from the data module by the CLI
+                "class_names": FashionMNISTDataModule.class_names,
+                "preprocess": {
+                    "image_size": 28,
+                    "resize_size": None,
+                    "mean": [0.286],
+                    "std": [0.353],
+                },
             },
         },
         ckpt,
@@ -171,7 +187,8 @@ def test_cli_exports_lightning_checkpoint(tmp_path: Path) -> None:
     assert exported.class_names == FashionMNISTDataModule.class_names
     meta = exported.metadata
     assert meta["model"] == "resnet18_cifar" and meta["input_size"] == [1, 28, 28]
-    assert meta["mean"] == pytest.approx([0.2860]) and meta["std"] == pytest.approx([0.3530])
+    pre = meta["card"]["preprocess"]
+    assert pre["mean"] == pytest.approx([0.2860]) and pre["std"] == pytest.approx([0.3530])
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         expected = model(x)
@@ -185,7 +202,7 @@ def test_cli_exports_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[st
     weights = tmp_path / "r.safetensors"
     save_file(model.state_dict(), weights)
     assert cli_main(["export", str(weights), "--format", "torchscript"]) == 1
-    assert "--model NAME and --num-classes N" in capsys.readouterr().err
+    assert "--model NAME --num-classes N" in capsys.readouterr().err
 
     out = tmp_path / "out" / "r.pt"
     argv = ["export", str(weights), "--format", "torchscript", "-o", str(out)]
@@ -200,7 +217,7 @@ def test_cli_exports_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # A state dict of another width is refused with the model named.
     argv[argv.index("4")] = "7"
     assert cli_main(argv) == 1
-    assert "does not fit resnet18_cifar(num_classes=7" in capsys.readouterr().err
+    assert "do not fit the resnet18_cifar(num_classes=7" in capsys.readouterr().err
 
 
 def test_cli_reads_image_classifier_hparams(tmp_path: Path) -> None:
@@ -216,7 +233,8 @@ def test_cli_reads_image_classifier_hparams(tmp_path: Path) -> None:
     exported = load_exported(tmp_path / "ic.onnx")
     meta = exported.metadata
     assert exported.class_names == ["a", "b", "c"] and meta["input_size"] == [3, 16, 16]
-    assert (meta["mean"], meta["std"]) == (preprocess["mean"], preprocess["std"])
+    pre = meta["card"]["preprocess"]
+    assert (pre["mean"], pre["std"]) == (preprocess["mean"], preprocess["std"])
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         expected = module.model.eval()(x)
@@ -231,7 +249,7 @@ def test_exported_model_predicts_images_like_its_checkpoint(
     # `moderncnn export`, then `moderncnn predict --checkpoint model.onnx FILES`: the same top
     # classes and probabilities as predicting from the .ckpt, names from the JSON sidecar.
     from moderncnn.training.module import ImageClassifier
-    from moderncnn.transfer.predict import predict
+    from moderncnn.inference import predict
 
     preprocess = {"image_size": 32, "resize_size": None, "mean": [0.49, 0.48, 0.45]}
     preprocess["std"] = [0.25, 0.24, 0.26]
@@ -264,7 +282,7 @@ def test_exported_model_predicts_images_like_its_checkpoint(
 
 
 def test_exported_model_without_its_sidecar_is_named(cifar_samples_dir: Path, tmp_path: Path):
-    from moderncnn.transfer.predict import predict
+    from moderncnn.inference import predict
 
     model = create_model("resnet18_cifar", num_classes=3, channels=[8], layers=[1])
     out = export_model(model, tmp_path / "m.onnx", "onnx", class_names=["a", "b", "c"])

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from moderncnn.io.errors import DataError
+
 from ._checks import check_fraction, check_non_negative_int, check_positive_int
 from .augment import AugmentationSpec, build_transforms, denormalize
 from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, load_image, scan_images
@@ -63,6 +65,34 @@ def find_class_folders(root: Path) -> list[str]:
     return folders
 
 
+# Names of split folders, and the split each stands for.
+SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def split_folders(root: Path) -> dict[str, Path] | None:
+    """``{"train": root/train, "val": ..., "test": ...}`` if ``root`` holds only split folders.
+
+    A folder named ``train`` or ``test`` beside other folders is a class like any other
+    (CIFAR-100 has a class "train"); only a root whose every sub-folder is a split name is
+    read as ``train/``, ``val/``, ``test/`` folders of classes.
+    """
+    if not root.is_dir():
+        return None
+    subfolders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not subfolders or any(p.name.lower() not in SPLITS for p in subfolders):
+        return None
+    layout: dict[str, Path] = {}
+    for folder in sorted(subfolders):
+        split = SPLITS[folder.name.lower()]
+        if split in layout:
+            raise DataError(
+                f"{root} has two folders for the {split} split: {layout[split].name} and "
+                f"{folder.name}; keep one"
+            )
+        layout[split] = folder
+    return layout
+
+
 def list_image_files(folder: Path) -> list[Path]:
     """Files with an image suffix under ``folder`` (recursively, hidden ones skipped), sorted."""
     return sorted(
@@ -92,7 +122,7 @@ class FitToSize(nn.Module):
         return v2.functional.center_crop(image, [self.size, self.size])
 
 
-class ImageFileDataset(Dataset):
+class ImageFolderSamples(Dataset):
     """(path, label) samples decoded with :func:`load_image` and transformed."""
 
     def __init__(
@@ -177,6 +207,18 @@ class ImageFolderDataModule(L.LightningDataModule):
 
         self.root = Path(root).expanduser()
         self.test_root = None if test_root is None else Path(test_root).expanduser()
+        self.val_root: Path | None = None
+        layout = split_folders(self.root)
+        if layout is not None:  # root/train, root/val, root/test, each a folder of classes
+            if "train" not in layout:
+                raise DataError(
+                    f"{self.root} holds only split folders ({', '.join(sorted(layout))}) but no "
+                    "train/ folder to train on"
+                )
+            self.root = layout["train"]
+            self.val_root = layout.get("val")
+            if self.test_root is None and not test_fraction:
+                self.test_root = layout.get("test")
         self.folders = find_class_folders(self.root)
         if len(self.folders) < 2:
             raise ValueError(
@@ -189,7 +231,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_classes = len(self.class_names)
         self.class_to_idx = {name: index for index, name in enumerate(self.class_names)}
         self.files = self._list_files(self.root, self.folders)
-        self.test_files = self._test_files() if self.test_root is not None else None
+        self.test_files = self._held_out_files(self.test_root, "test_root")
+        self.val_files = self._held_out_files(self.val_root, "val folder")
 
         self.train_transform = self._compose(self._train_augmentations(augmentations))
         self.eval_transform = self._compose(
@@ -214,15 +257,18 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
         return files
 
-    def _test_files(self) -> dict[int, list[Path]]:
-        folders = find_class_folders(self.test_root)
+    def _held_out_files(self, root: Path | None, what: str) -> dict[int, list[Path]] | None:
+        """Files of a separate test (or val) folder, whose classes must be training classes."""
+        if root is None:
+            return None
+        folders = find_class_folders(root)
         unknown = sorted(set(folders) - set(self.folders))
         if unknown:
-            raise ValueError(
-                f"test_root {self.test_root} has class folders {unknown} that are not in "
-                f"root {self.root}; test classes must be training classes"
+            raise DataError(
+                f"{what} {root} has class folders {unknown} that are not in "
+                f"root {self.root}; its classes must be training classes"
             )
-        return self._list_files(self.test_root, folders)
+        return self._list_files(root, folders)
 
     def _train_augmentations(self, augmentations: list[AugmentationSpec] | None) -> list:
         if augmentations is None:
@@ -248,7 +294,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._write_run_files_to_log_dir()
 
     def _scan(self) -> None:
-        groups = [self.files] + ([self.test_files] if self.test_files else [])
+        groups = [self.files] + [g for g in (self.test_files, self.val_files) if g]
         paths = [path for group in groups for files in group.values() for path in files]
         self.bad_files = scan_images(paths, self.max_image_pixels, workers=self.num_workers)
         if self.bad_files:
@@ -259,7 +305,8 @@ class ImageFolderDataModule(L.LightningDataModule):
                 len(paths),
                 lines,
             )
-        for group, root in [(self.files, self.root), (self.test_files or {}, self.test_root)]:
+        held_out = [(self.test_files or {}, self.test_root), (self.val_files or {}, self.val_root)]
+        for group, root in [(self.files, self.root), *held_out]:
             for label, files in group.items():
                 group[label] = [path for path in files if path not in self.bad_files]
                 if not group[label] and root == self.root:
@@ -275,7 +322,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         train, val, test = [], [], []
         for label, files in self.files.items():
             order = torch.randperm(len(files), generator=generator).tolist()
-            n_val = round(self.val_fraction * len(files))
+            n_val = 0 if self.val_files is not None else round(self.val_fraction * len(files))
             n_test = round(self.test_fraction * len(files))
             while n_val + n_test >= len(files) and n_val + n_test > 0:  # keep >= 1 to train on
                 n_val, n_test = (n_val - 1, n_test) if n_val >= n_test else (n_val, n_test - 1)
@@ -285,9 +332,11 @@ class ImageFolderDataModule(L.LightningDataModule):
             train += samples[n_val + n_test :]
         if self.test_files is not None:
             test = [(path, label) for label, files in self.test_files.items() for path in files]
-        self.train_set = ImageFileDataset(train, self.train_transform, self.max_image_pixels)
-        self.val_set = ImageFileDataset(val, self.eval_transform, self.max_image_pixels)
-        self.test_set = ImageFileDataset(test, self.eval_transform, self.max_image_pixels)
+        if self.val_files is not None:
+            val = [(path, label) for label, files in self.val_files.items() for path in files]
+        self.train_set = ImageFolderSamples(train, self.train_transform, self.max_image_pixels)
+        self.val_set = ImageFolderSamples(val, self.eval_transform, self.max_image_pixels)
+        self.test_set = ImageFolderSamples(test, self.eval_transform, self.max_image_pixels)
 
     def write_run_files(self, directory: str | Path) -> None:
         """Writes ``class_to_idx.json`` and ``bad_images.json`` ({path: reason}) there."""
@@ -324,7 +373,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 self.class_to_idx,
             )
 
-    def _loader(self, dataset: ImageFileDataset | None, train: bool = False) -> DataLoader:
+    def _loader(self, dataset: ImageFolderSamples | None, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() (or let the Trainer call it) before the dataloaders")
         workers = self.num_workers > 0

@@ -1,8 +1,18 @@
-"""Running trained models: batch-norm folding, export to ONNX/TorchScript/safetensors, loading
-any artifact we write (:func:`load_model`) and predicting image files."""
+"""Running trained models: batch-norm folding, loading any artifact we write
+(:func:`load_model`), predicting image files, and export to ONNX, TorchScript and safetensors."""
 
 from __future__ import annotations
 
+from .loading import LoadedModel, Prediction, load_model, save_model
 from .optimize import conv_bn_pairs, optimize_for_inference
+from .prediction import predict
 
-__all__ = ["conv_bn_pairs", "optimize_for_inference"]
+__all__ = [
+    "LoadedModel",
+    "Prediction",
+    "conv_bn_pairs",
+    "load_model",
+    "optimize_for_inference",
+    "predict",
+    "save_model",
+]

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import DataError, MissingFileError
+
 __all__ = ["CheckpointError", "read_checkpoint", "read_state_dict", "unwrap_state_dict"]
 
 # Keys under which training scripts commonly nest the state dict, in the order we look.
@@ -26,7 +28,7 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 PREFIXES = ("model.", "module.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DataError):
     """A weights file that cannot be read: truncated, corrupt, unsafe, or not a state dict."""
 
 
@@ -53,7 +55,7 @@ def read_checkpoint(path: str | Path) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        raise MissingFileError(f"weights file {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -118,6 +120,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+            raise MissingFileError(f"weights file {str(path)!r} does not exist")
         return _strip_common_prefix(_read_safetensors(path))
     return unwrap_state_dict(read_checkpoint(path), source=str(path))

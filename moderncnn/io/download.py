@@ -17,6 +17,8 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
+from .errors import ConfigError, DataError, ModernCNNError
+
 __all__ = [
     "WeightsDownloadError",
     "WeightsHashError",
@@ -33,11 +35,11 @@ HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.")
 CHUNK = 1 << 20  # bytes read per step, for the hash and the download
 
 
-class WeightsDownloadError(OSError):
+class WeightsDownloadError(ModernCNNError, OSError):
     """A weights URL could not be downloaded (offline, moved, refused)."""
 
 
-class WeightsHashError(ValueError):
+class WeightsHashError(DataError):
     """A weights file's SHA-256 does not start with the prefix in its name."""
 
 
@@ -90,12 +92,12 @@ def check_hash(path: str | Path) -> None:
 def _check_url(url: str) -> str:
     parts = urlparse(url)
     if parts.scheme != "https" or not parts.netloc:
-        raise ValueError(
+        raise ConfigError(
             f"weights URL must be https://... (plain http can be tampered with), got {url!r}"
         )
     name = os.path.basename(parts.path)
     if not name:
-        raise ValueError(f"weights URL {url!r} does not end in a file name")
+        raise ConfigError(f"weights URL {url!r} does not end in a file name")
     return name
 
 

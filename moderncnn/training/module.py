@@ -7,8 +7,10 @@ the network from the checkpoint alone (nanoGPT's rule: a checkpoint holds its mo
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as L
@@ -20,6 +22,10 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from moderncnn.io.card import ModelCard, Preprocess
+from moderncnn.io.checkpoint import read_checkpoint
+from moderncnn.io.download import cached_download
+from moderncnn.io.errors import ConfigError
 from moderncnn.models import check_model_name, create_model
 
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -42,22 +48,13 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def preprocess_of(data: Any) -> dict[str, Any] | None:
-    """A data module's evaluation transform: image size, resize size, mean and std (or None).
+    """A data module's evaluation transform as a dict (``Preprocess.to_dict``), or None.
 
     Saved in the checkpoint so that ``moderncnn predict --checkpoint`` can prepare image files
     the way the test images were prepared.
     """
-    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-    size = getattr(data, "image_size", None)
-    if mean is None or std is None or size is None:
-        return None
-    resize = getattr(data, "resize_size", None)
-    return {
-        "image_size": int(size[0] if isinstance(size, tuple | list) else size),
-        "resize_size": None if resize is None else int(resize),
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-    }
+    preprocess = Preprocess.of_datamodule(data)
+    return None if preprocess is None else preprocess.to_dict()
 
 
 class ImageClassifier(L.LightningModule):
@@ -171,6 +168,57 @@ class ImageClassifier(L.LightningModule):
         self.test_metrics = self._metrics("test")
         # Rows: true class, columns: predicted; read by the confusion-matrix callback after test.
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    @property
+    def card(self) -> ModelCard:
+        """What this model is (architecture, arguments, classes, preprocessing), as one card.
+
+        Written into every checkpoint as its ``model_card`` entry, which ``moderncnn.load_model``,
+        ``predict``, ``export`` and ``features --weights`` read.
+        """
+        return ModelCard.from_hparams(self.hparams, "ImageClassifier")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if isinstance(self.hparams.get("model"), str):  # a Python module has no card to write
+            checkpoint["model_card"] = self.card.to_dict()
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifier:
+        """Rebuild a trained classifier from a checkpoint, never running pickled code.
+
+        Lightning's own loader unpickles an ``http(s)://`` checkpoint (and any file when
+        ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set) with ``weights_only=False``; this one
+        reads tensors and plain containers only (``torch.load(weights_only=True)``), downloading
+        an ``https://`` URL into the weights cache first. ``kwargs`` override saved arguments.
+        """
+        if hparams_file is not None:
+            raise ConfigError("hparams_file is not supported: the checkpoint holds its arguments")
+        path = str(checkpoint_path)
+        if "://" in path:
+            path = str(cached_download(path))
+        checkpoint = read_checkpoint(path)
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not isinstance(hparams, dict) or "state_dict" not in checkpoint:
+            raise ConfigError(f"{path} is not a Lightning checkpoint of an ImageClassifier")
+        kwargs = {**hparams, **kwargs}
+        # The state dict replaces every pretrained tensor: the file (or download) a fine-tuning
+        # run started from is not needed to rebuild it.
+        model_kwargs = dict(kwargs.get("model_kwargs") or {})
+        model_kwargs.pop("weights", None)
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        kwargs = {k: v for k, v in kwargs.items() if k in known} | {"model_kwargs": model_kwargs}
+        module = cls(**kwargs)
+        module.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        if map_location is not None:
+            module.to(map_location)
+        return module.eval()
 
     def _set_memory_format(self, channels_last: bool) -> None:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -1,12 +1,12 @@
-"""Transfer learning: pretrained weights, cached backbone features, linear probes, prediction.
+"""Transfer learning: cached backbone features, linear probes, fine-tuning.
 
-- :func:`load_pretrained` (also ``create_model(..., weights="imagenet")``): torchvision's
-  ImageNet checkpoints, or any ``.pth``/``.safetensors`` file or ``https://`` URL.
 - :func:`extract_features` / :class:`FeatureCache`: a frozen backbone's pooled features of an
   image folder or data module, cached and verified on disk (``moderncnn features``).
 - :func:`train_probe`: a linear (or small MLP) head on those features (``moderncnn probe``).
 - :class:`FreezeBackbone`: fine-tuning callback: head first, then the backbone at a lower rate.
-- :func:`predict`: top-k classes of image files (``moderncnn predict --checkpoint``).
+- :func:`predict` / :func:`load_probe`: a probe's predictions (from :mod:`moderncnn.inference`).
+- :func:`load_pretrained` (also ``create_model(..., weights="imagenet")``): torchvision's
+  ImageNet checkpoints, or any ``.pth``/``.safetensors`` file or ``https://`` URL.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from typing import Any
 _LAZY = {
     "load_pretrained": "moderncnn.models.pretrained",
     "resolve_weights": "moderncnn.models.pretrained",
-    "TORCHVISION_WEIGHTS": "moderncnn.models.pretrained",
     "read_state_dict": "moderncnn.io.checkpoint",
     "CheckpointError": "moderncnn.io.checkpoint",
     "extract_features": "moderncnn.transfer.features",
     "FeatureCache": "moderncnn.transfer.cache",
     "CacheInvalidError": "moderncnn.transfer.cache",
     "train_probe": "moderncnn.transfer.probe",
-    "load_probe": "moderncnn.transfer.probe",
+    "load_probe": "moderncnn.inference.loading",
     "FreezeBackbone": "moderncnn.transfer.finetune",
-    "predict": "moderncnn.transfer.predict",
+    "predict": "moderncnn.inference.prediction",
 }
 
 

@@ -18,9 +18,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from moderncnn.io.cli_errors import user_errors_as_messages
+from moderncnn.inference.heads import ProbeHead
+from moderncnn.inference.loading import PROBE_HEAD, PROBE_INFO, load_probe
+from moderncnn.io.atomic import atomic_write, atomic_write_text
+from moderncnn.io.card import ModelCard
+from moderncnn.io.errors import DataError
+from moderncnn.viz import plot_confusion_matrix
 
 from .cache import FeatureCache
 
@@ -30,37 +35,13 @@ __all__ = [
     "ProbeResult",
     "evaluate",
     "load_probe",
+    "probe_card",
     "main",
     "train_probe",
 ]
 
-HEAD_FILE, INFO_FILE = "probe_head.safetensors", "probe.json"
+HEAD_FILE, INFO_FILE = PROBE_HEAD, PROBE_INFO
 SMALL_STEP = 2**25  # multiply-adds per training step below which one thread is fastest
-
-
-class ProbeHead(nn.Module):
-    """Standardise features with fixed statistics, then a linear layer or a small MLP."""
-
-    def __init__(
-        self,
-        num_features: int,
-        num_classes: int,
-        hidden: int | None = None,
-        mean: Tensor | None = None,
-        std: Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(num_features) if mean is None else mean.clone())
-        self.register_buffer("std", torch.ones(num_features) if std is None else std.clone())
-        if hidden:
-            self.net = nn.Sequential(
-                nn.Linear(num_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
-            )
-        else:
-            self.net = nn.Sequential(nn.Linear(num_features, num_classes))
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.net((features - self.mean) / self.std)
 
 
 @dataclass
@@ -78,11 +59,11 @@ def _splits(
     """Train/val/test features and labels; without a val split, a seeded part of train."""
     source = "train" if "train" in cache.splits else "all"
     if source not in cache.splits:
-        raise ValueError(f"{cache.root} has no 'train' or 'all' split to train on: {cache.splits}")
+        raise DataError(f"{cache.root} has no 'train' or 'all' split to train on: {cache.splits}")
     data = {s: (cache.features(s), cache.labels(s)) for s in cache.splits if s != "all"}
     data[source] = (cache.features(source), cache.labels(source))
     if (data[source][1] < 0).any():
-        raise ValueError(f"{cache.root}: the images are unlabelled (no class folders)")
+        raise DataError(f"{cache.root}: the images are unlabelled (no class folders)")
     if "val" not in data and val_fraction > 0:
         x, y = data.pop(source)
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
@@ -200,48 +181,48 @@ def train_probe(
     return ProbeResult(head, metrics, out_dir)
 
 
+def probe_card(
+    cache: FeatureCache, head: ProbeHead, hidden: int | None, metrics: dict
+) -> ModelCard:
+    """The probe's card: its classes and head, on the backbone card its features came from."""
+    if "card" not in cache.meta:
+        raise DataError(
+            f"feature cache {cache.root} was made before caches recorded their backbone's card; "
+            "run `moderncnn features` again"
+        )
+    parent = ModelCard.from_dict(cache.meta["card"], f"{cache.root} (manifest)")
+    split = "test" if "test" in metrics else "val" if "val" in metrics else "train"
+    return ModelCard(
+        architecture="mlp_probe" if hidden else "linear_probe",
+        num_classes=len(cache.class_names),
+        in_chans=parent.in_chans,
+        class_names=tuple(cache.class_names),
+        preprocess=parent.preprocess,
+        kind="probe",
+        parent=parent,
+        head={"num_features": head.mean.numel(), "hidden": hidden, "stage": cache.meta["stage"]},
+        source={"artifact": "probe", "feature_cache": str(cache.root.resolve())},
+        metrics={f"{split}_acc": metrics[split]["accuracy"]},
+    )
+
+
 def _save(out: Path, head: ProbeHead, cache: FeatureCache, metrics: dict, config: dict) -> Path:
     from safetensors.torch import save_file
 
-    from moderncnn.training.plots import save_confusion_matrix
-
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_FILE))
-    info = {
-        "class_names": cache.class_names,
-        "num_features": head.mean.numel(),
-        "backbone": cache.meta,  # name, weights (+ hash), stage, preprocessing
-        "feature_cache": str(cache.root.resolve()),
-        "config": config,
-        "metrics": metrics,
-    }
-    (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    state = {k: v.contiguous() for k, v in head.state_dict().items()}
+    atomic_write(out / HEAD_FILE, lambda tmp: save_file(state, str(tmp)))
+    card = probe_card(cache, head, config["hidden"], metrics)
+    info = {"card": card.to_dict(), "config": config, "metrics": metrics}
+    atomic_write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
     split = "test" if "test" in metrics else "val" if "val" in metrics else "train"
-    save_confusion_matrix(
+    plot_confusion_matrix(
         metrics[split]["confusion_matrix"],
         cache.class_names,
-        out / "confusion_matrix.png",
-        title=f"linear probe on {cache.meta.get('backbone')}: {split} split",
+        save=out / "confusion_matrix.png",
+        title=f"linear probe on {card.parent.architecture}: {split} split",
     )
     return out
-
-
-def load_probe(folder: str | Path) -> tuple[ProbeHead, dict[str, Any]]:
-    """The head saved by :func:`train_probe` and its metadata (``probe.json``)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if not (folder / INFO_FILE).is_file() or not (folder / HEAD_FILE).is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a probe folder (needs {INFO_FILE} and {HEAD_FILE}); make one with "
-            "`moderncnn probe CACHE --out DIR`"
-        )
-    info = json.loads((folder / INFO_FILE).read_text())
-    state = load_file(folder / HEAD_FILE)
-    hidden = info["config"]["hidden"]
-    head = ProbeHead(info["num_features"], len(info["class_names"]), hidden)
-    head.load_state_dict(state)
-    return head.eval(), info
 
 
 def format_report(metrics: dict[str, dict[str, Any]]) -> str:
@@ -258,7 +239,6 @@ def format_report(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@user_errors_as_messages("moderncnn probe")
 def main(argv: list[str] | None = None) -> int:
     """``moderncnn probe CACHE [--mlp HIDDEN] [--epochs] [--lr] [--out DIR]``."""
     parser = argparse.ArgumentParser(prog="moderncnn probe", description=__doc__.splitlines()[0])

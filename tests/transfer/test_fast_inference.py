@@ -11,8 +11,8 @@ from torch import nn
 
 from moderncnn import create_model
 from moderncnn.training.module import ImageClassifier
-from moderncnn.transfer.features import feature_fn
-from moderncnn.transfer.predict import load_predictor
+from moderncnn.inference.backbone import feature_fn
+from moderncnn.inference import load_model
 
 TINY_RESNET = {"channels": [8, 16], "layers": [1, 1]}
 
@@ -105,10 +105,10 @@ def test_checkpoint_predictor_runs_folded_with_the_trained_models_logits(tmp_pat
     checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
     torch.save(checkpoint, tmp_path / "run.ckpt")
 
-    predictor = load_predictor(tmp_path / "run.ckpt")
+    loaded = load_model(tmp_path / "run.ckpt")
     # Folded (the aux heads, unused in eval mode, keep theirs), and the module left unfolded.
-    assert isinstance(predictor.logits.conv1.bn, nn.Identity)
-    assert batch_norms(predictor.logits) < batch_norms(module.model)
+    assert isinstance(loaded.fast_network.conv1.bn, nn.Identity)
+    assert batch_norms(loaded.fast_network) < batch_norms(module.model)
     with torch.inference_mode():
         expected = module.eval()(images())
-        torch.testing.assert_close(predictor.logits(images()), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(loaded(images()), expected, rtol=1e-4, atol=1e-4)

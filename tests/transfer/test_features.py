@@ -17,7 +17,8 @@ from torch import nn
 from moderncnn.cli import main as cli_main
 from moderncnn.transfer.cache import CacheInvalidError, FeatureCache, write_cache
 from moderncnn.transfer.features import extract_features
-from moderncnn.transfer.sources import Preprocess, read_folder
+from moderncnn.data.files import read_folder
+from moderncnn.io.card import Preprocess
 
 
 class CountingBackbone(nn.Module):

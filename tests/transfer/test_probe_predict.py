@@ -15,8 +15,8 @@ from moderncnn.cli import main as cli_main
 from moderncnn.data import FashionMNISTDataModule
 from moderncnn.models import create_model
 from moderncnn.transfer.features import extract_features
-from moderncnn.transfer.predict import predict
-from moderncnn.transfer.probe import load_probe, train_probe
+from moderncnn.inference import predict
+from moderncnn.transfer import load_probe, train_probe
 
 
 def test_probe_on_fashion_mnist_pixels_beats_chance(fashion_mnist_dir: Path, tmp_path) -> None:
@@ -34,10 +34,11 @@ def test_probe_on_fashion_mnist_pixels_beats_chance(fashion_mnist_dir: Path, tmp
     assert sum(map(sum, test["confusion_matrix"])) == 10_000
     assert (tmp_path / "probe" / "confusion_matrix.png").stat().st_size > 10_000
 
-    head, info = load_probe(tmp_path / "probe")
+    head, card = load_probe(tmp_path / "probe")
     with torch.no_grad():
         torch.testing.assert_close(head(cache.features("val")), result.head(cache.features("val")))
-    assert info["backbone"]["preprocess"]["mean"] == [0.286]  # Fashion-MNIST's normalisation
+    assert card.preprocess.mean == (0.286,)  # Fashion-MNIST's normalisation
+    assert card.kind == "probe" and card.parent.kind == "backbone" and card.in_chans == 1
 
 
 def test_probe_cli_with_mlp(cifar_folder: Path, tmp_path: Path, capsys) -> None:
@@ -46,7 +47,8 @@ def test_probe_cli_with_mlp(cifar_folder: Path, tmp_path: Path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "train: accuracy" in printed and "val: accuracy" in printed
     info = json.loads((tmp_path / "c" / "probe" / "probe.json").read_text())
-    assert info["config"]["hidden"] == 32 and info["class_names"] == cache.class_names
+    assert info["config"]["hidden"] == 32 and info["card"]["class_names"] == cache.class_names
+    assert info["card"]["architecture"] == "mlp_probe" and info["card"]["head"]["hidden"] == 32
 
 
 @pytest.fixture
@@ -74,13 +76,13 @@ def test_predict_reports_broken_files_and_classifies_the_rest(
     good = [p for p in predictions if p.error is None]
     assert all(len(p.classes) == 3 and p.probabilities[0] >= p.probabilities[1] for p in good)
     # The rebuilt backbone and transform give the features the probe was trained on.
-    head, info = load_probe(probe)
+    head, card = load_probe(probe)
     from moderncnn.transfer.cache import FeatureCache
 
     cache = FeatureCache(cache_dir)
     expected = head(cache.features("all")).argmax(1).tolist()
     by_file = {Path(p.file).relative_to(cifar_folder).as_posix(): p.classes[0] for p in good}
-    assert [by_file[f] for f in cache.files("all")] == [info["class_names"][i] for i in expected]
+    assert [by_file[f] for f in cache.files("all")] == [card.class_names[i] for i in expected]
     correct = sum(p.classes[0] == Path(p.file).parent.name for p in good)
     assert correct >= 15  # 18 of the 20 images trained the probe
 
@@ -102,7 +104,9 @@ def test_predict_cli_writes_csv_and_json(probe_dir, cifar_folder: Path, tmp_path
 def test_predict_refuses_an_unrebuildable_backbone(cifar_folder: Path, tmp_path: Path) -> None:
     cache = extract_features("resnet18_cifar", cifar_folder, tmp_path / "c", progress=False)
     train_probe(cache, epochs=2, out=tmp_path / "probe")
-    with pytest.raises(ValueError, match=r"weights random \(weights=None\).*backbone=module"):
+    with pytest.raises(
+        ValueError, match=r"random initial weights \(weights=None\).*backbone=module"
+    ):
         predict(cifar_folder, tmp_path / "probe")
 
 
@@ -111,7 +115,7 @@ def test_predict_with_a_lightning_checkpoint(cifar_folder: Path, tmp_path: Path)
 
     from moderncnn.data import ImageFolderDataModule
     from moderncnn.training.module import ImageClassifier
-    from moderncnn.transfer.sources import Preprocess
+    from moderncnn.io.card import Preprocess
 
     data = ImageFolderDataModule(str(cifar_folder), val_fraction=0.0, image_size=32, batch_size=4)
     module = ImageClassifier("resnet18_cifar", num_classes=data.num_classes, scheduler="none")

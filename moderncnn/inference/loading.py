@@ -1,0 +1,433 @@
+"""Load any model we write, through one door: :func:`load_model`.
+
+=================  =======================================================================
+artifact           what it is
+=================  =======================================================================
+``run.ckpt``       a Lightning checkpoint of ``ImageClassifier`` (its ``model_card`` entry)
+``probe/``         ``moderncnn probe``'s folder: ``probe.json`` + ``probe_head.safetensors``
+``saved/``         a saved model folder: ``config.json`` (the card) + ``model.safetensors``
+``model.onnx``     an export, with its card in ``model.onnx.json``
+``.torchscript``   an export, likewise
+``.pth``           a plain state dict: give ``architecture=`` and ``num_classes=``
+=================  =======================================================================
+
+Each gives a :class:`LoadedModel`: its :class:`~moderncnn.io.card.ModelCard`, the network, and
+``predict(files)``. Files are read with ``weights_only=True`` or as safetensors: no pickled code
+runs. Loading never downloads: a probe whose backbone started from named weights needs them
+already in the cache, and the message says how to get them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from moderncnn.data.files import DecodedImageFiles, collate_images, find_images
+from moderncnn.io.atomic import atomic_write, atomic_write_text
+from moderncnn.io.card import ModelCard
+from moderncnn.io.checkpoint import read_checkpoint, read_state_dict, unwrap_state_dict
+from moderncnn.io.download import cache_dir
+from moderncnn.io.errors import ConfigError, DataError, MissingFileError
+from moderncnn.models import create_model, is_model
+from moderncnn.models.pretrained import find_pretrained, load_pretrained
+
+from .backbone import headless, weights_sha256
+from .heads import ProbeClassifier, ProbeHead
+from .optimize import optimize_for_inference
+from .runtimes import read_sidecar, run_exported, sidecar_path
+
+__all__ = [
+    "LoadedModel",
+    "Prediction",
+    "build_backbone",
+    "build_network",
+    "card_from_checkpoint",
+    "load_model",
+    "load_probe",
+    "read_card",
+    "save_model",
+]
+
+CARD_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+PROBE_INFO, PROBE_HEAD = "probe.json", "probe_head.safetensors"
+EXPORTED_SUFFIXES = (".onnx", ".torchscript")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use: its card, its network (None for ONNX), and its logits function.
+
+    ``loaded(images)`` takes a normalised N x C x H x W batch (``loaded.transform`` prepares
+    PIL images) and returns logits; :meth:`predict` classifies image files.
+    """
+
+    card: ModelCard
+    path: Path
+    network: nn.Module | None
+    runtime: str = "torch"
+    run: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    _fast: nn.Module | None = field(default=None, repr=False)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if self.run is None:
+            self.run = _torch_runner(self.fast_network)
+        return self.run(images)
+
+    @property
+    def fast_network(self) -> nn.Module:
+        """The network with batch norm folded, channels-last: the same logits, faster."""
+        if self.network is None:
+            raise DataError(f"{self.path} is an exported model: it has no torch network")
+        if self._fast is None:
+            self._fast = optimize_for_inference(self.network)
+        return self._fast
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card.names()
+
+    @property
+    def transform(self) -> Callable[[Any], Tensor]:
+        """PIL image -> normalised tensor, as the model's evaluation data was prepared."""
+        if self.card.preprocess is None:
+            raise DataError(
+                f"{self.path} records no preprocessing (image size, mean, std); pass "
+                "transform=... to predict"
+            )
+        return self.card.preprocess.transform()
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        *,
+        topk: int = 5,
+        batch_size: int = 32,
+        transform: Callable[[Any], Tensor] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> list[Prediction]:
+        """Top-k classes and probabilities of image files (folders are searched for images).
+
+        A file that cannot be decoded gets a :class:`Prediction` with its ``error``; the
+        others are still classified.
+        """
+        if not isinstance(topk, int) or topk < 1:
+            raise ConfigError(f"topk must be a positive int, got {topk!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+        files = _expand(inputs)
+        k = min(topk, len(self.class_names))
+        dataset = DecodedImageFiles(files, [0] * len(files), transform or self.transform)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_images)
+        if self.network is not None:
+            self.network.to(device)
+            if self.runtime == "torch":
+                self.run = self._fast = None  # rebuilt on the new device
+        results: list[Prediction | None] = [None] * len(files)
+        for batch in loader:
+            for index, error in batch.errors:
+                results[index] = Prediction(str(files[index]), error=error)
+            if batch.images is None:
+                continue
+            probs = self(batch.images.to(device)).float().softmax(1).cpu()
+            top = probs.topk(k, dim=1)
+            for row, index in enumerate(batch.indices.tolist()):
+                names = [self.class_names[i] for i in top.indices[row].tolist()]
+                results[index] = Prediction(str(files[index]), names, top.values[row].tolist())
+        return [r for r in results if r is not None]
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one file, or why it could not be read."""
+
+    file: str
+    classes: list[str] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def _expand(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders as the image files below them."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = find_images(item)
+            if not found:
+                raise MissingFileError(f"no image files in folder {item}")
+            files += found
+        else:
+            files.append(item)  # a missing or broken file is reported with the predictions
+    return files
+
+
+def _torch_runner(network: nn.Module) -> Callable[[Tensor], Tensor]:
+    def run(images: Tensor) -> Tensor:
+        device = next(network.parameters(), torch.empty(0)).device
+        with torch.inference_mode():
+            x = images.to(device)
+            x = x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+            out = network(x)
+        return (out[0] if isinstance(out, tuple) else out).float()
+
+    return run
+
+
+def build_network(card: ModelCard, where: str = "model card") -> nn.Module:
+    """The untrained network a classifier or backbone card describes (a registered model)."""
+    if not is_model(card.architecture):
+        raise DataError(
+            f"{where}: architecture {card.architecture!r} is not a registered model, so it cannot "
+            "be rebuilt from the file; load its weights into the module in Python"
+        )
+    classes = 0 if card.kind == "backbone" else card.num_classes
+    return create_model(
+        card.architecture, num_classes=classes, in_chans=card.in_chans, **dict(card.model_kwargs)
+    )
+
+
+def _load_state(network: nn.Module, state: Mapping[str, Tensor], card: ModelCard, where: str):
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:  # a state dict edited or saved for another network
+        raise DataError(
+            f"{where}: its weights do not fit the {card.architecture}"
+            f"(num_classes={card.num_classes}, in_chans={card.in_chans}, "
+            f"{dict(card.model_kwargs)}) its card describes "
+            f"({str(err).splitlines()[-1].strip()}); the file is inconsistent, save it again"
+        ) from err
+    return network.eval()
+
+
+def card_from_checkpoint(checkpoint: Any, where: str) -> ModelCard:
+    """The card of a Lightning checkpoint: its ``model_card`` entry, else its hyperparameters."""
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise DataError(
+            f"{where} is not a Lightning checkpoint of an ImageClassifier (no state_dict); for a "
+            "plain state dict give the architecture (--model NAME --num-classes N)"
+        )
+    if "model_card" in checkpoint:
+        card = ModelCard.from_dict(checkpoint["model_card"], f"{where} (model_card)")
+    else:  # written before checkpoints carried a card
+        card = ModelCard.from_hparams(checkpoint.get("hyper_parameters"), where)
+    return card.replace(source={**card.source, "artifact": "ckpt"})
+
+
+def _from_checkpoint(path: Path) -> LoadedModel:
+    checkpoint = read_checkpoint(path)
+    card = card_from_checkpoint(checkpoint, str(path))
+    # The ImageClassifier keeps its network in `self.model`, hence the "model." key prefix.
+    state = unwrap_state_dict(checkpoint, source=str(path))
+    network = _load_state(build_network(card, str(path)), state, card, str(path))
+    return LoadedModel(card, path, network)
+
+
+def _from_state_dict(path: Path, architecture: str, num_classes: int, **kwargs: Any):
+    card = ModelCard(architecture, num_classes, kwargs.pop("in_chans", 3), kwargs)
+    card = card.replace(source={"artifact": "state_dict"})
+    network = _load_state(build_network(card, str(path)), read_state_dict(path), card, str(path))
+    return LoadedModel(card, path, network)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: unreadable ({err})") from err
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _from_saved(folder: Path) -> LoadedModel:
+    card = ModelCard.from_dict(_read_json(folder / CARD_FILE), str(folder / CARD_FILE))
+    state = read_state_dict(folder / WEIGHTS_FILE)
+    if card.kind == "probe":
+        backbone = headless(build_network(card.parent, str(folder)))
+        network: nn.Module = ProbeClassifier(backbone, _probe_head(card), card.head.get("stage"))
+    else:
+        network = build_network(card, str(folder))
+    return LoadedModel(card, folder, _load_state(network, state, card, str(folder)))
+
+
+def _probe_head(card: ModelCard) -> ProbeHead:
+    return ProbeHead(int(card.head["num_features"]), card.num_classes, card.head.get("hidden"))
+
+
+def load_probe(folder: str | Path) -> tuple[ProbeHead, ModelCard]:
+    """The head saved by ``moderncnn probe`` and its card."""
+    folder = Path(folder)
+    if not (folder / PROBE_INFO).is_file() or not (folder / PROBE_HEAD).is_file():
+        raise MissingFileError(
+            f"{folder} is not a probe folder (needs {PROBE_INFO} and {PROBE_HEAD}); make one with "
+            "`moderncnn probe CACHE --out DIR`"
+        )
+    info = _read_json(folder / PROBE_INFO)
+    card = ModelCard.from_dict(info.get("card"), str(folder / PROBE_INFO))
+    if card.kind != "probe" or card.parent is None:
+        raise DataError(f"{folder / PROBE_INFO}: its card is not a probe's (kind {card.kind!r})")
+    head = _probe_head(card)
+    try:
+        head.load_state_dict(load_file(folder / PROBE_HEAD))
+    except (RuntimeError, OSError) as err:
+        raise DataError(f"{folder / PROBE_HEAD} does not fit {PROBE_INFO}: {err}") from err
+    return head.eval(), card
+
+
+def _offline_weights(weights: str, architecture: str) -> str:
+    """``weights`` as a local file: a named or URL source must already be in the cache."""
+    if Path(weights).expanduser().is_file():
+        return str(Path(weights).expanduser())
+    entry = None if "://" in weights else find_pretrained(architecture, weights)
+    name = Path(weights).name if "://" in weights else (entry.file_name if entry else None)
+    if name is None:
+        raise MissingFileError(f"backbone weights {weights!r} not found: the file is gone")
+    local = cache_dir() / name
+    if not local.is_file():
+        raise MissingFileError(
+            f"backbone weights {weights!r} are not on this machine ({local}); loading a model "
+            f"never downloads: run `moderncnn features --backbone {architecture} --weights "
+            f"{weights} ...` once online (or copy the file there), then load again"
+        )
+    return str(local)
+
+
+def build_backbone(card: ModelCard, where: str = "model card") -> nn.Module:
+    """The headless backbone a backbone card describes, with its weights, checked by hash."""
+    weights = card.source.get("weights")
+    if isinstance(weights, str) and _has_card(Path(weights)):
+        network = load_model(weights).network  # a checkpoint or saved model of ours
+        if network is None:
+            raise DataError(f"{where}: backbone {weights} is an exported file, not a network")
+        network = headless(network)
+    else:
+        network = headless(build_network(card.replace(kind="backbone"), where))
+        if weights is not None:
+            load_pretrained(
+                network, _offline_weights(str(weights), card.architecture),
+                model_name=card.architecture, progress=False,
+            )  # fmt: skip
+    expected = card.source.get("weights_sha256")
+    if expected and weights_sha256(network) != expected:
+        how = "random initial weights (weights=None)" if weights is None else f"{weights!r}"
+        raise DataError(
+            f"{where}: the backbone rebuilt from {card.architecture} with {how} is not the one "
+            "the features came from; extract features with a weights file (or the trained "
+            "checkpoint), or pass the original module as backbone=module"
+        )
+    return network
+
+
+def _has_card(path: Path) -> bool:
+    """Whether ``path`` is one of our artifacts that carries a card (not a bare state dict)."""
+    if path.is_dir():
+        return (path / CARD_FILE).is_file() or (path / PROBE_INFO).is_file()
+    if path.suffix != ".ckpt" or not path.is_file():
+        return False
+    checkpoint = read_checkpoint(path)
+    return isinstance(checkpoint, Mapping) and (
+        "model_card" in checkpoint or "hyper_parameters" in checkpoint
+    )
+
+
+def _from_probe(folder: Path, backbone: nn.Module | None) -> LoadedModel:
+    head, card = load_probe(folder)
+    if backbone is None:
+        backbone = build_backbone(card.parent, str(folder))
+    network = ProbeClassifier(headless(backbone), head, card.head.get("stage"))
+    return LoadedModel(card, folder, network)
+
+
+def _from_export(path: Path) -> LoadedModel:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise MissingFileError(
+            f"{side} not found: {path.name}'s card (class names, preprocessing) is kept in it; "
+            "copy it beside the model, or export the checkpoint again with `moderncnn export`"
+        )
+    meta = read_sidecar(side)
+    if "card" not in meta:
+        raise DataError(f"{side} has no model card: export the checkpoint again")
+    card = ModelCard.from_dict(meta["card"], str(side))
+    run = run_exported(path, meta.get("format", "onnx"))
+
+    def logits(images: Tensor) -> Tensor:
+        if meta.get("dynamic_batch"):
+            return run(images.cpu())
+        return torch.cat([run(image[None].cpu()) for image in images])  # batch size 1 only
+
+    runtime = "onnxruntime" if meta.get("format") == "onnx" else "torchscript"
+    return LoadedModel(card, path, None, runtime, logits)
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The card of a checkpoint or saved model folder, without building its network."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return ModelCard.from_dict(_read_json(path / CARD_FILE), str(path / CARD_FILE))
+    return card_from_checkpoint(read_checkpoint(path), str(path))
+
+
+def load_model(
+    path: str | Path,
+    *,
+    architecture: str | None = None,
+    num_classes: int | None = None,
+    backbone: nn.Module | None = None,
+    **model_kwargs: Any,
+) -> LoadedModel:
+    """Load a checkpoint, probe folder, saved model folder, export or state dict (see above).
+
+    Args:
+        path: the artifact.
+        architecture: for a plain state dict (``.pth``/``.safetensors``): its model name.
+        num_classes: for a plain state dict: its classifier width.
+        backbone: for a probe whose backbone is not a registered model: the module itself.
+        **model_kwargs: for a plain state dict: ``in_chans`` and the entry point's arguments.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MissingFileError(
+            f"model {str(path)!r} does not exist; give a .ckpt from `moderncnn fit`, a folder "
+            "from `moderncnn probe` or `moderncnn export --format safetensors`, or an export"
+        )
+    if path.is_dir():
+        if (path / CARD_FILE).is_file():
+            return _from_saved(path)
+        return _from_probe(path, backbone)
+    if path.suffix in EXPORTED_SUFFIXES or sidecar_path(path).is_file():
+        return _from_export(path)
+    if architecture is not None:
+        if num_classes is None:
+            raise ConfigError(f"{path}: a plain state dict needs num_classes (--num-classes N)")
+        return _from_state_dict(path, architecture, num_classes, **model_kwargs)
+    return _from_checkpoint(path)
+
+
+def save_model(model: Any, out: str | Path, card: ModelCard | None = None) -> Path:
+    """Write a saved model folder: ``config.json`` (the card) + ``model.safetensors``.
+
+    ``model`` is a :class:`LoadedModel`, an ``ImageClassifier`` (its card is its own), or any
+    ``nn.Module`` with its ``card``. The folder loads offline with :func:`load_model`; it is
+    the layout model hubs expect (see the README for publishing it with ``huggingface_hub``).
+    """
+    network = getattr(model, "network", None) or getattr(model, "model", None) or model
+    card = card or getattr(model, "card", None)
+    if not isinstance(network, nn.Module) or not isinstance(card, ModelCard):
+        raise ConfigError("save_model needs a network and its ModelCard (card=...)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    card = card.replace(source={**card.source, "artifact": "saved"})
+    atomic_write_text(out / CARD_FILE, json.dumps(card.to_dict(), indent=1) + "\n")
+    return out

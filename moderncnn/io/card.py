@@ -1,0 +1,333 @@
+"""The model card: what a trained model *is*, in one place that every command reads and writes.
+
+A card holds everything needed to rebuild a network and feed it images: the registered
+architecture and its keyword arguments, the number of classes and input channels, the class
+names, the evaluation preprocessing, and where the model came from (a checkpoint, a probe on a
+backbone, an export). It never holds a ``weights`` source: the trained weights are in the file
+the card travels with. One :meth:`ModelCard.to_dict` / :meth:`ModelCard.from_dict` pair writes
+and reads it identically in a Lightning checkpoint (its ``model_card`` entry), an export
+sidecar (``model.onnx.json``), a saved model folder (``config.json``), a probe folder
+(``probe.json``) and a feature cache's manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import v2
+
+from .errors import DataError
+
+__all__ = ["CARD_FORMAT", "KINDS", "ModelCard", "Preprocess", "ToGrey"]
+
+CARD_FORMAT = "moderncnn-card/1"
+# classifier: a network with its own head; backbone: a headless feature extractor;
+# probe: a head trained on a backbone's cached features (the backbone is the card's parent).
+KINDS = ("classifier", "backbone", "probe")
+# Images at most this big are taken whole (already framed, like CIFAR's); larger ones get the
+# ImageNet evaluation recipe: resize the short side to size / 0.875, centre-crop.
+SMALL_IMAGE = 64
+CROP_FRACTION = 0.875
+
+
+class ToGrey:
+    """PIL image -> 8-bit grey ("L"), exactly: an RGB image with R = G = B keeps its values.
+
+    PIL's integer conversion weights sum to exactly 1 (19595 + 38470 + 7471 = 2^16), so a grey
+    file decoded to RGB comes back unchanged; torchvision's float ``Grayscale`` on uint8 pixels
+    truncates 0.9999 * v and shifts every pixel down by one level (1/255).
+    """
+
+    def __call__(self, image: Any) -> Any:
+        if isinstance(image, Image.Image):
+            return image if image.mode == "L" else image.convert("L")
+        return v2.functional.rgb_to_grayscale(image)
+
+    def __repr__(self) -> str:
+        return "ToGrey()"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The evaluation transform: resize (and centre-crop), scale to [0, 1], normalise.
+
+    Attributes:
+        image_size: side of the square the network sees.
+        resize_size: short side before the centre crop; None resizes straight to image_size.
+        mean: per-channel mean of [0, 1] pixels, subtracted; its length is the channel count
+            (1: images are converted to 8-bit grey first, 3: RGB).
+        std: per-channel standard deviation, divided by.
+    """
+
+    image_size: int
+    resize_size: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            raise DataError(
+                f"preprocess image_size must be a positive int, got {self.image_size!r}"
+            )
+        if self.resize_size is not None and (
+            not isinstance(self.resize_size, int) or self.resize_size < self.image_size
+        ):
+            raise DataError(
+                f"preprocess resize_size must be None or an int >= image_size "
+                f"({self.image_size}), got {self.resize_size!r}"
+            )
+        if len(self.mean) not in (1, 3) or len(self.std) != len(self.mean):
+            raise DataError(
+                f"preprocess mean and std need 1 or 3 values each, got mean={list(self.mean)}, "
+                f"std={list(self.std)}"
+            )
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise DataError(f"preprocess std must be finite and > 0, got {list(self.std)}")
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    def for_size(cls, image_size: int, mean: Sequence[float], std: Sequence[float]) -> Preprocess:
+        """ImageNet-style resize-and-crop for large sizes; a plain resize for small ones."""
+        resize = None if image_size <= SMALL_IMAGE else round(image_size / CROP_FRACTION)
+        return cls(image_size, resize, _floats(mean), _floats(std))
+
+    @classmethod
+    def of_datamodule(cls, data: Any) -> Preprocess | None:
+        """A data module's evaluation transform, from its ``image_size``, ``resize_size``,
+        ``mean`` and ``std`` attributes (None when it lacks one of the three required)."""
+        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+        size = getattr(data, "image_size", None)
+        if mean is None or std is None or size is None:
+            return None
+        resize = getattr(data, "resize_size", None)
+        side = int(size[0] if isinstance(size, tuple | list) else size)
+        return cls(side, None if resize is None else int(resize), _floats(mean), _floats(std))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "preprocess") -> Preprocess:
+        try:
+            resize = values.get("resize_size")
+            return cls(
+                int(values["image_size"]),
+                None if resize is None else int(resize),
+                _floats(values["mean"]),
+                _floats(values["std"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, DataError):
+                raise DataError(f"{where}: {err}") from None
+            raise DataError(
+                f"{where}: not a preprocessing record (image_size, resize_size, mean, std): {err}"
+            ) from err
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["mean"], values["std"] = list(self.mean), list(self.std)
+        return values
+
+    def transform(self) -> v2.Compose:
+        """PIL image (any mode ``load_image`` gives) -> normalised float tensor."""
+        size = self.image_size
+        steps: list[Any] = [ToGrey()] if self.in_chans == 1 else []
+        steps.append(v2.ToImage())
+        if self.resize_size is None:
+            steps.append(v2.Resize((size, size), antialias=True))
+        else:
+            steps += [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(size)]
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        return v2.Compose(steps)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[0, 1] images (N x C x H x W) -> normalised, as :meth:`transform` ends."""
+        mean = images.new_tensor(self.mean).view(1, -1, 1, 1)
+        std = images.new_tensor(self.std).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise DataError(f"expected a list of numbers, got {values!r}")
+    out = tuple(float(v) for v in values)
+    if not all(math.isfinite(v) for v in out):
+        raise DataError(f"expected finite numbers, got {list(values)}")
+    return out
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to rebuild and feed a trained model (see the module docstring).
+
+    Attributes:
+        architecture: a registered model name (``moderncnn.list_models()``), or for a network
+            that is not one, its ``module.Class`` (then it cannot be rebuilt from the card alone).
+        num_classes: width of the classifier (0: a headless backbone).
+        in_chans: image channels the network takes.
+        model_kwargs: the entry point's other keyword arguments (widths, depths, ...).
+        class_names: one name per output, or None when unknown.
+        preprocess: the evaluation transform, or None when unknown.
+        kind: ``"classifier"``, ``"backbone"`` or ``"probe"``.
+        parent: for a probe, the card of the backbone its features came from.
+        head: for a probe: ``num_features``, ``hidden`` (MLP width or None), ``stage``.
+        source: where it came from: ``artifact`` (ckpt, probe, onnx, ...), for a backbone its
+            ``weights`` (a file, URL or name) and ``weights_sha256``, ...
+        metrics: what is known of its accuracy (e.g. ``{"test_acc": 0.91}``).
+    """
+
+    architecture: str
+    num_classes: int
+    in_chans: int = 3
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    class_names: tuple[str, ...] | None = None
+    preprocess: Preprocess | None = None
+    kind: str = "classifier"
+    parent: ModelCard | None = None
+    head: Mapping[str, Any] = field(default_factory=dict)
+    source: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise DataError(f"card architecture must be a model name, got {self.architecture!r}")
+        for key in ("num_classes", "in_chans"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise DataError(f"card {key} must be an int >= 0, got {value!r}")
+        if self.kind not in KINDS:
+            raise DataError(f"card kind must be one of {KINDS}, got {self.kind!r}")
+        if "weights" in self.model_kwargs:
+            # The trained weights are in the file the card travels with; a `weights` source
+            # here would make loading download or read the file the training started from.
+            kwargs = {k: v for k, v in self.model_kwargs.items() if k != "weights"}
+            object.__setattr__(self, "model_kwargs", kwargs)
+        if self.class_names is not None:
+            names = tuple(str(name) for name in self.class_names)
+            object.__setattr__(self, "class_names", names)
+            outputs = self.num_classes if self.kind != "backbone" else len(names)
+            if len(names) != outputs:
+                raise DataError(f"card has {len(names)} class names for {self.num_classes} classes")
+        if self.preprocess is not None and self.preprocess.in_chans != self.in_chans:
+            raise DataError(
+                f"card preprocess has {self.preprocess.in_chans} channels (mean "
+                f"{list(self.preprocess.mean)}) but the network takes in_chans={self.in_chans}"
+            )
+
+    def replace(self, **changes: Any) -> ModelCard:
+        """A copy with ``changes`` applied (the card itself is frozen)."""
+        return replace(self, **changes)
+
+    def names(self) -> list[str]:
+        """The class names, or ``class_0``, ``class_1``, ... when unknown."""
+        if self.class_names is not None:
+            return list(self.class_names)
+        return [f"class_{i}" for i in range(self.num_classes)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values: the one serialised form of a card."""
+        return {
+            "format": CARD_FORMAT,
+            "architecture": self.architecture,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "model_kwargs": _plain(dict(self.model_kwargs)),
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "preprocess": None if self.preprocess is None else self.preprocess.to_dict(),
+            "kind": self.kind,
+            "parent": None if self.parent is None else self.parent.to_dict(),
+            "head": _plain(dict(self.head)),
+            "source": _plain(dict(self.source)),
+            "metrics": _plain(dict(self.metrics)),
+        }
+
+    @classmethod
+    def from_hparams(cls, hparams: Any, where: str = "hyper_parameters") -> ModelCard:
+        """The card of an ``ImageClassifier``'s ``__init__`` arguments (a checkpoint's
+        ``hyper_parameters``): ``model``, ``num_classes``, ``in_chans``, ``model_kwargs``,
+        ``class_names``, ``preprocess``; other keys (optimiser, schedule, ...) are not the
+        model's and are ignored."""
+        if not isinstance(hparams, Mapping):
+            raise DataError(f"{where}: no hyper_parameters mapping; is it an ImageClassifier's?")
+        model = hparams.get("model")
+        if not isinstance(model, str):
+            raise DataError(
+                f"{where}: the model was a Python nn.Module, not a registered model name, so it "
+                "cannot be rebuilt from the file; load its state dict into the module in Python"
+            )
+        pre = hparams.get("preprocess")
+        names = hparams.get("class_names")
+        try:
+            return cls(
+                architecture=model,
+                num_classes=hparams.get("num_classes", 0),
+                in_chans=hparams.get("in_chans", 3),
+                model_kwargs=_mapping(hparams.get("model_kwargs"), "model_kwargs"),
+                class_names=None if names is None else tuple(_names(names)),
+                preprocess=None if pre is None else Preprocess.from_dict(pre, where),
+            )
+        except DataError as err:
+            text = str(err)
+            raise DataError(text if text.startswith(where) else f"{where}: {text}") from None
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "model card") -> ModelCard:
+        """The card ``to_dict`` wrote; ``where`` (a file name) is named in every error."""
+        if not isinstance(values, Mapping):
+            raise DataError(f"{where}: a model card is a mapping, got {type(values).__name__}")
+        if values.get("format", CARD_FORMAT) != CARD_FORMAT:
+            raise DataError(
+                f"{where}: card format {values.get('format')!r} is not {CARD_FORMAT!r}; it was "
+                "written by another version of moderncnn"
+            )
+        try:
+            pre = values.get("preprocess")
+            parent = values.get("parent")
+            names = values.get("class_names")
+            return cls(
+                architecture=values["architecture"],
+                num_classes=values["num_classes"],
+                in_chans=values.get("in_chans", 3),
+                model_kwargs=_mapping(values.get("model_kwargs"), "model_kwargs"),
+                class_names=None if names is None else tuple(_names(names)),
+                preprocess=None if pre is None else Preprocess.from_dict(pre, where),
+                kind=values.get("kind", "classifier"),
+                parent=None if parent is None else cls.from_dict(parent, f"{where} (parent)"),
+                head=_mapping(values.get("head"), "head"),
+                source=_mapping(values.get("source"), "source"),
+                metrics=_mapping(values.get("metrics"), "metrics"),
+            )
+        except KeyError as err:
+            raise DataError(f"{where}: the model card has no {err.args[0]!r}") from None
+        except DataError as err:
+            text = str(err)
+            raise DataError(text if text.startswith(where) else f"{where}: {text}") from None
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DataError(f"card {key} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise DataError(f"card class_names must be a list of names, got {value!r}")
+    return [str(name) for name in value]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so a card compares equal after a JSON round trip."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
