@@ -1,4 +1,4 @@
-"""moderncnn.models.layer_table: MACs match torchvision's published numbers, shapes and totals are right."""
+"""summary(): MACs match torchvision's published numbers, shapes and totals are right."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from torch import nn
 
 from moderncnn import create_model
 from moderncnn.cli import main as cli_main
+from moderncnn.models import get_variant_config
 from moderncnn.models.layer_table import main as summary_main
 from moderncnn.models.layer_table import summary
 
 # torchvision's model table ("GFLOPS", which are multiply-accumulates), 224 x 224 input
-# except Inception v3 at 299 x 299.
+# except the Inceptions at 299 x 299.
 PUBLISHED_GMACS = {
     "resnet18": 1.814,
     "resnet34": 3.664,
@@ -25,6 +26,15 @@ PUBLISHED_GMACS = {
     "densenet161": 7.728,
     "googlenet": 1.498,
     "inception_v3": 5.713,
+    "resnext50_32x4d": 4.23,
+    "resnext101_32x8d": 16.41,
+    "resnext101_64x4d": 15.46,
+    "wide_resnet50_2": 11.4,
+    "wide_resnet101_2": 22.75,
+    # timm's model cards (GMACs at 299 x 299): timm/inception_v4.tf_in1k and
+    # timm/inception_resnet_v2.tf_in1k.
+    "inception_v4": 12.3,
+    "inception_resnet_v2": 13.2,
 }
 
 
@@ -36,8 +46,7 @@ def meta_model(name: str, **kwargs) -> nn.Module:
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
 def test_macs_match_torchvision_published(name: str) -> None:
-    size = 299 if name == "inception_v3" else 224
-    result = summary(meta_model(name), input_size=(3, size, size))
+    result = summary(meta_model(name), input_size=get_variant_config(name).input_size)
     assert result.gmacs == pytest.approx(PUBLISHED_GMACS[name], rel=0.02)
 
 

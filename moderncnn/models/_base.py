@@ -27,9 +27,12 @@ class ClassifierModel(nn.Module):
     Subclasses set ``num_classes``, ``num_features``, ``feature_info``, ``input_size``
     (the size the recipe is trained at) and ``min_input_size``, build their classifier
     under the attribute named by ``classifier_name`` and implement ``forward_features``.
+    Auxiliary heads (attributes named in ``aux_head_names``, None when not built) name their
+    own last layer with a ``classifier_name`` and have a ``reset_classifier``.
     """
 
     classifier_name: str = "fc"
+    aux_head_names: tuple[str, ...] = ()
     num_classes: int
     num_features: int
     feature_info: list[FeatureInfo]
@@ -55,13 +58,29 @@ class ClassifierModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_name)
 
+    def aux_modules(self) -> list[str]:
+        """Names of the auxiliary heads the model was built with (``[]`` without them)."""
+        return [n for n in self.aux_head_names if isinstance(getattr(self, n, None), nn.Module)]
+
+    def head_modules(self) -> list[str]:
+        """Dotted names of the layers that depend on the class count: the final classifier,
+        then each auxiliary head's last layer (``["fc", "aux1.fc2", "aux2.fc2"]``).
+
+        Pretrained weights of another class count load everything but these.
+        """
+        aux = [f"{n}.{getattr(self, n).classifier_name}" for n in self.aux_modules()]
+        return [self.classifier_name, *aux]
+
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0 removes it)."""
+        """Replace the classifier and the aux heads' with fresh ones for ``num_classes``
+        (0 removes them)."""
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         setattr(self, self.classifier_name, head)
+        for name in self.aux_modules():
+            getattr(self, name).reset_classifier(num_classes)
 
     def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
         """Feature maps of the stages in ``feature_info`` (all of them by default)."""

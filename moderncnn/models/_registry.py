@@ -1,20 +1,30 @@
 """Model registry: every architecture is a named entry point that builds it.
 
 Entry points only fix depth and width and pass ``**kwargs`` through, so a variant is
-data, not code. Registering a name twice raises instead of silently replacing the first.
+data, not code: each family file declares a table of :class:`VariantConfig` (depths, widths,
+stem, input size, evaluation transform, pretrained weights, head names) and its entry points
+look their variant up in it. The small-image ``*_cifar`` twins are made from the table by
+one rule (:func:`register_small_image_twins`). Registering a name twice raises instead of
+silently replacing the first.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
+from ._config import VariantConfig, small_image_twin
+
 ModelFn = Callable[..., nn.Module]
+# What a family's entry points call: (variant name, num_classes, in_chans, kwargs) -> model.
+CreateFn = Callable[[str, int, int, Mapping[str, Any]], nn.Module]
 
 _MODEL_ENTRYPOINTS: dict[str, ModelFn] = {}
+_VARIANT_CONFIGS: dict[str, VariantConfig] = {}
 
 
 class UnknownModelError(ValueError):
@@ -31,6 +41,52 @@ def register_model(fn: ModelFn) -> ModelFn:
         )
     _MODEL_ENTRYPOINTS[name] = fn
     return fn
+
+
+def register_variants(*configs: VariantConfig) -> dict[str, VariantConfig]:
+    """Record the variant tables of a family; a name declared twice raises ``ValueError``.
+
+    Returns the family's table, name -> config, in declaration order.
+    """
+    table: dict[str, VariantConfig] = {}
+    for config in configs:
+        if config.name in _VARIANT_CONFIGS or config.name in table:
+            raise ValueError(f"variant {config.name!r} is already declared; pick another name")
+        table[config.name] = config
+    _VARIANT_CONFIGS.update(table)
+    return table
+
+
+def register_small_image_twins(
+    table: dict[str, VariantConfig], create: CreateFn, names: list[str] | None = None
+) -> dict[str, ModelFn]:
+    """Declare and register ``<name>_cifar`` for each variant in ``table`` (all by default).
+
+    The twin's config is :func:`small_image_twin` of the variant's (the ``"cifar"`` stem,
+    32 x 32 input, no weights); its entry point, like every other, only passes
+    ``num_classes``, ``in_chans`` and ``**kwargs`` to ``create`` (so ``stem=`` given explicitly
+    wins, as any keyword does). ``table`` gains the twins; the entry points are returned, for
+    the family module to bind as module attributes.
+    """
+    entry_points = {}
+    for name in list(table) if names is None else names:
+        twin = small_image_twin(table[name])
+        table.update(register_variants(twin))
+        fn = register_model(_entry_point(twin, create))
+        entry_points[twin.name] = fn
+    return entry_points
+
+
+def _entry_point(config: VariantConfig, create: CreateFn) -> ModelFn:
+    name = config.name
+
+    def entry_point(num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+        return create(name, num_classes, in_chans, kwargs)
+
+    entry_point.__name__ = entry_point.__qualname__ = name
+    entry_point.__module__ = create.__module__
+    entry_point.__doc__ = config.description
+    return entry_point
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -55,6 +111,29 @@ def check_model_name(name: str) -> None:
     )
 
 
+def get_variant_config(name: str) -> VariantConfig:
+    """The :class:`VariantConfig` of a registered model name, without building it.
+
+    Raises:
+        UnknownModelError: ``name`` is not registered (the message names the closest ones).
+        LookupError: ``name`` was registered with :func:`register_model` alone, with no
+            table entry (:func:`register_variants`).
+    """
+    check_model_name(name)
+    try:
+        return _VARIANT_CONFIGS[name]
+    except KeyError:
+        raise LookupError(
+            f"model {name!r} was registered without a VariantConfig; declare one with "
+            "moderncnn.models.register_variants(VariantConfig(...))"
+        ) from None
+
+
+def variant_configs() -> dict[str, VariantConfig]:
+    """Every declared variant, name -> config (a copy)."""
+    return dict(_VARIANT_CONFIGS)
+
+
 def create_model(
     name: str,
     *,
@@ -70,8 +149,9 @@ def create_model(
         num_classes: width of the classifier; 0 builds the model without one
             (``forward`` then returns the pooled features).
         in_chans: channels of the input images (1 for Fashion-MNIST).
-        weights: pretrained weights to load: ``"imagenet"`` (torchvision's), an ``https://``
-            URL or a ``.pth``/``.safetensors`` file; see :mod:`moderncnn.models.pretrained`.
+        weights: pretrained weights to load: ``"imagenet"`` (the variant's default weights,
+            see :func:`get_variant_config`), an ``https://`` URL or a ``.pth``/``.safetensors``
+            file; see :mod:`moderncnn.models.pretrained`.
         **kwargs: passed to the model's constructor (widths, depths, growth rate, ...).
     """
     check_model_name(name)

@@ -9,15 +9,21 @@ Attribute names follow torchvision (``features.denseblock1.denselayer1.norm1``, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from ._base import ClassifierModel, FeatureInfo
-from ._registry import register_model
+from ._config import PretrainedWeights, VariantConfig
+from ._registry import (
+    get_variant_config,
+    register_model,
+    register_small_image_twins,
+    register_variants,
+)
 
 Stem = Literal["imagenet", "cifar"]
 
@@ -217,69 +223,61 @@ class DenseNet(ClassifierModel):
         return self.features(x)
 
 
-def _densenet(
-    growth_rate: int,
-    block_config: Sequence[int],
-    stem: Stem,
-    num_classes: int,
-    in_chans: int,
-    kwargs: dict,
-) -> DenseNet:
-    """What an entry point fixes (growth rate, depth, stem) gives way to the caller's ``kwargs``.
+def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> DenseNet:
+    """What the variant fixes (growth rate, depth, stem) gives way to the caller's ``kwargs``.
 
     The stem width defaults to twice the growth rate, as in the paper's DenseNet-BC (and all
     four torchvision ImageNet models), also when ``growth_rate`` is overridden.
     """
-    args = {"growth_rate": growth_rate, "block_config": block_config, "stem": stem} | kwargs
+    args = get_variant_config(name).build_args(kwargs)
     args.setdefault("num_init_features", 2 * args["growth_rate"])
     return DenseNet(num_classes=num_classes, in_chans=in_chans, **args)
+
+
+def _variant(name: str, growth_rate: int, block_config: tuple[int, ...], file_name: str):
+    return VariantConfig(
+        name,
+        "densenet",
+        {"growth_rate": growth_rate, "block_config": block_config},
+        weights={"IMAGENET1K_V1": PretrainedWeights(file_name)},
+        classifier="classifier",
+        description=f"DenseNet-{name.removeprefix('densenet')} (BC, growth rate {growth_rate})",
+    )
+
+
+# The variant table: growth rate and layers per block, torchvision's ImageNet weights.
+VARIANTS = register_variants(
+    _variant("densenet121", 32, (6, 12, 24, 16), "densenet121-a639ec97.pth"),
+    _variant("densenet161", 48, (6, 12, 36, 24), "densenet161-8d451a50.pth"),
+    _variant("densenet169", 32, (6, 12, 32, 32), "densenet169-b2777c0a.pth"),
+    _variant("densenet201", 32, (6, 12, 48, 32), "densenet201-c1103571.pth"),
+)
 
 
 @register_model
 def densenet121(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
     """DenseNet-121 (BC, growth rate 32), for 224 x 224 images."""
-    return _densenet(32, (6, 12, 24, 16), "imagenet", num_classes, in_chans, kwargs)
+    return _create("densenet121", num_classes, in_chans, kwargs)
 
 
 @register_model
 def densenet161(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
     """DenseNet-161 (BC, growth rate 48), for 224 x 224 images."""
-    return _densenet(48, (6, 12, 36, 24), "imagenet", num_classes, in_chans, kwargs)
+    return _create("densenet161", num_classes, in_chans, kwargs)
 
 
 @register_model
 def densenet169(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
     """DenseNet-169 (BC, growth rate 32), for 224 x 224 images."""
-    return _densenet(32, (6, 12, 32, 32), "imagenet", num_classes, in_chans, kwargs)
+    return _create("densenet169", num_classes, in_chans, kwargs)
 
 
 @register_model
 def densenet201(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
     """DenseNet-201 (BC, growth rate 32), for 224 x 224 images."""
-    return _densenet(32, (6, 12, 48, 32), "imagenet", num_classes, in_chans, kwargs)
+    return _create("densenet201", num_classes, in_chans, kwargs)
 
 
-# Small-image variants: a 3x3 stride-1 stem and no pooling, as the paper's CIFAR DenseNet-BC
-# (which has 3 blocks; these keep the ImageNet depths).
-@register_model
-def densenet121_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
-    """DenseNet-121 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _densenet(32, (6, 12, 24, 16), "cifar", num_classes, in_chans, kwargs)
-
-
-@register_model
-def densenet161_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
-    """DenseNet-161 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _densenet(48, (6, 12, 36, 24), "cifar", num_classes, in_chans, kwargs)
-
-
-@register_model
-def densenet169_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
-    """DenseNet-169 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _densenet(32, (6, 12, 32, 32), "cifar", num_classes, in_chans, kwargs)
-
-
-@register_model
-def densenet201_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> DenseNet:
-    """DenseNet-201 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _densenet(32, (6, 12, 48, 32), "cifar", num_classes, in_chans, kwargs)
+# Small-image variants (densenet121_cifar, ...): a 3x3 stride-1 stem and no pooling, as the
+# paper's CIFAR DenseNet-BC (which has 3 blocks; these keep the ImageNet depths).
+globals().update(register_small_image_twins(VARIANTS, _create))

@@ -7,18 +7,33 @@ State-dict keys and shapes are torchvision's ``googlenet``, so its checkpoints l
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._base import ClassifierModel, FeatureInfo
-from ._registry import register_model
-from .layers import ConvBNAct
+from ._config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INCEPTION_MEAN,
+    INCEPTION_STD,
+    PretrainedWeights,
+    VariantConfig,
+)
+from ._registry import (
+    get_variant_config,
+    register_model,
+    register_small_image_twins,
+    register_variants,
+)
+from .layers import ConvBNAct, check_width_multiplier, scale_width
 
 __all__ = [
     "AuxHead",
+    "BLOCKS",
     "GoogLeNet",
     "GoogLeNetOutputs",
     "InceptionBlock",
@@ -31,10 +46,8 @@ BN_EPS = 1e-3
 STEMS = ("imagenet", "cifar")
 # x * std / 0.5 + (mean - 0.5) / 0.5 undoes the ImageNet normalisation and applies (x - 0.5) / 0.5;
 # the constants are folded in double precision, as torchvision does.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_RENORM_SCALE = tuple(s / 0.5 for s in _IMAGENET_STD)
-_RENORM_SHIFT = tuple((m - 0.5) / 0.5 for m in _IMAGENET_MEAN)
+_RENORM_SCALE = tuple(s / 0.5 for s in IMAGENET_STD)
+_RENORM_SHIFT = tuple((m - 0.5) / 0.5 for m in IMAGENET_MEAN)
 
 
 class GoogLeNetOutputs(NamedTuple):
@@ -115,25 +128,49 @@ class AuxHead(nn.Module):
     """Auxiliary classifier on an intermediate map (paper Sec. 5; torchvision's ``InceptionAux``).
 
     Used only in training, on inception4a (``aux1``) and inception4d (``aux2``): average pool
-    to 4 x 4 (adaptive, so any map size works), 1x1 conv to 128 channels, then
-    fc 1024 -> dropout -> fc to the classes.
+    to 4 x 4 (adaptive, so any map size works), 1x1 conv to ``conv_chs`` (128) channels, then
+    fc to ``hidden`` (1024) -> dropout -> fc to the classes.
     """
 
-    def __init__(self, in_chs: int, num_classes: int, dropout: float = 0.7) -> None:
+    classifier_name = "fc2"
+
+    def __init__(
+        self,
+        in_chs: int,
+        num_classes: int,
+        dropout: float = 0.7,
+        conv_chs: int = 128,
+        hidden: int = 1024,
+    ) -> None:
         super().__init__()
-        self.conv = ConvBNAct(in_chs, 128, 1, bn_eps=BN_EPS)
-        self.fc1 = nn.Linear(128 * 4 * 4, 1024)
+        self.conv = ConvBNAct(in_chs, conv_chs, 1, bn_eps=BN_EPS)
+        self.fc1 = nn.Linear(conv_chs * 4 * 4, hidden)
         self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(1024, num_classes) if num_classes else nn.Identity()
+        self.fc2 = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.fc2 = nn.Linear(1024, num_classes) if num_classes else nn.Identity()
+        hidden = self.fc1.out_features
+        self.fc2 = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.adaptive_avg_pool2d(x, (4, 4))  # aux1: N x 512 x 4 x 4, aux2: N x 528 x 4 x 4
         x = torch.flatten(self.conv(x), 1)  # N x 2048
         x = self.dropout(F.relu(self.fc1(x), inplace=True))  # N x 1024
         return self.fc2(x)  # N x num_classes
+
+
+# Channels of the nine blocks, paper Table 1: 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj.
+BLOCKS = {
+    "inception3a": (64, 96, 128, 16, 32, 32),
+    "inception3b": (128, 128, 192, 32, 96, 64),
+    "inception4a": (192, 96, 208, 16, 48, 64),
+    "inception4b": (160, 112, 224, 24, 64, 64),
+    "inception4c": (128, 128, 256, 24, 64, 64),
+    "inception4d": (112, 144, 288, 32, 64, 64),
+    "inception4e": (256, 160, 320, 32, 128, 128),
+    "inception5a": (256, 160, 320, 32, 128, 128),
+    "inception5b": (384, 192, 384, 48, 128, 128),
+}
 
 
 class GoogLeNet(ClassifierModel):
@@ -151,7 +188,13 @@ class GoogLeNet(ClassifierModel):
         stem: ``"imagenet"`` (7x7/2 conv and two max-pools) or ``"cifar"`` for small images.
         branch3_kernel_size: kernel of the "5x5" branch: 3 as in torchvision's checkpoints
             (a porting quirk, pytorch/vision#906) or 5 as in the paper.
+        width_multiplier: scales the channels of every convolution, branch and aux head
+            (:func:`~moderncnn.models.layers.scale_width`: to a multiple of 8); 1.0 is the paper's.
+            ``googlenet_cifar(num_classes=10, in_chans=1, width_multiplier=0.3)``, for
+            28 x 28 images, has 0.91M parameters with its aux heads (0.51M without).
     """
+
+    aux_head_names = ("aux1", "aux2")
 
     def __init__(
         self,
@@ -163,6 +206,7 @@ class GoogLeNet(ClassifierModel):
         dropout_aux: float = 0.7,
         stem: str = "imagenet",
         branch3_kernel_size: int = 3,
+        width_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -172,50 +216,53 @@ class GoogLeNet(ClassifierModel):
                 f"branch3_kernel_size must be 3 (torchvision) or 5 (paper), "
                 f"got {branch3_kernel_size!r}"
             )
+        check_width_multiplier(width_multiplier)
         check_transform_input(transform_input, in_chans)
         self.num_classes = num_classes
-        self.num_features = 1024
         self.aux_logits = aux_logits
         self.transform_input = transform_input
         small = stem == "cifar"
 
+        def w(chs: int) -> int:
+            return scale_width(chs, width_multiplier)
+
         if small:
             # The ImageNet stem downsamples 8x before the first Inception block, which leaves a
             # 4x4 map from a 32x32 image; small images keep full resolution (3x3/1, no pools).
-            self.conv1 = ConvBNAct(in_chans, 64, 3, padding=1, bn_eps=BN_EPS)
+            self.conv1 = ConvBNAct(in_chans, w(64), 3, padding=1, bn_eps=BN_EPS)
             self.maxpool1: nn.Module = nn.Identity()
         else:
-            self.conv1 = ConvBNAct(in_chans, 64, 7, stride=2, padding=3, bn_eps=BN_EPS)
+            self.conv1 = ConvBNAct(in_chans, w(64), 7, stride=2, padding=3, bn_eps=BN_EPS)
             self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.conv2 = ConvBNAct(64, 64, 1, bn_eps=BN_EPS)
-        self.conv3 = ConvBNAct(64, 192, 3, padding=1, bn_eps=BN_EPS)
+        self.conv2 = ConvBNAct(w(64), w(64), 1, bn_eps=BN_EPS)
+        self.conv3 = ConvBNAct(w(64), w(192), 3, padding=1, bn_eps=BN_EPS)
         self.maxpool2: nn.Module = nn.Identity() if small else nn.MaxPool2d(3, 2, ceil_mode=True)
 
-        # Channels per block, paper Table 1: in, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj.
-        def block(*chs: int) -> InceptionBlock:
-            return InceptionBlock(*chs, branch3_kernel_size=branch3_kernel_size)
+        chs, out_chs = w(192), {}
+        for name, widths in BLOCKS.items():
+            block = InceptionBlock(chs, *map(w, widths), branch3_kernel_size=branch3_kernel_size)
+            setattr(self, name, block)
+            chs = out_chs[name] = block.out_chs
+            if name == "inception3b":
+                self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+            elif name == "inception4e":
+                self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+        self.num_features = chs
 
-        self.inception3a = block(192, 64, 96, 128, 16, 32, 32)
-        self.inception3b = block(256, 128, 128, 192, 32, 96, 64)
-        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.inception4a = block(480, 192, 96, 208, 16, 48, 64)
-        self.inception4b = block(512, 160, 112, 224, 24, 64, 64)
-        self.inception4c = block(512, 128, 128, 256, 24, 64, 64)
-        self.inception4d = block(512, 112, 144, 288, 32, 64, 64)
-        self.inception4e = block(528, 256, 160, 320, 32, 128, 128)
-        self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
-        self.inception5a = block(832, 256, 160, 320, 32, 128, 128)
-        self.inception5b = block(832, 384, 192, 384, 48, 128, 128)
+        def aux(tap: str) -> AuxHead | None:
+            if not aux_logits:
+                return None
+            return AuxHead(out_chs[tap], num_classes, dropout_aux, w(128), w(1024))
 
-        self.aux1 = AuxHead(512, num_classes, dropout_aux) if aux_logits else None
-        self.aux2 = AuxHead(528, num_classes, dropout_aux) if aux_logits else None
+        self.aux1 = aux("inception4a")
+        self.aux2 = aux("inception4d")
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
         # Strides of the stage maps; the small-image stem keeps stride 1 up to inception3b.
         strides = (1, 1, 1, 2, 4) if small else (2, 4, 8, 16, 32)
-        stages = [("conv1", 64), ("conv3", 192), ("inception3b", 480), ("inception4e", 832)]
-        stages.append(("inception5b", self.num_features))
+        stages = [("conv1", w(64)), ("conv3", w(192))]
+        stages += [(name, out_chs[name]) for name in ("inception3b", "inception4e", "inception5b")]
         self.feature_info = [
             FeatureInfo(name, chs, r) for (name, chs), r in zip(stages, strides, strict=True)
         ]
@@ -232,13 +279,6 @@ class GoogLeNet(ClassifierModel):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final and the auxiliary classifiers (0 removes them)."""
-        super().reset_classifier(num_classes)
-        for aux in (self.aux1, self.aux2):
-            if aux is not None:
-                aux.reset_classifier(num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last Inception block's map (N x 1024 x 7 x 7 for a 224 x 224 image)."""
@@ -280,13 +320,38 @@ class GoogLeNet(ClassifierModel):
         return x, aux1, aux2
 
 
+def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> GoogLeNet:
+    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
+    args = get_variant_config(name).build_args(kwargs)
+    return GoogLeNet(num_classes=num_classes, in_chans=in_chans, **args)
+
+
+VARIANTS = register_variants(
+    VariantConfig(
+        "googlenet",
+        "googlenet",
+        weights={
+            # Ported from TensorFlow: the weights take (x - 0.5) / 0.5 (transform_input); their
+            # aux heads were never trained.
+            "IMAGENET1K_V1": PretrainedWeights(
+                "googlenet-1378be20.pth",
+                transform_input=True,
+                aux_trained=False,
+                mean=INCEPTION_MEAN,
+                std=INCEPTION_STD,
+            )
+        },
+        aux_heads=GoogLeNet.aux_head_names,
+        description="GoogLeNet (Inception v1), torchvision-compatible",
+    )
+)
+
+
 @register_model
 def googlenet(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> GoogLeNet:
     """GoogLeNet (Inception v1), torchvision-compatible, for 224 x 224 images."""
-    return GoogLeNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return _create("googlenet", num_classes, in_chans, kwargs)
 
 
-@register_model
-def googlenet_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> GoogLeNet:
-    """GoogLeNet with a 3x3 stride-1 stem and no stem pooling, for 32 x 32 images."""
-    return GoogLeNet(num_classes=num_classes, in_chans=in_chans, stem="cifar", **kwargs)
+# googlenet_cifar: a 3x3 stride-1 stem and no stem pooling, for 32 x 32 images.
+globals().update(register_small_image_twins(VARIANTS, _create))

@@ -10,16 +10,23 @@ Shape comments are for a 299 x 299 input.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._base import ClassifierModel, FeatureInfo
-from ._registry import register_model
+from ._config import INCEPTION_MEAN, INCEPTION_STD, PretrainedWeights, VariantConfig
+from ._registry import (
+    get_variant_config,
+    register_model,
+    register_small_image_twins,
+    register_variants,
+)
 from .googlenet import BN_EPS, STEMS, check_transform_input, renormalize_imagenet
-from .layers import ConvBNAct
+from .layers import ConvBNAct, check_width_multiplier, scale_width
 
 __all__ = [
     "AuxHead",
@@ -51,15 +58,18 @@ class InceptionFactorized(nn.Module):
     factorisation of a 5x5 into two stacked 3x3, 28% cheaper) | 3x3 avg-pool -> 1x1.
     """
 
-    def __init__(self, in_chs: int, pool_features: int) -> None:
+    def __init__(self, in_chs: int, pool_features: int, width_multiplier: float = 1.0) -> None:
         super().__init__()
-        self.branch1x1 = _conv(in_chs, 64, 1)
-        self.branch5x5_1 = _conv(in_chs, 48, 1)
-        self.branch5x5_2 = _conv(48, 64, 5, padding=2)
-        self.branch3x3dbl_1 = _conv(in_chs, 64, 1)
-        self.branch3x3dbl_2 = _conv(64, 96, 3, padding=1)
-        self.branch3x3dbl_3 = _conv(96, 96, 3, padding=1)
-        self.branch_pool = _conv(in_chs, pool_features, 1)
+        c64, c48, c96 = (scale_width(c, width_multiplier) for c in (64, 48, 96))
+        pool_chs = scale_width(pool_features, width_multiplier)
+        self.branch1x1 = _conv(in_chs, c64, 1)
+        self.branch5x5_1 = _conv(in_chs, c48, 1)
+        self.branch5x5_2 = _conv(c48, c64, 5, padding=2)
+        self.branch3x3dbl_1 = _conv(in_chs, c64, 1)
+        self.branch3x3dbl_2 = _conv(c64, c96, 3, padding=1)
+        self.branch3x3dbl_3 = _conv(c96, c96, 3, padding=1)
+        self.branch_pool = _conv(in_chs, pool_chs, 1)
+        self.out_chs = 2 * c64 + c96 + pool_chs
 
     def forward(self, x: Tensor) -> Tensor:
         # N x 192 x 35 x 35 in (Mixed_5b)
@@ -82,12 +92,14 @@ class GridReduction(nn.Module):
     convolving first (paper Sec. 5).
     """
 
-    def __init__(self, in_chs: int) -> None:
+    def __init__(self, in_chs: int, width_multiplier: float = 1.0) -> None:
         super().__init__()
-        self.branch3x3 = _conv(in_chs, 384, 3, stride=2)
-        self.branch3x3dbl_1 = _conv(in_chs, 64, 1)
-        self.branch3x3dbl_2 = _conv(64, 96, 3, padding=1)
-        self.branch3x3dbl_3 = _conv(96, 96, 3, stride=2)
+        c384, c64, c96 = (scale_width(c, width_multiplier) for c in (384, 64, 96))
+        self.branch3x3 = _conv(in_chs, c384, 3, stride=2)
+        self.branch3x3dbl_1 = _conv(in_chs, c64, 1)
+        self.branch3x3dbl_2 = _conv(c64, c96, 3, padding=1)
+        self.branch3x3dbl_3 = _conv(c96, c96, 3, stride=2)
+        self.out_chs = c384 + c96 + in_chs  # the pool passes its input's channels through
 
     def forward(self, x: Tensor) -> Tensor:
         # N x 288 x 35 x 35 in
@@ -107,19 +119,20 @@ class InceptionAsymmetric(nn.Module):
     1x1 -> (7x1 -> 1x7) x 2 | 3x3 avg-pool -> 1x1. ``channels_7x7`` is the inner width.
     """
 
-    def __init__(self, in_chs: int, channels_7x7: int) -> None:
+    def __init__(self, in_chs: int, channels_7x7: int, width_multiplier: float = 1.0) -> None:
         super().__init__()
-        c7 = channels_7x7
-        self.branch1x1 = _conv(in_chs, 192, 1)
+        c7, c192 = (scale_width(c, width_multiplier) for c in (channels_7x7, 192))
+        self.branch1x1 = _conv(in_chs, c192, 1)
         self.branch7x7_1 = _conv(in_chs, c7, 1)
         self.branch7x7_2 = _conv(c7, c7, (1, 7), padding=(0, 3))
-        self.branch7x7_3 = _conv(c7, 192, (7, 1), padding=(3, 0))
+        self.branch7x7_3 = _conv(c7, c192, (7, 1), padding=(3, 0))
         self.branch7x7dbl_1 = _conv(in_chs, c7, 1)
         self.branch7x7dbl_2 = _conv(c7, c7, (7, 1), padding=(3, 0))
         self.branch7x7dbl_3 = _conv(c7, c7, (1, 7), padding=(0, 3))
         self.branch7x7dbl_4 = _conv(c7, c7, (7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = _conv(c7, 192, (1, 7), padding=(0, 3))
-        self.branch_pool = _conv(in_chs, 192, 1)
+        self.branch7x7dbl_5 = _conv(c7, c192, (1, 7), padding=(0, 3))
+        self.branch_pool = _conv(in_chs, c192, 1)
+        self.out_chs = 4 * c192
 
     def forward(self, x: Tensor) -> Tensor:
         # N x 768 x 17 x 17 in; c7 = channels_7x7
@@ -143,14 +156,16 @@ class GridReductionAsymmetric(nn.Module):
     Like :class:`GridReduction`, with a 1x7 -> 7x1 factorised branch before its stride-2 3x3.
     """
 
-    def __init__(self, in_chs: int) -> None:
+    def __init__(self, in_chs: int, width_multiplier: float = 1.0) -> None:
         super().__init__()
-        self.branch3x3_1 = _conv(in_chs, 192, 1)
-        self.branch3x3_2 = _conv(192, 320, 3, stride=2)
-        self.branch7x7x3_1 = _conv(in_chs, 192, 1)
-        self.branch7x7x3_2 = _conv(192, 192, (1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = _conv(192, 192, (7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = _conv(192, 192, 3, stride=2)
+        c192, c320 = (scale_width(c, width_multiplier) for c in (192, 320))
+        self.branch3x3_1 = _conv(in_chs, c192, 1)
+        self.branch3x3_2 = _conv(c192, c320, 3, stride=2)
+        self.branch7x7x3_1 = _conv(in_chs, c192, 1)
+        self.branch7x7x3_2 = _conv(c192, c192, (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = _conv(c192, c192, (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = _conv(c192, c192, 3, stride=2)
+        self.out_chs = c320 + c192 + in_chs  # the pool passes its input's channels through
 
     def forward(self, x: Tensor) -> Tensor:
         # N x 768 x 17 x 17 in
@@ -172,17 +187,19 @@ class InceptionExpanded(nn.Module):
     high-dimensional representations (paper Sec. 2, principle 2).
     """
 
-    def __init__(self, in_chs: int) -> None:
+    def __init__(self, in_chs: int, width_multiplier: float = 1.0) -> None:
         super().__init__()
-        self.branch1x1 = _conv(in_chs, 320, 1)
-        self.branch3x3_1 = _conv(in_chs, 384, 1)
-        self.branch3x3_2a = _conv(384, 384, (1, 3), padding=(0, 1))
-        self.branch3x3_2b = _conv(384, 384, (3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = _conv(in_chs, 448, 1)
-        self.branch3x3dbl_2 = _conv(448, 384, 3, padding=1)
-        self.branch3x3dbl_3a = _conv(384, 384, (1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = _conv(384, 384, (3, 1), padding=(1, 0))
-        self.branch_pool = _conv(in_chs, 192, 1)
+        c320, c384, c448, c192 = (scale_width(c, width_multiplier) for c in (320, 384, 448, 192))
+        self.branch1x1 = _conv(in_chs, c320, 1)
+        self.branch3x3_1 = _conv(in_chs, c384, 1)
+        self.branch3x3_2a = _conv(c384, c384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = _conv(c384, c384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = _conv(in_chs, c448, 1)
+        self.branch3x3dbl_2 = _conv(c448, c384, 3, padding=1)
+        self.branch3x3dbl_3a = _conv(c384, c384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = _conv(c384, c384, (3, 1), padding=(1, 0))
+        self.branch_pool = _conv(in_chs, c192, 1)
+        self.out_chs = c320 + 4 * c384 + c192
 
     def forward(self, x: Tensor) -> Tensor:
         # N x 1280 x 8 x 8 in (Mixed_7b), N x 2048 x 8 x 8 (Mixed_7c)
@@ -207,15 +224,25 @@ class AuxHead(nn.Module):
     least 17 x 17 (a 299 x 299 input); ``adaptive_pool`` pools to 5 x 5 from any size.
     """
 
-    def __init__(self, in_chs: int, num_classes: int, adaptive_pool: bool = False) -> None:
+    classifier_name = "fc"
+
+    def __init__(
+        self,
+        in_chs: int,
+        num_classes: int,
+        adaptive_pool: bool = False,
+        conv_chs: int = 128,
+        hidden: int = 768,
+    ) -> None:
         super().__init__()
         self.adaptive_pool = adaptive_pool
-        self.conv0 = _conv(in_chs, 128, 1)
-        self.conv1 = _conv(128, 768, 5)
-        self.fc = nn.Linear(768, num_classes) if num_classes else nn.Identity()
+        self.conv0 = _conv(in_chs, conv_chs, 1)
+        self.conv1 = _conv(conv_chs, hidden, 5)
+        self.fc = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(768, num_classes) if num_classes else nn.Identity()
+        hidden = self.conv1.conv.out_channels
+        self.fc = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         # N x 768 x 17 x 17 in
@@ -241,7 +268,13 @@ class InceptionV3(ClassifierModel):
         dropout: dropout before the final classifier.
         stem: ``"imagenet"`` (valid 3x3 convs, the first stride 2, and two max-pools) or
             ``"cifar"`` for small images (also makes the aux head's pooling adaptive).
+        width_multiplier: scales the channels of every convolution, branch and the aux head
+            (:func:`~moderncnn.models.layers.scale_width`: to a multiple of 8); 1.0 is the paper's.
+            ``inception_v3_cifar(num_classes=10, in_chans=1, width_multiplier=0.2)``, for
+            28 x 28 images, has 1.02M parameters with its aux head (0.93M without).
     """
+
+    aux_head_names = ("AuxLogits",)
 
     def __init__(
         self,
@@ -251,46 +284,60 @@ class InceptionV3(ClassifierModel):
         transform_input: bool = False,
         dropout: float = 0.5,
         stem: str = "imagenet",
+        width_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        check_width_multiplier(width_multiplier)
         check_transform_input(transform_input, in_chans)
         self.num_classes = num_classes
-        self.num_features = 2048
         self.aux_logits = aux_logits
         self.transform_input = transform_input
         small = stem == "cifar"
+        wm = width_multiplier
+
+        def w(chs: int) -> int:
+            return scale_width(chs, wm)
 
         # The ImageNet stem downsamples 8x before the first Inception block (299 -> 35), which
         # would leave a 3x3 map from a 32x32 image; small images get padded 3x3/1 convs and no
         # pools, so Mixed_5b sees 32 x 32 and the grid reductions leave 15 x 15 and 7 x 7.
         pad, stride = (1, 1) if small else (0, 2)
-        self.Conv2d_1a_3x3 = _conv(in_chans, 32, 3, stride=stride, padding=pad)
-        self.Conv2d_2a_3x3 = _conv(32, 32, 3, padding=pad)
-        self.Conv2d_2b_3x3 = _conv(32, 64, 3, padding=1)
+        self.Conv2d_1a_3x3 = _conv(in_chans, w(32), 3, stride=stride, padding=pad)
+        self.Conv2d_2a_3x3 = _conv(w(32), w(32), 3, padding=pad)
+        self.Conv2d_2b_3x3 = _conv(w(32), w(64), 3, padding=1)
         self.maxpool1: nn.Module = nn.Identity() if small else nn.MaxPool2d(3, stride=2)
-        self.Conv2d_3b_1x1 = _conv(64, 80, 1)
-        self.Conv2d_4a_3x3 = _conv(80, 192, 3, padding=pad)
+        self.Conv2d_3b_1x1 = _conv(w(64), w(80), 1)
+        self.Conv2d_4a_3x3 = _conv(w(80), w(192), 3, padding=pad)
         self.maxpool2: nn.Module = nn.Identity() if small else nn.MaxPool2d(3, stride=2)
-        self.Mixed_5b = InceptionFactorized(192, pool_features=32)
-        self.Mixed_5c = InceptionFactorized(256, pool_features=64)
-        self.Mixed_5d = InceptionFactorized(288, pool_features=64)
-        self.Mixed_6a = GridReduction(288)
-        self.Mixed_6b = InceptionAsymmetric(768, channels_7x7=128)
-        self.Mixed_6c = InceptionAsymmetric(768, channels_7x7=160)
-        self.Mixed_6d = InceptionAsymmetric(768, channels_7x7=160)
-        self.Mixed_6e = InceptionAsymmetric(768, channels_7x7=192)
-        self.AuxLogits = AuxHead(768, num_classes, adaptive_pool=small) if aux_logits else None
-        self.Mixed_7a = GridReductionAsymmetric(768)
-        self.Mixed_7b = InceptionExpanded(1280)
-        self.Mixed_7c = InceptionExpanded(2048)
+        self.Mixed_5b = InceptionFactorized(w(192), pool_features=32, width_multiplier=wm)
+        self.Mixed_5c = InceptionFactorized(self.Mixed_5b.out_chs, 64, wm)
+        self.Mixed_5d = InceptionFactorized(self.Mixed_5c.out_chs, 64, wm)
+        self.Mixed_6a = GridReduction(self.Mixed_5d.out_chs, wm)
+        self.Mixed_6b = InceptionAsymmetric(
+            self.Mixed_6a.out_chs, channels_7x7=128, width_multiplier=wm
+        )
+        self.Mixed_6c = InceptionAsymmetric(self.Mixed_6b.out_chs, 160, wm)
+        self.Mixed_6d = InceptionAsymmetric(self.Mixed_6c.out_chs, 160, wm)
+        self.Mixed_6e = InceptionAsymmetric(self.Mixed_6d.out_chs, 192, wm)
+        chs_6e = self.Mixed_6e.out_chs
+        self.AuxLogits = (
+            AuxHead(chs_6e, num_classes, adaptive_pool=small, conv_chs=w(128), hidden=w(768))
+            if aux_logits
+            else None
+        )
+        self.Mixed_7a = GridReductionAsymmetric(chs_6e, wm)
+        self.Mixed_7b = InceptionExpanded(self.Mixed_7a.out_chs, wm)
+        self.Mixed_7c = InceptionExpanded(self.Mixed_7b.out_chs, wm)
+        self.num_features = self.Mixed_7c.out_chs
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
         strides = (1, 1, 1, 2, 4) if small else (2, 4, 8, 16, 32)
-        stages = [("Conv2d_2b_3x3", 64), ("Conv2d_4a_3x3", 192), ("Mixed_5d", 288)]
-        stages += [("Mixed_6e", 768), ("Mixed_7c", self.num_features)]
+        stages = [("Conv2d_2b_3x3", w(64)), ("Conv2d_4a_3x3", w(192))]
+        stages += [("Mixed_5d", self.Mixed_5d.out_chs), ("Mixed_6e", chs_6e)]
+        stages += [("Mixed_7c", self.num_features)]
         self.feature_info = [
             FeatureInfo(name, chs, r) for (name, chs), r in zip(stages, strides, strict=True)
         ]
@@ -312,12 +359,6 @@ class InceptionV3(ClassifierModel):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final and the auxiliary classifier (0 removes them)."""
-        super().reset_classifier(num_classes)
-        if self.AuxLogits is not None:
-            self.AuxLogits.reset_classifier(num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Mixed_7c's map (N x 2048 x 8 x 8 for a 299 x 299 image)."""
@@ -359,13 +400,39 @@ class InceptionV3(ClassifierModel):
         return x, aux
 
 
+def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> InceptionV3:
+    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
+    args = get_variant_config(name).build_args(kwargs)
+    return InceptionV3(num_classes=num_classes, in_chans=in_chans, **args)
+
+
+VARIANTS = register_variants(
+    VariantConfig(
+        "inception_v3",
+        "inception_v3",
+        input_size=(3, 299, 299),
+        weights={
+            # Ported from TensorFlow: the weights take (x - 0.5) / 0.5 (transform_input).
+            "IMAGENET1K_V1": PretrainedWeights(
+                "inception_v3_google-0cc3c7bd.pth",
+                crop_size=299,
+                resize_size=342,
+                transform_input=True,
+                mean=INCEPTION_MEAN,
+                std=INCEPTION_STD,
+            )
+        },
+        aux_heads=InceptionV3.aux_head_names,
+        description="Inception v3, torchvision-compatible",
+    )
+)
+
+
 @register_model
 def inception_v3(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> InceptionV3:
     """Inception v3, torchvision-compatible, for 299 x 299 images."""
-    return InceptionV3(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return _create("inception_v3", num_classes, in_chans, kwargs)
 
 
-@register_model
-def inception_v3_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> InceptionV3:
-    """Inception v3 with padded 3x3 stride-1 stem convs and no stem pooling, for 32 x 32 images."""
-    return InceptionV3(num_classes=num_classes, in_chans=in_chans, stem="cifar", **kwargs)
+# inception_v3_cifar: padded 3x3 stride-1 stem convs and no stem pooling, for 32 x 32 images.
+globals().update(register_small_image_twins(VARIANTS, _create))

@@ -13,6 +13,7 @@ model on the ``meta`` device for an instant summary of a big model (the CLI does
 from __future__ import annotations
 
 import argparse
+import html
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -47,7 +48,7 @@ class StageRow:
     reduction: int
 
 
-@dataclass
+@dataclass(repr=False)
 class ModelSummary:
     """What :func:`summary` found; ``str()`` renders it as a table."""
 
@@ -71,6 +72,19 @@ class ModelSummary:
     def param_size_mb(self) -> float:
         """Size of the parameters in MB (10^6 bytes)."""
         return self.param_bytes / 1e6
+
+    def __repr__(self) -> str:
+        # The table, not a dataclass dump: what a notebook cell or the REPL shows for a bare
+        # `summary(...)`. The fields stay readable as attributes.
+        return str(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text display: the table."""
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the same monospace table (columns stay aligned)."""
+        return f"<pre>{html.escape(str(self))}</pre>"
 
     def __str__(self) -> str:
         header = ("Layer", "Type", "Output shape", "Params", "MACs")

@@ -29,3 +29,22 @@ class ConvBNAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
+
+
+WIDTH_DIVISOR = 8
+
+
+def check_width_multiplier(width_multiplier: float) -> None:
+    if not (isinstance(width_multiplier, int | float) and 0 < width_multiplier < float("inf")):
+        raise ValueError(f"width_multiplier must be a number > 0, got {width_multiplier!r}")
+
+
+def scale_width(chs: int, width_multiplier: float, divisor: int = WIDTH_DIVISOR) -> int:
+    """``chs * width_multiplier`` rounded to the nearest multiple of ``divisor`` (at least one).
+
+    Every Inception family scales each of its branches by this one rule; 1.0 leaves the
+    published widths exactly as they are (all multiples of 8 anyway), so checkpoints load.
+    """
+    if width_multiplier == 1:
+        return chs
+    return max(divisor, int(chs * width_multiplier / divisor + 0.5) * divisor)

@@ -1,17 +1,20 @@
-"""Pretrained weights: torchvision's ImageNet checkpoints by name, or any local file or URL.
+"""Pretrained weights: published ImageNet checkpoints by name, or any local file or URL.
 
 ``create_model("resnet50", weights="imagenet")`` downloads (once) torchvision's file and loads
-it; our state-dict keys are torchvision's, so its files load unchanged. ``weights`` may be:
+it; our state-dict keys are torchvision's (timm's for Inception-v4 and Inception-ResNet-v2),
+so their files load unchanged. ``weights`` may be:
 
-- ``"imagenet"`` / ``"DEFAULT"``: torchvision's best ImageNet-1k weights for the architecture,
-  or a tag such as ``"IMAGENET1K_V1"`` (see :data:`TORCHVISION_WEIGHTS`);
+- ``"imagenet"`` / ``"DEFAULT"``: the variant's default ImageNet-1k weights, or a tag such as
+  ``"IMAGENET1K_V1"`` (the tables: ``get_variant_config(name).weights``);
 - an ``https://`` URL (cached in ``$TORCH_HOME/hub/checkpoints``);
 - a local ``.pth`` / ``.pt`` / ``.ckpt`` / ``.safetensors`` file (see :mod:`.checkpoint`).
 
-A checkpoint whose classifier has another number of classes loads everything but the
-classifier, which stays freshly initialised (a warning names the skipped keys); so does a
-backbone saved without a classifier (``reset_classifier(0)``); any other missing, unexpected
-or mis-shaped key is an error.
+The model names its class-count-dependent layers (``model.head_modules()``: the classifier and
+each aux head's last layer) and its aux heads (``model.aux_modules()``). A checkpoint whose
+heads have another number of classes loads everything but them, which stay freshly initialised
+(a warning names the skipped keys); so does a backbone saved without a classifier
+(``reset_classifier(0)``). A model built without a head (``num_classes=0``) or without aux heads
+simply does not need the file's. Any other missing, unexpected or mis-shaped key is an error.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,72 +30,38 @@ from torch import Tensor, nn
 from moderncnn.io.checkpoint import read_state_dict
 from moderncnn.io.download import cached_download, check_hash, hash_prefix
 
+from ._config import PretrainedWeights
+from ._registry import variant_configs
+
 __all__ = [
     "LoadReport",
     "PretrainedWeights",
     "TORCHVISION_WEIGHTS",
     "find_pretrained",
     "load_pretrained",
+    "pretrained_weights",
     "remap_legacy_keys",
     "resolve_weights",
 ]
 
 log = logging.getLogger(__name__)
-URL_ROOT = "https://download.pytorch.org/models/"
-# Modules whose keys belong to the (possibly re-sized) classifiers rather than the backbone:
-# the final classifier and the auxiliary heads' last layers.
-CLASSIFIER_PREFIXES = ("fc.", "classifier.")
-HEAD_PREFIXES = (*CLASSIFIER_PREFIXES, "aux1.fc2.", "aux2.fc2.", "AuxLogits.fc.")
-AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
-
-
-@dataclass(frozen=True)
-class PretrainedWeights:
-    """One torchvision checkpoint: where it is and how its images were preprocessed."""
-
-    file_name: str
-    crop_size: int = 224  # evaluation: resize the short side to resize_size, centre-crop
-    resize_size: int = 256
-    transform_input: bool = False  # TensorFlow-ported Inception weights expect [-1, 1] input
-    aux_trained: bool = True  # torchvision's GoogLeNet aux heads were never trained
-
-    @property
-    def url(self) -> str:
-        return URL_ROOT + self.file_name
-
-
-_INCEPTION = {"transform_input": True, "crop_size": 299, "resize_size": 342}
-# architecture -> tag -> weights; the first tag is torchvision's DEFAULT (checked in
-# tests/transfer against the installed torchvision's *_Weights enums).
-TORCHVISION_WEIGHTS: dict[str, dict[str, PretrainedWeights]] = {
-    "resnet18": {"IMAGENET1K_V1": PretrainedWeights("resnet18-f37072fd.pth")},
-    "resnet34": {"IMAGENET1K_V1": PretrainedWeights("resnet34-b627a593.pth")},
-    "resnet50": {
-        "IMAGENET1K_V2": PretrainedWeights("resnet50-11ad3fa6.pth", resize_size=232),
-        "IMAGENET1K_V1": PretrainedWeights("resnet50-0676ba61.pth"),
-    },
-    "resnet101": {
-        "IMAGENET1K_V2": PretrainedWeights("resnet101-cd907fc2.pth", resize_size=232),
-        "IMAGENET1K_V1": PretrainedWeights("resnet101-63fe2227.pth"),
-    },
-    "resnet152": {
-        "IMAGENET1K_V2": PretrainedWeights("resnet152-f82ba261.pth", resize_size=232),
-        "IMAGENET1K_V1": PretrainedWeights("resnet152-394f9c45.pth"),
-    },
-    "densenet121": {"IMAGENET1K_V1": PretrainedWeights("densenet121-a639ec97.pth")},
-    "densenet161": {"IMAGENET1K_V1": PretrainedWeights("densenet161-8d451a50.pth")},
-    "densenet169": {"IMAGENET1K_V1": PretrainedWeights("densenet169-b2777c0a.pth")},
-    "densenet201": {"IMAGENET1K_V1": PretrainedWeights("densenet201-c1103571.pth")},
-    "googlenet": {
-        "IMAGENET1K_V1": PretrainedWeights(
-            "googlenet-1378be20.pth", transform_input=True, aux_trained=False
-        )
-    },
-    "inception_v3": {
-        "IMAGENET1K_V1": PretrainedWeights("inception_v3_google-0cc3c7bd.pth", **_INCEPTION)
-    },
-}
 DEFAULT_ALIASES = ("imagenet", "default", "imagenet1k")
+# Looked for on a model that is not a moderncnn ClassifierModel (no head_modules()).
+FOREIGN_CLASSIFIERS = ("fc", "classifier", "head", "last_linear", "classif")
+
+
+def pretrained_weights() -> dict[str, dict[str, PretrainedWeights]]:
+    """Architecture -> tag -> weights, from every variant table; the first tag is the default."""
+    return {name: dict(c.weights) for name, c in variant_configs().items() if c.weights}
+
+
+# torchvision's files only (checked in tests/transfer against the installed torchvision's
+# *_Weights enums); the variant tables (get_variant_config(name).weights) hold every source.
+TORCHVISION_WEIGHTS: dict[str, dict[str, PretrainedWeights]] = {
+    name: table
+    for name, table in pretrained_weights().items()
+    if all(w.source == "torchvision" for w in table.values())
+}
 
 
 class LoadReport(NamedTuple):
@@ -103,16 +71,18 @@ class LoadReport(NamedTuple):
     fresh_head: list[str]  # checkpoint keys of a classifier of another shape, not loaded
     fresh_aux: list[str]  # model keys of auxiliary heads the checkpoint lacks
     adapted: list[str]  # stem weights summed/repeated to the model's input channels
+    unneeded: tuple[str, ...] = ()  # checkpoint keys of heads the model was built without
 
 
 def find_pretrained(model_name: str | None, weights: str) -> PretrainedWeights | None:
     """The table entry that ``weights`` names (a tag, an alias, or one of its file names)."""
     file_name = Path(weights).name
-    for table in TORCHVISION_WEIGHTS.values():
+    tables = pretrained_weights()
+    for table in tables.values():
         for entry in table.values():
             if file_name == entry.file_name:
                 return entry
-    table = TORCHVISION_WEIGHTS.get(model_name or "")
+    table = tables.get(model_name or "")
     if table is None:
         return None
     tag = weights.rsplit(".", 1)[-1]  # "ResNet50_Weights.IMAGENET1K_V2" -> "IMAGENET1K_V2"
@@ -135,11 +105,12 @@ def resolve_weights(
     entry = find_pretrained(model_name, text)
     if _is_named(text) and not Path(text).is_file():
         if entry is None:
-            tags = list(TORCHVISION_WEIGHTS.get(model_name or "", {}))
+            tables = pretrained_weights()
+            tags = list(tables.get(model_name or "", {}))
             hint = (
                 f"{model_name} has 'imagenet' / 'DEFAULT' and {', '.join(map(repr, tags))}"
                 if tags
-                else f"named weights exist for {', '.join(TORCHVISION_WEIGHTS)}"
+                else f"named weights exist for {', '.join(tables)}"
             )
             raise ValueError(
                 f"no pretrained weights {text!r} for model {model_name!r}: {hint}. Otherwise "
@@ -196,12 +167,43 @@ def _adapt_stem(
     return state, adapted
 
 
-def _head_keys(state: dict[str, Tensor], own: dict[str, Tensor]) -> list[str]:
-    """Classifier keys in ``state`` that do not fit the model (another class count, or none)."""
-    head = [k for k in state if k.startswith(HEAD_PREFIXES)]
-    if any(k not in own or own[k].shape != state[k].shape for k in head):
-        return head
-    return []
+def _under(key: str, modules: list[str] | tuple[str, ...]) -> bool:
+    return any(key.startswith(m + ".") for m in modules)
+
+
+def _heads(model: nn.Module, model_name: str | None) -> tuple[list[str], list[str]]:
+    """(head layers, every aux head the model's class declares) of ``model``.
+
+    A moderncnn model says (``head_modules()``, ``aux_head_names``); another one (torchvision's,
+    a user's) is asked by its variant table's names, else its usual classifier attributes.
+    """
+    if callable(getattr(model, "head_modules", None)):
+        return list(model.head_modules()), list(getattr(model, "aux_head_names", ()))
+    from ._registry import _VARIANT_CONFIGS
+
+    config = _VARIANT_CONFIGS.get(model_name or "")
+    names = (config.classifier,) if config else FOREIGN_CLASSIFIERS
+    heads = [n for n in names if isinstance(getattr(model, n, None), nn.Module)][:1]
+    aux = list(config.aux_heads) if config else []
+    for name in aux:
+        modules = getattr(model, name, nn.Module()).named_modules()
+        linears = [n for n, m in modules if isinstance(m, nn.Linear)]
+        heads += [f"{name}.{linears[-1]}"] if linears else []
+    return heads, aux
+
+
+def _drop_label_offset(
+    state: dict[str, Tensor], own: dict[str, Tensor], heads: list[str], offset: int
+) -> None:
+    """Drop a TensorFlow file's leading "background" class rows where the model has none."""
+    for head in heads:
+        weight = state.get(f"{head}.weight")
+        target = own.get(f"{head}.weight")
+        if weight is None or target is None or weight.shape[0] != target.shape[0] + offset:
+            continue
+        for key in (f"{head}.weight", f"{head}.bias"):
+            if key in state:
+                state[key] = state[key][offset:]
 
 
 def _check_keys(model_name: str, path: Path, state: dict, own: dict, allowed: set[str]) -> None:
@@ -242,36 +244,48 @@ def load_pretrained(
     """Load ``weights`` into ``model`` in place (see the module docstring for what it accepts).
 
     Args:
-        model: a moderncnn (or torchvision) model with torchvision's key names.
+        model: a moderncnn model (or another with the same key names, torchvision's).
         weights: a name (``"imagenet"``), an ``https://`` URL, or a local file.
         model_name: the registered architecture name, to look named weights up.
-        transform_input: for GoogLeNet / Inception v3; None turns it on for torchvision's
-            ImageNet files, which expect ``(x - 0.5) / 0.5`` input (torchvision does the same).
+        transform_input: for the Inceptions; None turns it on for the published ImageNet
+            files that expect ``(x - 0.5) / 0.5`` input (``PretrainedWeights.transform_input``:
+            torchvision's GoogLeNet and Inception v3, timm's Inception-v4 and
+            Inception-ResNet-v2), so they take ImageNet-normalised input like every other model.
         progress: show a progress bar while downloading.
     """
     name = model_name or type(model).__name__
     path = resolve_weights(weights, model_name, progress=progress)
     entry = find_pretrained(model_name, str(path))
+    heads, aux_names = _heads(model, model_name)
     own = model.state_dict()
     state, adapted = _adapt_stem(remap_legacy_keys(read_state_dict(path)), own)
-    # Aux heads in the file but not in the model (aux_logits=False) are simply not needed.
-    state = {k: v for k, v in state.items() if not (k.startswith(AUX_PREFIXES) and k not in own)}
-    fresh_head = _head_keys(state, own)
-    for key in fresh_head:
+    if entry is not None and entry.label_offset:
+        _drop_label_offset(state, own, heads, entry.label_offset)
+    # Heads the model was built without are simply not needed: aux heads (aux_logits=False),
+    # the classifiers of a headless model (num_classes=0).
+    absent = [m for m in (*heads, *aux_names) if not any(_under(k, [m]) for k in own)]
+    unneeded = [k for k in state if _under(k, absent)]
+    # A head whose tensors do not fit (another class count) stays fresh, with a warning; one
+    # the file lacks (a backbone saved after reset_classifier(0)) stays fresh silently.
+    built = [h for h in heads if h not in absent]
+    misfit = [
+        h
+        for h in built
+        if any(
+            _under(k, [h]) and (k not in own or own[k].shape != v.shape) for k, v in state.items()
+        )
+    ]
+    lacking = [h for h in built if not any(_under(k, [h]) for k in state)]
+    fresh_head = [k for h in misfit for k in state if _under(k, [h])]  # the classifier first
+    for key in unneeded + fresh_head:
         del state[key]
-    # A backbone saved without its classifier (reset_classifier(0)) gives a fresh head too.
-    headless = (
-        not fresh_head
-        and not any(k.startswith(CLASSIFIER_PREFIXES) for k in state)
-        and any(k.startswith(CLASSIFIER_PREFIXES) for k in own)
-    )
-    fresh = fresh_head or headless
-    head_names = {k for k in own if k.startswith(HEAD_PREFIXES)} if fresh else set()
+    headless = bool(heads) and heads[0] in lacking and not misfit
     # An aux head the file has no tensor of at all stays as initialised (a file saved from a
     # model without aux heads); a partly present one is an error like any other missing key.
     in_file = {k.split(".", 1)[0] for k in state}
-    fresh_aux = [k for k in own if k.startswith(AUX_PREFIXES) and k.split(".", 1)[0] not in in_file]
-    _check_keys(name, path, state, own, head_names | set(fresh_aux))
+    fresh_aux = [k for k in own if _under(k, aux_names) and k.split(".", 1)[0] not in in_file]
+    allowed = {k for k in own if _under(k, misfit + lacking)} | set(fresh_aux)
+    _check_keys(name, path, state, own, allowed)
     model.load_state_dict(state, strict=False)
 
     if fresh_head:
@@ -285,12 +299,16 @@ def load_pretrained(
         log.info("%s has no classifier; %s keeps a freshly initialised one", path.name, name)
     if fresh_aux:
         log.info("%s has no aux-head weights; %d tensors stay fresh", path.name, len(fresh_aux))
+    if unneeded:
+        log.info(
+            "%s: %d head tensors not needed (%s has no such head)", path.name, len(unneeded), name
+        )
     untrained_aux = entry is not None and not entry.aux_trained
-    if untrained_aux and any(k.startswith(AUX_PREFIXES) for k in state):
+    if untrained_aux and any(_under(k, aux_names) for k in state):
         log.info("%s: its aux heads were never trained; train them before using them", path.name)
     if adapted:
         log.info("%s: adapted %s to the model's input channels", path.name, ", ".join(adapted))
     if entry is not None and entry.transform_input and hasattr(model, "transform_input"):
         rgb = not adapted
         model.transform_input = rgb if transform_input is None else transform_input
-    return LoadReport(path, fresh_head, fresh_aux, adapted)
+    return LoadReport(path, fresh_head, fresh_aux, adapted, tuple(unneeded))

@@ -1,6 +1,8 @@
-"""ResNet (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016).
+"""ResNet (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016), with
+ResNeXt (Xie et al. 2017: grouped bottleneck 3x3s) and Wide ResNet (Zagoruyko & Komodakis 2016:
+wider bottleneck 3x3s), which are the same network with other ``groups`` / ``width_per_group``.
 
-Read top-down: the two residual units, the network, its builder, one entry point per
+Read top-down: the two residual units, the network, the variant table, one entry point per
 variant. Attribute names follow torchvision (``conv1``, ``bn1``, ``layer1``..., ``fc``,
 ``downsample``) so its checkpoints load unchanged; like torchvision's "ResNet v1.5" the
 bottleneck downsamples in its 3x3 conv, not its first 1x1.
@@ -8,13 +10,19 @@ bottleneck downsamples in its 3x3 conv, not its first 1x1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from ._base import ClassifierModel, FeatureInfo
-from ._registry import register_model
+from ._config import PretrainedWeights, VariantConfig
+from ._registry import (
+    get_variant_config,
+    register_model,
+    register_small_image_twins,
+    register_variants,
+)
 
 Stem = Literal["imagenet", "cifar"]
 
@@ -210,70 +218,123 @@ class ResNet(ClassifierModel):
         return x
 
 
-def _resnet(
-    block: Block, layers: Sequence[int], stem: Stem, num_classes: int, in_chans: int, kwargs: dict
-) -> ResNet:
-    """What an entry point fixes (block, depth, stem) gives way to the caller's ``kwargs``."""
-    defaults = {"block": block, "layers": layers, "stem": stem}
-    return ResNet(num_classes=num_classes, in_chans=in_chans, **(defaults | kwargs))
+def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> ResNet:
+    """What the variant fixes (block, depth, groups, stem) gives way to the caller's ``kwargs``."""
+    args = get_variant_config(name).build_args(kwargs)
+    return ResNet(num_classes=num_classes, in_chans=in_chans, **args)
+
+
+def _variant(
+    name: str, block: Block, layers: tuple[int, ...], description: str, weights: dict, **args
+) -> VariantConfig:
+    model_args = {"block": block, "layers": layers, **args}
+    return VariantConfig(name, "resnet", model_args, weights=weights, description=description)
+
+
+def _tv(v1: str, v2: str | None = None, v1_resize: int = 256) -> dict[str, PretrainedWeights]:
+    """torchvision's files: IMAGENET1K_V2 (the newer recipe, resize 232) first when it exists."""
+    weights = {"IMAGENET1K_V2": PretrainedWeights(v2, resize_size=232)} if v2 else {}
+    return weights | {"IMAGENET1K_V1": PretrainedWeights(v1, resize_size=v1_resize)}
+
+
+B, BB = BasicBlock, Bottleneck
+# The variant table: depths, groups and bottleneck widths, torchvision's ImageNet weights.
+# ResNeXt "32x4d": 32 groups of 4 channels in the first stage's 3x3 (Xie et al. 2017);
+# Wide ResNet "_2": the bottleneck 3x3 twice as wide (Zagoruyko & Komodakis 2016).
+VARIANTS = register_variants(
+    _variant("resnet18", B, (2, 2, 2, 2), "ResNet-18: basic units, 2-2-2-2",
+             _tv("resnet18-f37072fd.pth")),
+    _variant("resnet34", B, (3, 4, 6, 3), "ResNet-34: basic units, 3-4-6-3",
+             _tv("resnet34-b627a593.pth")),
+    _variant("resnet50", BB, (3, 4, 6, 3), "ResNet-50: bottleneck units, 3-4-6-3",
+             _tv("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")),
+    _variant("resnet101", BB, (3, 4, 23, 3), "ResNet-101: bottleneck units, 3-4-23-3",
+             _tv("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth")),
+    _variant("resnet152", BB, (3, 8, 36, 3), "ResNet-152: bottleneck units, 3-8-36-3",
+             _tv("resnet152-394f9c45.pth", "resnet152-f82ba261.pth")),
+    _variant("resnext50_32x4d", BB, (3, 4, 6, 3),
+             "ResNeXt-50 32x4d: grouped bottlenecks (32 groups x 4 channels), 3-4-6-3",
+             _tv("resnext50_32x4d-7cdf4587.pth", "resnext50_32x4d-1a0047aa.pth"),
+             groups=32, width_per_group=4),
+    _variant("resnext101_32x8d", BB, (3, 4, 23, 3),
+             "ResNeXt-101 32x8d: grouped bottlenecks (32 groups x 8 channels), 3-4-23-3",
+             _tv("resnext101_32x8d-8ba56ff5.pth", "resnext101_32x8d-110c445d.pth"),
+             groups=32, width_per_group=8),
+    _variant("resnext101_64x4d", BB, (3, 4, 23, 3),
+             "ResNeXt-101 64x4d: grouped bottlenecks (64 groups x 4 channels), 3-4-23-3",
+             _tv("resnext101_64x4d-173b62eb.pth", v1_resize=232),
+             groups=64, width_per_group=4),
+    _variant("wide_resnet50_2", BB, (3, 4, 6, 3),
+             "Wide ResNet-50-2: bottleneck 3x3s twice as wide, 3-4-6-3",
+             _tv("wide_resnet50_2-95faca4d.pth", "wide_resnet50_2-9ba9bcbe.pth"),
+             width_per_group=128),
+    _variant("wide_resnet101_2", BB, (3, 4, 23, 3),
+             "Wide ResNet-101-2: bottleneck 3x3s twice as wide, 3-4-23-3",
+             _tv("wide_resnet101_2-32ee1156.pth", "wide_resnet101_2-d733dc28.pth"),
+             width_per_group=128),
+)  # fmt: skip
 
 
 @register_model
 def resnet18(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
     """ResNet-18: basic units, 2-2-2-2, for 224 x 224 images."""
-    return _resnet(BasicBlock, (2, 2, 2, 2), "imagenet", num_classes, in_chans, kwargs)
+    return _create("resnet18", num_classes, in_chans, kwargs)
 
 
 @register_model
 def resnet34(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
     """ResNet-34: basic units, 3-4-6-3, for 224 x 224 images."""
-    return _resnet(BasicBlock, (3, 4, 6, 3), "imagenet", num_classes, in_chans, kwargs)
+    return _create("resnet34", num_classes, in_chans, kwargs)
 
 
 @register_model
 def resnet50(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
     """ResNet-50: bottleneck units, 3-4-6-3, for 224 x 224 images."""
-    return _resnet(Bottleneck, (3, 4, 6, 3), "imagenet", num_classes, in_chans, kwargs)
+    return _create("resnet50", num_classes, in_chans, kwargs)
 
 
 @register_model
 def resnet101(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
     """ResNet-101: bottleneck units, 3-4-23-3, for 224 x 224 images."""
-    return _resnet(Bottleneck, (3, 4, 23, 3), "imagenet", num_classes, in_chans, kwargs)
+    return _create("resnet101", num_classes, in_chans, kwargs)
 
 
 @register_model
 def resnet152(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
     """ResNet-152: bottleneck units, 3-8-36-3, for 224 x 224 images."""
-    return _resnet(Bottleneck, (3, 8, 36, 3), "imagenet", num_classes, in_chans, kwargs)
-
-
-# Small-image variants: the same networks with the 3x3 stride-1 stem and no max-pool.
-@register_model
-def resnet18_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
-    """ResNet-18 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _resnet(BasicBlock, (2, 2, 2, 2), "cifar", num_classes, in_chans, kwargs)
+    return _create("resnet152", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet34_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
-    """ResNet-34 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _resnet(BasicBlock, (3, 4, 6, 3), "cifar", num_classes, in_chans, kwargs)
+def resnext50_32x4d(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNeXt-50 32x4d (Xie et al. 2017): 32 groups of 4 channels, 3-4-6-3, for 224 x 224."""
+    return _create("resnext50_32x4d", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet50_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
-    """ResNet-50 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _resnet(Bottleneck, (3, 4, 6, 3), "cifar", num_classes, in_chans, kwargs)
+def resnext101_32x8d(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNeXt-101 32x8d: 32 groups of 8 channels, 3-4-23-3, for 224 x 224 images."""
+    return _create("resnext101_32x8d", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet101_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
-    """ResNet-101 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _resnet(Bottleneck, (3, 4, 23, 3), "cifar", num_classes, in_chans, kwargs)
+def resnext101_64x4d(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """ResNeXt-101 64x4d: 64 groups of 4 channels, 3-4-23-3, for 224 x 224 images."""
+    return _create("resnext101_64x4d", num_classes, in_chans, kwargs)
 
 
 @register_model
-def resnet152_cifar(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
-    """ResNet-152 with the small-image stem, for 32 x 32 (and 28 x 28) images."""
-    return _resnet(Bottleneck, (3, 8, 36, 3), "cifar", num_classes, in_chans, kwargs)
+def wide_resnet50_2(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """Wide ResNet-50-2 (Zagoruyko & Komodakis 2016): 2x wider 3x3s, 3-4-6-3, for 224 x 224."""
+    return _create("wide_resnet50_2", num_classes, in_chans, kwargs)
+
+
+@register_model
+def wide_resnet101_2(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
+    """Wide ResNet-101-2: bottleneck 3x3s twice as wide, 3-4-23-3, for 224 x 224 images."""
+    return _create("wide_resnet101_2", num_classes, in_chans, kwargs)
+
+
+# Small-image variants (resnet18_cifar, ...): the same networks with the 3x3 stride-1 stem and
+# no max-pool, made from the table by the rule every family shares.
+globals().update(register_small_image_twins(VARIANTS, _create))

@@ -44,12 +44,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from moderncnn.models.pretrained import AUX_PREFIXES
-
 __all__ = ["FreezeBackbone", "split_head"]
 
 HEAD_ATTRIBUTES = ("fc", "classifier", "head")  # looked up when there is no get_classifier()
-AUX_HEADS = tuple(prefix.rstrip(".") for prefix in AUX_PREFIXES)  # aux1, aux2, AuxLogits
 # Per-group values that schedulers read besides "lr": scaled by the ratio, or copied.
 SCALED_KEYS = ("initial_lr", "max_lr", "min_lr")
 COPIED_KEYS = ("max_momentum", "base_momentum")
@@ -76,9 +73,8 @@ def split_head(
             f"cannot find the classifier of {type(network).__name__}: give it a get_classifier() "
             f"method or an attribute named {' / '.join(HEAD_ATTRIBUTES)}"
         )
-    if head is None:
-        aux = (getattr(network, name, None) for name in AUX_HEADS)
-        heads += [m for m in aux if isinstance(m, nn.Module)]
+    if head is None and callable(getattr(network, "aux_modules", None)):
+        heads += [network.get_submodule(name) for name in network.aux_modules()]
     in_head = {id(m) for module in heads for m in module.modules()}
     backbone = [m for m in BaseFinetuning.flatten_modules(network) if id(m) not in in_head]
     return backbone, heads

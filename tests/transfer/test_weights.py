@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from torch import nn
 from moderncnn.io import download
 from moderncnn.io.checkpoint import CheckpointError, read_state_dict
 from moderncnn.io.download import WeightsDownloadError, WeightsHashError
-from moderncnn.models import create_model
+from moderncnn.models import create_model, get_variant_config
 from moderncnn.models.pretrained import TORCHVISION_WEIGHTS, load_pretrained
 
 X64 = (2, 3, 64, 64)
@@ -174,17 +176,49 @@ def test_old_densenet_keys_are_renamed(tmp_path: Path) -> None:
 
 
 def test_table_matches_installed_torchvision() -> None:
-    enums = {
-        "resnet": "ResNet{}_Weights",
-        "densenet": "DenseNet{}_Weights",
-        "googlenet": "GoogLeNet_Weights",
-        "inception_v3": "Inception_V3_Weights",
-    }
+    expected = {
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+        "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+        "densenet121", "densenet161", "densenet169", "densenet201", "googlenet", "inception_v3",
+    }  # fmt: skip
+    assert set(TORCHVISION_WEIGHTS) == expected
     for arch, table in TORCHVISION_WEIGHTS.items():
-        family = next(f for f in enums if arch.startswith(f))
-        enum = getattr(torchvision.models, enums[family].format(arch.removeprefix(family)))
+        enum = torchvision.models.get_model_weights(arch)
         assert {tag: w.url for tag, w in table.items()} == {w.name: w.url for w in enum}, arch
         assert next(iter(table)) == enum.DEFAULT.name, arch
+        assert get_variant_config(arch).weights == table  # the table is the variant's
+        for w in enum:  # the evaluation transform, as torchvision's weights state it
+            transform = w.transforms()
+            assert [table[w.name].crop_size] == list(transform.crop_size), (arch, w.name)
+            assert [table[w.name].resize_size] == list(transform.resize_size), (arch, w.name)
+            assert table[w.name].hash_prefix == w.url.rsplit("-", 1)[1].split(".")[0]
+
+
+def test_timm_weights_are_in_the_variant_tables() -> None:
+    v4 = get_variant_config("inception_v4").weights
+    assert v4["TF_IN1K"].url == (
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/"
+        "inceptionv4-8e4777a0.pth"
+    )
+    irv2 = get_variant_config("inception_resnet_v2").weights
+    assert [w.file_name for w in irv2.values()] == [
+        "inception_resnet_v2-940b1cd6.pth",
+        "ens_adv_inception_resnet_v2-2592a550.pth",
+    ]
+    for entry in [*v4.values(), *irv2.values()]:
+        assert entry.source == "timm" and entry.hub_id.startswith("timm/inception_")
+        assert entry.mean == entry.std == (0.5, 0.5, 0.5) and entry.transform_input
+        assert entry.crop_size == 299 and entry.label_offset == 1
+    timm = pytest.importorskip("timm")
+    for name, table in (("inception_v4", v4), ("inception_resnet_v2", irv2)):
+        for entry in table.values():
+            tag = entry.hub_id.removeprefix(f"timm/{name}.")
+            cfg = timm.models.get_pretrained_cfg(f"{name}.{tag}")
+            assert cfg.hf_hub_id.rstrip("/") in ("timm", entry.hub_id)
+            assert tuple(cfg.mean) == entry.mean and tuple(cfg.std) == entry.std
+            assert cfg.input_size == (3, entry.crop_size, entry.crop_size)
+            assert int(entry.crop_size / cfg.crop_pct) == entry.resize_size
+            assert cfg.interpolation == entry.interpolation
 
 
 def test_offline_error_names_url_and_path(torch_home: Path, monkeypatch) -> None:
@@ -301,3 +335,82 @@ def test_backbone_saved_without_classifier_keeps_a_fresh_head(tmp_path: Path) ->
     torch.save(del_one, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match=r"1 missing: layer1\.0\.conv1\.weight"):
         load_pretrained(target, tmp_path / "partial.pth")
+
+
+def test_headless_model_loads_a_file_with_classifier_silently(tv_resnet18_file, caplog) -> None:
+    path, tv_model = tv_resnet18_file
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "classifier does not fit" warning
+        ours = create_model("resnet18", num_classes=0, weights=str(path)).eval()
+    assert isinstance(ours.fc, nn.Identity)
+    x = torch.randn(X64)
+    backbone = copy.deepcopy(tv_model)
+    backbone.fc = nn.Identity()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), backbone(x), rtol=0, atol=1e-5)
+
+
+def test_headless_googlenet_loads_classifier_and_aux_heads_silently(tmp_path: Path) -> None:
+    source = create_model("googlenet_cifar", num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "googlenet_10.pth")
+    for kwargs in ({"num_classes": 0}, {"num_classes": 0, "aux_logits": False}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            target = create_model("googlenet_cifar", **kwargs)
+            report = load_pretrained(target, tmp_path / "googlenet_10.pth")
+        assert not report.fresh_head and not report.fresh_aux
+        assert report.unneeded and all(k.startswith(("fc.", "aux")) for k in report.unneeded)
+        loaded, saved = target.inception5b.branch1.conv.weight, source.inception5b.branch1.conv
+        assert torch.equal(loaded, saved.weight)
+
+
+def test_other_class_count_refits_every_head(tmp_path: Path) -> None:
+    source = create_model("googlenet_cifar", num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "googlenet_10.pth")
+    target = create_model("googlenet_cifar", num_classes=3)
+    with pytest.warns(UserWarning, match=r"fc\.weight, fc\.bias, aux1\.fc2\.weight"):
+        report = load_pretrained(target, tmp_path / "googlenet_10.pth")
+    assert target.aux1.fc2.weight.shape == (3, 1024)
+    assert torch.equal(target.aux1.fc1.weight, source.aux1.fc1.weight)  # the rest of it loads
+    assert len(report.fresh_head) == 6
+
+
+def test_timm_inception_v4_file_drops_the_background_class(torch_home, unchecked_hashes) -> None:
+    """timm's GitHub file has TensorFlow's 1001 classes, "background" first: dropped on load,
+    and transform_input turned on, as the weights take (x - 0.5) / 0.5."""
+    source = create_model("inception_v4", num_classes=1001, width_multiplier=0.125).eval()
+    cache = torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(source.state_dict(), cache / "inceptionv4-8e4777a0.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = create_model("inception_v4", width_multiplier=0.125, weights="imagenet").eval()
+    assert ours.transform_input and ours.last_linear.out_features == 1000
+    assert torch.equal(ours.last_linear.weight, source.last_linear.weight[1:])
+    x = torch.randn(1, 3, 75, 75)
+    with torch.no_grad():
+        source.transform_input = True
+        torch.testing.assert_close(ours(x), source(x)[:, 1:], rtol=0, atol=1e-5)
+    with pytest.warns(UserWarning, match="does not fit"):  # another class count: a fresh head
+        create_model("inception_v4", num_classes=5, width_multiplier=0.125, weights="imagenet")
+
+
+def test_named_weights_of_the_new_families_resolve(torch_home, monkeypatch) -> None:
+    from moderncnn.models import pretrained
+
+    asked = []
+    monkeypatch.setattr(pretrained, "cached_download", lambda url, progress: asked.append(url))
+    for name, weights in [
+        ("resnext50_32x4d", "imagenet"),
+        ("wide_resnet101_2", "IMAGENET1K_V1"),
+        ("inception_resnet_v2", "tf_ens_adv_in1k"),
+    ]:
+        pretrained.resolve_weights(weights, name)
+    assert asked == [
+        "https://download.pytorch.org/models/resnext50_32x4d-1a0047aa.pth",
+        "https://download.pytorch.org/models/wide_resnet101_2-32ee1156.pth",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+        "ens_adv_inception_resnet_v2-2592a550.pth",
+    ]
+    with pytest.raises(ValueError, match="preact_resnet18.*named weights exist for"):
+        pretrained.resolve_weights("imagenet", "preact_resnet18")
