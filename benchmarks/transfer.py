@@ -49,12 +49,12 @@ from PIL import Image
 from torch import nn
 
 from moderncnn.data import FashionMNISTDataModule
+from moderncnn.io.card import Preprocess
 from moderncnn.models import create_model
 from moderncnn.training.module import ImageClassifier
 from moderncnn.transfer.features import extract_features
 from moderncnn.transfer.finetune import FreezeBackbone
 from moderncnn.transfer.probe import train_probe
-from moderncnn.io.card import Preprocess
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transfer.md"
 SOURCE, TARGET = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]

@@ -25,7 +25,7 @@ from moderncnn.viz import show_batch
 
 from .cli import build_cli
 from .module import ImageClassifier
-from .trainer import PrepareRunFolder
+from .trainer import RunTrainer
 
 __all__ = ["datamodule_from_config", "from_config", "preview_main"]
 
@@ -52,10 +52,9 @@ def from_config(
     for key, value in overrides.items():
         argv.append(f"--{key.removeprefix('--')}={_cli_value(value)}")
     try:
-        cli = build_cli(argv, run=False)
+        cli = build_cli(argv, run=False, trainer_class=RunTrainer)
     except ArgumentError as err:
         raise ConfigError(f"{config}: {err}") from err
-    cli.trainer.callbacks.insert(0, PrepareRunFolder())
     return cli.model, cli.datamodule, cli.trainer
 
 

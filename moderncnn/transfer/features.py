@@ -30,7 +30,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from moderncnn.data.files import DecodedImageFiles, collate_images, content_stamps, read_folder
-from moderncnn.inference.backbone import feature_fn, under_bf16, weights_sha256
+from moderncnn.inference.backbone import weights_sha256
+from moderncnn.inference.fast_features import backbone_features
+from moderncnn.inference.runtimes import RUNTIMES, THREADS_ENV
 from moderncnn.io.card import Preprocess
 from moderncnn.io.errors import DataError
 from moderncnn.training.config import datamodule_from_config
@@ -142,6 +144,8 @@ def extract_features(
     half: bool = False,
     bf16: bool = False,
     progress: bool = True,
+    runtime: str = "auto",
+    threads: int | None = None,
 ) -> FeatureCache:
     """Pooled features of every image in ``data``, cached in ``out`` (reused when unchanged).
 
@@ -170,6 +174,9 @@ def extract_features(
             bf16 units (AVX512-BF16, AMX) and on GPUs, features within a few % (a probe's
             accuracy barely moves); slower on CPUs without them. Part of the cache key.
         progress: show tqdm progress bars.
+        runtime: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``: where the backbone runs
+            (:mod:`~moderncnn.inference.fast_features`); fp32 features agree within round-off.
+        threads: intra-op threads (default $MODERNCNN_THREADS, else the usable cores).
     """
     device = torch.device(device)
     folder = isinstance(data, str | Path)
@@ -230,9 +237,10 @@ def extract_features(
 
     model = (model if model is not None else source.build()).to(device)
     card = card.replace(source={**card.source, "weights_sha256": weights_sha256(model)})
-    fn = feature_fn(model, stage)
-    if bf16:
-        fn = under_bf16(fn, device.type)
+    fn, _ = backbone_features(
+        model, card, out, stage, runtime=runtime, precision="bf16" if bf16 else "fp32",
+        threads=threads, device=device,
+    )  # fmt: skip
     if folder:
         loader_args = {"batch_size": batch_size, "num_workers": num_workers}
         results = _run_folder(fn, root, splits, transform, loader_args, device, progress, half)
@@ -254,9 +262,7 @@ def extract_features(
 def main(argv: list[str] | None = None) -> int:
     """``moderncnn features [--backbone NAME] [--weights W] (--data DIR | -c YAML) --out DIR``."""
     parser = argparse.ArgumentParser(prog="moderncnn features", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--backbone", help="a model name (`moderncnn models`); not with a .ckpt"
-    )
+    parser.add_argument("--backbone", help="a model name (`moderncnn models`); not with a .ckpt")
     parser.add_argument(
         "--weights", default=None, help="'imagenet', an https:// URL, a file, or a .ckpt of ours"
     )
@@ -279,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         "--bf16", action="store_true", help="compute under bfloat16 autocast (CPU bf16 units, GPU)"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--runtime", default="auto", choices=RUNTIMES,
+        help="where the backbone runs; auto: ONNX Runtime or OpenVINO on a CPU, torch on CUDA",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=None, help=f"intra-op threads (default ${THREADS_ENV})"
+    )
     args = parser.parse_args(argv)
     # The same reading of a config's `data:` section as `moderncnn preview`.
     data = args.data if args.data else datamodule_from_config(args.config)
@@ -295,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         half=args.half,
         bf16=args.bf16,
+        runtime=args.runtime,
+        threads=args.threads,
     )
     for split in cache.splits:
         skipped = cache.skipped(split)

@@ -1,0 +1,22 @@
+"""Pictures of models, data and runs, as ``matplotlib.figure.Figure`` objects.
+
+Each function returns its figure (a notebook shows it as the cell's output) and writes it to a
+file only when given ``save=``; none of them calls ``matplotlib.use``.
+"""
+
+from __future__ import annotations
+
+from .confusion import plot_confusion_matrix, read_confusion_matrix
+from .curves import plot_curves, read_metrics
+from .images import image_grid, plot_top_losses, show_batch, show_results
+
+__all__ = [
+    "image_grid",
+    "plot_confusion_matrix",
+    "plot_curves",
+    "plot_top_losses",
+    "read_confusion_matrix",
+    "read_metrics",
+    "show_batch",
+    "show_results",
+]

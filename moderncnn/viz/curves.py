@@ -1,0 +1,196 @@
+"""Learning curves of a run from its ``metrics.csv``: loss, accuracy, top-5 and learning rate.
+
+The x axis is the epoch as Lightning counts it, from 0: the point at epoch 3 is the epoch
+that wrote ``best-epoch=3-...ckpt``. ``moderncnn plot lightning_logs/version_N`` draws it
+into ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import csv
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from moderncnn.io.errors import DataError, MissingFileError, ModernCNNError
+
+from ._figure import finish, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_curves", "plot_main", "read_learning_rates", "read_metrics"]
+
+RunSource = str | Path | Sequence[str | Path]
+# Panels: (y label, metrics); top-5 has its own axis, so top-1 differences stay readable.
+PANELS = [
+    ("loss", ("train_loss", "val_loss")),
+    ("accuracy", ("train_acc", "val_acc")),
+    ("top-5 accuracy", ("train_acc_top5", "val_acc_top5")),
+]
+
+
+def metrics_file(run: str | Path) -> Path:
+    """``run`` itself if it is a ``.csv`` file, else ``run/metrics.csv``; it must exist."""
+    path = Path(run)
+    path = path if path.suffix == ".csv" else path / "metrics.csv"
+    if not path.is_file():
+        raise MissingFileError(
+            f"{path} does not exist; give a run folder that has metrics.csv "
+            "(lightning_logs/version_N, written by the CSV logger)"
+        )
+    return path
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def read_metrics(metrics_csv: str | Path) -> dict[int, dict[str, float]]:
+    """Per-epoch metrics of a Lightning ``metrics.csv``: {epoch: {name: value}}.
+
+    Lightning writes one sparse row per logging call (training and validation metrics of the
+    same epoch land in different rows), so the rows are merged by their ``epoch`` column.
+    """
+    path = metrics_file(metrics_csv)
+    epochs: dict[int, dict[str, float]] = {}
+    for row in _rows(path):
+        if not row.get("epoch"):
+            continue  # the learning rate: LearningRateMonitor logs a step, not an epoch
+        merged = epochs.setdefault(int(float(row["epoch"])), {})
+        merged.update({k: float(v) for k, v in row.items() if v and k not in ("epoch", "step")})
+    if not epochs:
+        raise DataError(f"{path} has no rows with an epoch: was any epoch finished?")
+    return dict(sorted(epochs.items()))
+
+
+def read_learning_rates(metrics_csv: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """{name: [(epoch, lr), ...]} of the ``lr-*`` columns (Lightning's LearningRateMonitor).
+
+    The monitor logs the optimiser step, not the epoch; a step is placed in its epoch by the
+    steps at which the epochs' metrics were logged (epoch 2.5: halfway through epoch 2).
+    """
+    rows = _rows(metrics_file(metrics_csv))
+    ends: dict[int, int] = {}  # epoch -> its last step, from the training/validation rows
+    for row in rows:
+        if row.get("epoch") and row.get("step") and _has(row, ("train_", "val_")):
+            epoch, step = int(float(row["epoch"])), int(float(row["step"]))
+            ends[epoch] = max(ends.get(epoch, step), step)
+    epochs = sorted(ends)
+    last_steps = [ends[e] for e in epochs]
+    rates: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name.startswith("lr-") and value and row.get("step"):
+                x = _epoch_of(int(float(row["step"])), epochs, last_steps)
+                rates.setdefault(name, []).append((x, float(value)))
+    return rates
+
+
+def _has(row: dict[str, str], prefixes: tuple[str, ...]) -> bool:
+    return any(v and k.startswith(prefixes) for k, v in row.items())
+
+
+def _epoch_of(step: int, epochs: list[int], last_steps: list[int]) -> float:
+    """The fractional epoch of a step at which a batch starts (0-based steps)."""
+    if not epochs:
+        return float(step)
+    i = min(bisect.bisect_left(last_steps, step), len(epochs) - 1)
+    first = last_steps[i - 1] + 1 if i > 0 else 0
+    length = max(last_steps[i] - first + 1, 1)
+    return epochs[i] + (step - first) / length
+
+
+def plot_curves(run: RunSource, save: str | Path | None = None, title: str | None = None) -> Figure:
+    """Loss, accuracy, top-5 accuracy (with more than 5 classes) and learning rate per epoch.
+
+    Args:
+        run: a run folder (``lightning_logs/version_N``) or its ``metrics.csv``; several (a
+            run and its resumption) are merged in order, later ones winning.
+        save: file to write the figure to (``curves.png``); None: only return it.
+        title: the figure's title; default: the model's name and the run folder.
+    """
+    files = [run] if isinstance(run, str | Path) else list(run)
+    if not files:
+        raise DataError("plot_curves needs a run folder or metrics.csv, got an empty list")
+    epochs: dict[int, dict[str, float]] = {}
+    rates: dict[str, list[tuple[float, float]]] = {}
+    for file in files:
+        for epoch, metrics in read_metrics(file).items():
+            epochs.setdefault(epoch, {}).update(metrics)
+        for name, points in read_learning_rates(file).items():
+            rates.setdefault(name, []).extend(points)
+    panels = [(label, names) for label, names in PANELS if _any(epochs, names)]
+    figure = new_figure(figsize=(4.2 * (len(panels) + 1), 3.8))
+    axes = figure.subplots(1, len(panels) + 1, squeeze=False)[0]
+    plotted = {name for _, names in panels for name in names}
+    last_epoch = max((e for e, m in epochs.items() if plotted & set(m)), default=0)
+    for ax, (label, names) in zip(axes, panels, strict=False):
+        for name in names:
+            points = [(e, m[name]) for e, m in sorted(epochs.items()) if name in m]
+            if points:
+                ax.plot(*zip(*points, strict=True), "-o", label=name, markersize=3)
+        ax.set_xlim(-0.25, max(last_epoch, 1) + 0.25)  # two integers in view: integer ticks
+        _style(ax, label)
+    _plot_rates(axes[-1], rates)
+    axes[-1].set_xlim(0, max(last_epoch + 1, 2))
+    last = metrics_file(files[-1]).parent
+    figure.suptitle(title or f"{_model_name(last) or 'model'}: {last}")
+    return finish(figure, save)
+
+
+def _any(epochs: dict[int, dict[str, float]], names: Sequence[str]) -> bool:
+    return any(name in m for m in epochs.values() for name in names)
+
+
+def _style(ax: Axes, label: str) -> None:
+    ax.set(xlabel="epoch", ylabel=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs as the checkpoints name them
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+
+
+def _plot_rates(ax: Axes, rates: dict[str, list[tuple[float, float]]]) -> None:
+    seen: list[list[tuple[float, float]]] = []
+    for name, points in sorted(rates.items()):
+        points = sorted(points)
+        if points in seen:  # parameter groups sharing one rate: one line
+            continue
+        seen.append(points)
+        ax.plot(*zip(*points, strict=True), "-", label=name, markersize=2)
+    if not seen:
+        ax.text(0.5, 0.5, "no lr-* column in metrics.csv\n(LearningRateMonitor)", ha="center",
+                va="center", transform=ax.transAxes, color="gray")  # fmt: skip
+    _style(ax, "learning rate")
+
+
+def _model_name(run_dir: Path) -> str | None:
+    """The ``model:`` name in the run's ``hparams.yaml`` (None for a model passed as a module)."""
+    hparams = run_dir / "hparams.yaml"
+    if not hparams.is_file():
+        return None
+    found = re.search(r"^model: *([\w.-]+) *$", hparams.read_text(errors="replace"), re.M)
+    return found.group(1) if found else None
+
+
+def plot_main(argv: list[str]) -> int:
+    """``moderncnn plot RUN_DIR [-o PNG]``: learning curves of a run."""
+    parser = argparse.ArgumentParser(prog="moderncnn plot", description=plot_main.__doc__)
+    parser.add_argument("run", help="run folder with metrics.csv (lightning_logs/version_N)")
+    parser.add_argument("-o", "--output", help="PNG to write (default: RUN/curves.png)")
+    args = parser.parse_args(argv)
+    try:
+        output = Path(args.output) if args.output else metrics_file(args.run).parent / "curves.png"
+        plot_curves(args.run, save=output)
+    except ModernCNNError as err:
+        print(f"moderncnn plot: error: {err}", file=sys.stderr)
+        return 1
+    print(output)
+    return 0
