@@ -19,7 +19,6 @@ from ._config import PretrainedWeights, VariantConfig
 from ._registry import (
     UnknownModelError,
     check_model_name,
-    create_model,
     get_variant_config,
     is_model,
     list_models,
@@ -28,6 +27,7 @@ from ._registry import (
     register_variants,
     variant_configs,
 )
+from .factory import create_model
 
 __all__ = [
     "ClassifierModel",

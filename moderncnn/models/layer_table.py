@@ -22,6 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._registry import UnknownModelError
+from .factory import create_model
+
 # A tensor's shape, the shapes of a tuple of outputs (aux heads), or None (never called).
 Shape = Union[tuple[int, ...], list["Shape"], None]  # noqa: UP007  (recursive alias)
 
@@ -243,8 +246,6 @@ def _human(n: int) -> str:
 
 
 def _build(args: argparse.Namespace) -> nn.Module:
-    from moderncnn.models import create_model
-
     kwargs = {"num_classes": args.num_classes, "in_chans": args.in_chans}
     try:
         # No memory and no weight init: shapes and MACs need no real numbers.
@@ -256,8 +257,6 @@ def _build(args: argparse.Namespace) -> nn.Module:
 
 def main(argv: list[str]) -> int:
     """``moderncnn summary NAME``: print the layer table of a registered model."""
-    from moderncnn.models import UnknownModelError
-
     parser = argparse.ArgumentParser(
         prog="moderncnn summary", description="Layer table: output shapes, parameters, MACs."
     )

@@ -179,9 +179,7 @@ def _heads(model: nn.Module, model_name: str | None) -> tuple[list[str], list[st
     """
     if callable(getattr(model, "head_modules", None)):
         return list(model.head_modules()), list(getattr(model, "aux_head_names", ()))
-    from ._registry import _VARIANT_CONFIGS
-
-    config = _VARIANT_CONFIGS.get(model_name or "")
+    config = variant_configs().get(model_name or "")
     names = (config.classifier,) if config else FOREIGN_CLASSIFIERS
     heads = [n for n in names if isinstance(getattr(model, n, None), nn.Module)][:1]
     aux = list(config.aux_heads) if config else []
