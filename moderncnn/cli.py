@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("moderncnn.training.cli", "main", "-c CONFIG, or --checkpoint CKPT FILES: top-k"),
     "features": ("moderncnn.transfer.features", "main", "cache a frozen backbone's features"),
     "probe": ("moderncnn.transfer.probe", "main", "train a linear probe on cached features"),
-    "export": ("moderncnn.inference.export", "main", "ONNX, TorchScript or safetensors, checked"),
+    "export": ("moderncnn.cli", "export_main", "ONNX, TorchScript or safetensors, checked"),
     "plot": ("moderncnn.viz.curves", "plot_main", "learning curves PNG of a run"),
     "preview": ("moderncnn.training.config", "preview_main", "grid of one augmented batch"),
 }
@@ -35,6 +35,15 @@ def list_models_main(argv: list[str]) -> int:
     pattern = argv[0] if argv else "*"
     print("\n".join(list_models(pattern)))
     return 0
+
+
+def export_main(argv: list[str]) -> int:
+    """``moderncnn export``, given the reader of training configs that ``--calibrate`` needs."""
+    # Imported when used, like every command: `moderncnn models` need not load torch.
+    from moderncnn.inference.export_cli import main
+    from moderncnn.training.config import datamodule_from_config
+
+    return main(argv, read_config=datamodule_from_config)
 
 
 def _usage() -> str:

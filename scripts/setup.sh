@@ -9,3 +9,5 @@ if [ ! -f "$FMNIST" ] && command -v apt-get >/dev/null 2>&1; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
 python -m pip install -q -e ".[test]"
+# The notebooks' kernel, registered for this Python so the tests run them offline.
+python -m ipykernel install --user --name python3 >/dev/null

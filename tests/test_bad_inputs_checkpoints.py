@@ -9,6 +9,8 @@ test_weights.py.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ import yaml
 from moderncnn.cli import main as moderncnn_main
 from moderncnn.io.checkpoint import CheckpointError
 from moderncnn.models import create_model
+from moderncnn.training.cli import main
 from moderncnn.training.module import ImageClassifier
 
 MODEL_KWARGS = {"channels": [8, 16], "layers": [1, 1]}
@@ -185,3 +188,165 @@ def test_good_checkpoint_predicts(files, cifar_samples_dir: Path, capsys) -> Non
     image = str(next(cifar_samples_dir.glob("*.png")))
     assert moderncnn_main(["predict", "--checkpoint", str(files["good"]), image]) == 0
     assert "1 images classified, 0 unreadable" in capsys.readouterr().out
+
+
+# -- issue #12: empty and text files, a corrupt last.ckpt, resuming with other settings -------
+
+# What the file holds, and what the one-line message says (besides its name).
+NOT_CHECKPOINTS = {
+    "empty": (b"", "empty.ckpt: the file is empty (0 bytes)"),
+    "text": (b"model: resnet18\nepochs: 3\n", "text.ckpt: it is not a readable PyTorch check"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_CHECKPOINTS))
+@pytest.mark.parametrize("door", ["fit", "test", "weights", "create_model"])
+def test_empty_or_text_file_as_a_checkpoint_is_one_message(
+    kind: str, door: str, fashion_mnist_dir, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    data, message = NOT_CHECKPOINTS[kind]
+    ckpt = tmp_path / f"{kind}.ckpt"
+    ckpt.write_bytes(data)
+    if door == "create_model":
+        with pytest.raises(CheckpointError) as err:
+            create_model("resnet18_cifar", weights=str(ckpt), in_chans=1, **MODEL_KWARGS)
+        assert message in str(err.value)
+        return
+    config = fit_config(tmp_path, fashion_mnist_dir)
+    monkeypatch.chdir(tmp_path)
+    args = {
+        "fit": ["fit", "-c", str(config), "--ckpt_path", str(ckpt)],
+        "test": ["test", "-c", str(config), "--ckpt_path", str(ckpt)],
+        "weights": [
+            "fit", "-c", str(config),
+            "--model.model_kwargs", yaml.safe_dump({**MODEL_KWARGS, "weights": str(ckpt)}),
+        ],
+    }[door]  # fmt: skip
+    assert moderncnn_main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+@pytest.mark.parametrize("kind", sorted(NOT_CHECKPOINTS))
+def test_predict_and_export_refuse_empty_or_text_files(
+    command: str, kind: str, cifar_samples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    data, message = NOT_CHECKPOINTS[kind]
+    ckpt = tmp_path / f"{kind}.ckpt"
+    ckpt.write_bytes(data)
+    image = str(next(cifar_samples_dir.glob("*.png")))
+    args = {
+        "predict": ["predict", "--checkpoint", str(ckpt), image],
+        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+    }[command]
+    assert moderncnn_main(args) == 1
+    err = capsys.readouterr().err
+    assert kind in err and "Traceback" not in err, err
+
+
+def quick_fit_config(fashion_mnist_dir: Path, **model) -> dict:
+    return {
+        "seed_everything": 1,
+        "model": {"model": "resnet18_cifar", "model_kwargs": MODEL_KWARGS, "lr": 0.05, **model},
+        "data": {
+            "class_path": "moderncnn.data.FashionMNISTDataModule",
+            "init_args": {
+                "data_dir": str(fashion_mnist_dir),
+                "batch_size": 16,
+                "train_subset": 64,
+                "val_size": 16,
+            },
+        },
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "limit_test_batches": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+    }
+
+
+def run_in(workdir: Path, config: dict, *args: str) -> int:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    cwd = Path.cwd()
+    os.chdir(workdir)
+    try:
+        return main([args[0], "-c", "config.yaml", *args[1:]])
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, fashion_mnist_dir_module) -> Path:
+    """A folder with one finished run (version_0) of :func:`quick_fit_config`, step schedule."""
+    work = tmp_path_factory.mktemp("trained")
+    config = quick_fit_config(fashion_mnist_dir_module, scheduler="step")
+    assert run_in(work, config, "fit") == 0
+    return work
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_dir_module() -> Path:
+    path = Path("/usr/share/datasets/fashion-mnist")
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh)")
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("override", "differs"),
+    [
+        (["--model.lr=0.01"], "model.lr: 0.05 in the checkpoint, 0.01 now"),
+        (["--model.optimizer=adam"], "model.optimizer: 'sgd' in the checkpoint, 'adam' now"),
+        (["--model.scheduler=cosine"], "model.scheduler: 'step' in the checkpoint, 'cosine' now"),
+        (
+            ["--model.lr=0.01", "--model.weight_decay=0"],
+            "model.lr: 0.05 in the checkpoint, 0.01 now; model.weight_decay: 0.0005",
+        ),
+    ],
+)
+def test_resuming_with_other_settings_is_refused_before_anything_is_written(
+    override: list[str], differs: str, trained_run: Path, fashion_mnist_dir_module, capsys
+) -> None:
+    before = snapshot(trained_run)
+    config = quick_fit_config(fashion_mnist_dir_module, scheduler="step")
+    assert run_in(trained_run, config, "fit", "--ckpt_path", "last", *override) == 1
+    err = capsys.readouterr().err
+    assert "this config differs from the run it would resume in" in err
+    assert differs in err and "Traceback" not in err and "KeyError" not in err
+    assert snapshot(trained_run) == before  # no version_1, nothing touched
+
+
+def test_resuming_with_the_same_settings_and_other_speed_switches_trains(
+    trained_run: Path, fashion_mnist_dir_module, tmp_path: Path
+) -> None:
+    work = tmp_path / "copy"
+    shutil.copytree(trained_run, work)
+    config = quick_fit_config(fashion_mnist_dir_module, scheduler="step")
+    config["trainer"]["max_epochs"] = 2
+    args = ("fit", "--ckpt_path", "last", "--model.channels_last=false")
+    assert run_in(work, config, *args) == 0
+    assert (work / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_test_best_with_a_corrupt_last_checkpoint_names_it(
+    trained_run: Path, fashion_mnist_dir_module, tmp_path: Path, capsys
+) -> None:
+    work = tmp_path / "copy"
+    shutil.copytree(trained_run, work)
+    last = work / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])
+    config = quick_fit_config(fashion_mnist_dir_module, scheduler="step")
+    assert run_in(work, config, "test", "--ckpt_path", "best") == 1
+    err = capsys.readouterr().err
+    assert f"--ckpt_path best: the best checkpoint is recorded in {last.relative_to(work)}" in err
+    assert "which cannot be read" in err and "best-epoch=0" in err and "Traceback" not in err
+    assert sorted(p.name for p in (work / "lightning_logs").iterdir()) == ["version_0"]

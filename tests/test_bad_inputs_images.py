@@ -238,3 +238,84 @@ def test_a_single_class_is_an_error_naming_the_root(tmp_path: Path) -> None:
     root = tmp_path / "data"
     with pytest.raises(ValueError, match=rf"{root} has only one class folder \('cats'\): a clas"):
         _module(root)
+
+
+# -- resize bombs and symlinks (issue #12) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(1, 20_000), (20_000, 1), (3, 1_000)])
+def test_resize_bomb_is_refused_before_decoding(tmp_path: Path, size: tuple[int, int]) -> None:
+    # 140 bytes of PNG; resizing its shorter side to 256 would make millions of pixels.
+    path = tmp_path / "tall.png"
+    Image.new("L", size).save(path)
+    assert path.stat().st_size < 2_000
+    with pytest.raises(BadImageError, match=r"tall\.png: .* aspect ratio of \d+:1, above "):
+        load_image(path)
+    assert load_image(path, max_aspect_ratio=None).size == size  # genuine: raise the limit
+
+
+def test_panorama_within_the_aspect_limit_loads(tmp_path: Path) -> None:
+    Image.new("RGB", (1200, 100)).save(tmp_path / "panorama.jpg")  # 12:1
+    assert load_image(tmp_path / "panorama.jpg").size == (1200, 100)
+
+
+def test_resize_bomb_in_a_folder_is_skipped_and_reported(messy) -> None:
+    Image.new("L", (1, 20_000)).save(messy.root / "cats" / "strip.png")
+    dm = _module(messy.root, max_image_pixels=None)
+    dm.setup("fit")
+    strip = messy.root / "cats" / "strip.png"
+    assert "aspect ratio of 20000:1, above max_aspect_ratio=100" in dm.bad_files[strip]
+    assert strip not in {path for path, _ in dm.train_set.samples + dm.val_set.samples}
+
+
+def _two_classes(root: Path) -> Path:
+    for label in ("cats", "dogs"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            _gradient().save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("target", ["usr", "parent", "root_itself"])
+def test_class_folder_symlink_out_of_the_root_is_skipped_and_reported(
+    tmp_path: Path, target: str, caplog
+) -> None:
+    root = _two_classes(tmp_path / "data")
+    outside = tmp_path / "elsewhere" / "thousands"
+    outside.mkdir(parents=True)
+    _gradient().save(outside / "not_yours.png")
+    link = root / "linked"
+    link.symlink_to({"usr": outside, "parent": Path(".."), "root_itself": Path(".")}[target])
+    dm = _module(root)
+    assert dm.class_names == ["cats", "dogs"]  # the link is no class
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert "outside" in dm.bad_files[link] and "follow_symlinks=True" in dm.bad_files[link]
+    assert str(link) in caplog.text
+    files = {path for path, _ in dm.train_set.samples + dm.val_set.samples}
+    assert all(root.resolve() in path.resolve().parents for path in files)
+
+
+def test_image_symlink_out_of_the_root_is_skipped_unless_followed(tmp_path: Path) -> None:
+    root = _two_classes(tmp_path / "data")
+    secret = tmp_path / "private.png"
+    _gradient().save(secret)
+    (root / "cats" / "leak.png").symlink_to(secret)
+    (root / "cats" / "alias.png").symlink_to(root / "dogs" / "0.png")  # inside: kept
+    dm = _module(root, val_fraction=0.0)
+    dm.setup("fit")
+    files = {path for path, _ in dm.train_set.samples}
+    assert root / "cats" / "leak.png" not in files and root / "cats" / "alias.png" in files
+    assert "a symlink to" in dm.bad_files[root / "cats" / "leak.png"]
+
+    followed = _module(root, val_fraction=0.0, follow_symlinks=True)
+    followed.setup("fit")
+    assert root / "cats" / "leak.png" in {path for path, _ in followed.train_set.samples}
+    assert not followed.bad_files
+
+
+def test_followed_class_symlink_is_a_class(tmp_path: Path) -> None:
+    root = _two_classes(tmp_path / "data")
+    outside = _two_classes(tmp_path / "other") / "cats"
+    (root / "more_cats").symlink_to(outside)
+    assert _module(root, follow_symlinks=True).class_names == ["cats", "dogs", "more_cats"]

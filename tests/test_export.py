@@ -248,8 +248,8 @@ def test_exported_model_predicts_images_like_its_checkpoint(
 ) -> None:
     # `moderncnn export`, then `moderncnn predict --checkpoint model.onnx FILES`: the same top
     # classes and probabilities as predicting from the .ckpt, names from the JSON sidecar.
-    from moderncnn.training.module import ImageClassifier
     from moderncnn.inference import predict
+    from moderncnn.training.module import ImageClassifier
 
     preprocess = {"image_size": 32, "resize_size": None, "mean": [0.49, 0.48, 0.45]}
     preprocess["std"] = [0.25, 0.24, 0.26]

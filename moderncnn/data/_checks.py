@@ -58,3 +58,10 @@ def split_count(name: str, size: int | float, total: int, note: str = "") -> int
             f"{note}; pass a smaller count or a fraction such as 0.1"
         )
     return count
+
+
+def check_seed(name: str, value: int) -> int:
+    """Returns ``value`` if it is an int a torch generator takes (-2**63 .. 2**64 - 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**64:
+        raise ValueError(f"{name} must be an integer in [-2**63, 2**64), got {value!r}")
+    return value

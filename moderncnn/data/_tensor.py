@@ -14,7 +14,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ._checks import check_non_negative_int, check_positive_int, check_split_size, split_count
+from ._checks import (
+    check_non_negative_int,
+    check_positive_int,
+    check_seed,
+    check_split_size,
+    split_count,
+)
 from .augment import AugmentationSpec, BatchAugment, denormalize, normalize
 from .stats import ChannelStats
 
@@ -75,7 +81,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_workers = check_non_negative_int("num_workers", num_workers)
         self.val_size = check_split_size("val_size", val_size)
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         if train_subset is not None:
             check_positive_int("train_subset", train_subset)
         self.train_subset = train_subset

@@ -104,9 +104,19 @@ def build_transform(name: str, kwargs: dict[str, Any] | None = None) -> v2.Trans
         if isinstance(kwargs.get(key), str):
             kwargs[key] = enum(kwargs[key].lower())
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
+        transform = cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         raise ValueError(f"augmentation {name} with arguments {kwargs!r}: {err}") from err
+    # Some transforms take any size and fail only on the first image (RandomCrop(size=-3)).
+    size = getattr(transform, "size", None)
+    sizes = (
+        [size] if isinstance(size, int) else list(size) if isinstance(size, list | tuple) else []
+    )
+    if any(isinstance(n, int) and n < 1 for n in sizes):
+        raise ValueError(
+            f"augmentation {name} with arguments {kwargs!r}: size must be positive, got {size}"
+        )
+    return transform
 
 
 def build_transforms(specs: Sequence[AugmentationSpec]) -> list[v2.Transform]:

@@ -88,12 +88,22 @@ def read_batch(path: Path) -> tuple[Tensor, Tensor]:
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise ValueError(f"{path}: expected 'data' to be a uint8 N x 3072 array")
+    integers = isinstance(labels, list | tuple | np.ndarray) and all(
+        isinstance(label, int | np.integer) and not isinstance(label, bool) for label in labels
+    )
+    if labels is not None and not integers:
+        raise ValueError(
+            f"{path}: expected 'labels' to be a list of integers, got {type(labels).__name__}"
+        )
     if data.shape[1] != 3 * 32 * 32 or labels is None or len(labels) != len(data):
         raise ValueError(
             f"{path}: expected 'data' N x 3072 and N 'labels', got {data.shape} and "
             f"{None if labels is None else len(labels)} labels"
         )
-    labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    try:
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    except (OverflowError, ValueError) as err:
+        raise ValueError(f"{path}: labels must be in 0..9 ({err})") from err
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
         raise ValueError(f"{path}: labels must be in 0..9, got {labels.min()}..{labels.max()}")
     # Each row is the red, green then blue 32x32 plane, row-major.
@@ -232,6 +242,11 @@ class CIFAR10DataModule(TensorDataModule):
         if not (folder / META).is_file():
             return
         names = load_pickled_dict(folder / META).get("label_names")
-        names = [n.decode() if isinstance(n, bytes) else n for n in names or []]
+        if not isinstance(names, list | tuple):
+            raise ValueError(
+                f"{folder / META}: label_names should be a list of CIFAR-10's class names, got "
+                f"{type(names).__name__}"
+            )
+        names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
         if names != CLASS_NAMES:
             raise ValueError(f"{folder / META}: label_names {names} are not CIFAR-10's classes")

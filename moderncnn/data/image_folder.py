@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 
 from moderncnn.io.errors import DataError
 
-from ._checks import check_fraction, check_non_negative_int, check_positive_int
+from ._checks import check_fraction, check_non_negative_int, check_positive_int, check_seed
 from .augment import AugmentationSpec, build_transforms, denormalize
 from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, load_image, scan_images
 from .stats import IMAGENET
@@ -52,11 +52,38 @@ def class_name(folder: str) -> str:
     return _NUMERIC_PREFIX.sub("", name) or name
 
 
-def find_class_folders(root: Path) -> list[str]:
-    """Names of the non-hidden sub-folders of ``root``, sorted; errors name ``root``."""
+def leads_outside(path: Path, boundary: Path) -> bool:
+    """Whether ``path`` (a symlink, or inside one) resolves to somewhere not strictly inside
+    the resolved ``boundary`` folder: ``/usr``, ``..``, the boundary itself."""
+    target = path.resolve()
+    return target == boundary or not target.is_relative_to(boundary)
+
+
+def _link_reason(path: Path, boundary: Path) -> str:
+    return (
+        f"a symlink to {path.resolve()}, outside {boundary}: skipped (follow_symlinks=True "
+        "follows it)"
+    )
+
+
+def find_class_folders(
+    root: Path, within: Path | None = None, skipped: dict[Path, str] | None = None
+) -> list[str]:
+    """Names of the non-hidden sub-folders of ``root``, sorted; errors name ``root``.
+
+    With ``within`` (a resolved folder), a sub-folder that is a symlink leading outside it is
+    no class: it is left out, and recorded in ``skipped`` (``{path: reason}``).
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if within is not None:
+        outside = [p for p in entries if p.is_symlink() and leads_outside(p, within)]
+        for path in outside:
+            if skipped is not None:
+                skipped[path] = _link_reason(path, within)
+        entries = [p for p in entries if p not in outside]
+    folders = sorted(p.name for p in entries)
     if not folders:
         raise ValueError(
             f"{root} has no class folders: put the images of each class in their own "
@@ -93,15 +120,26 @@ def split_folders(root: Path) -> dict[str, Path] | None:
     return layout
 
 
-def list_image_files(folder: Path) -> list[Path]:
-    """Files with an image suffix under ``folder`` (recursively, hidden ones skipped), sorted."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+def list_image_files(
+    folder: Path, within: Path | None = None, skipped: dict[Path, str] | None = None
+) -> list[Path]:
+    """Files with an image suffix under ``folder`` (recursively, hidden ones skipped), sorted.
+
+    Symlinked sub-folders are not searched. With ``within`` (a resolved folder), a file that is
+    a symlink leading outside it is left out and recorded in ``skipped`` (``{path: reason}``).
+    """
+    files = []
+    for path in folder.rglob("*"):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if within is not None and path.is_symlink() and leads_outside(path, within):
+            if skipped is not None:
+                skipped[path] = _link_reason(path, within)
+            continue
+        files.append(path)
+    return sorted(files)
 
 
 class FitToSize(nn.Module):
@@ -158,6 +196,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             augmentation (RandomResizedCrop(image_size) + RandomHorizontalFlip); []: none.
         max_image_pixels: images with more pixels are skipped as decompression bombs;
             None: no limit.
+        follow_symlinks: also read class folders and image files that are symlinks leading
+            outside ``root`` (``test_root`` for its files); by default they are skipped and
+            reported, so a link to ``/usr`` or ``..`` cannot pull in thousands of other files.
     """
 
     in_chans = 3
@@ -177,6 +218,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         seed: int = 42,
         augmentations: list[str | dict[str, dict[str, Any]]] | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        follow_symlinks: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -203,10 +245,16 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_workers = check_non_negative_int("num_workers", num_workers)
         if max_image_pixels is not None:
             check_positive_int("max_image_pixels", max_image_pixels)
-        self.max_image_pixels, self.seed = max_image_pixels, seed
+        self.max_image_pixels, self.seed = max_image_pixels, check_seed("seed", seed)
 
         self.root = Path(root).expanduser()
         self.test_root = None if test_root is None else Path(test_root).expanduser()
+        # Symlinks leading outside these folders are skipped (unless follow_symlinks).
+        self.follow_symlinks = bool(follow_symlinks)
+        self._boundaries = {self.root: self.root.resolve()}
+        if self.test_root is not None:
+            self._boundaries[self.test_root] = self.test_root.resolve()
+        self.skipped_links: dict[Path, str] = {}
         self.val_root: Path | None = None
         layout = split_folders(self.root)
         if layout is not None:  # root/train, root/val, root/test, each a folder of classes
@@ -219,7 +267,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             self.val_root = layout.get("val")
             if self.test_root is None and not test_fraction:
                 self.test_root = layout.get("test")
-        self.folders = find_class_folders(self.root)
+        self.folders = find_class_folders(self.root, self._within(self.root), self.skipped_links)
         if len(self.folders) < 2:
             raise ValueError(
                 f"{self.root} has only one class folder ({self.folders[0]!r}): a classifier "
@@ -247,7 +295,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         Skipping it would shift the labels of the folders after it away from what torchvision's
         ImageFolder gives the same root, or leave a class the model can never see.
         """
-        files = {self.folders.index(folder): list_image_files(root / folder) for folder in folders}
+        within, skipped = self._within(root), self.skipped_links
+        files = {
+            self.folders.index(folder): list_image_files(root / folder, within, skipped)
+            for folder in folders
+        }
         empty = [str(root / self.folders[label]) for label, paths in files.items() if not paths]
         if empty:
             raise EmptyClassError(
@@ -261,7 +313,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Files of a separate test (or val) folder, whose classes must be training classes."""
         if root is None:
             return None
-        folders = find_class_folders(root)
+        folders = find_class_folders(root, self._within(root), self.skipped_links)
         unknown = sorted(set(folders) - set(self.folders))
         if unknown:
             raise DataError(
@@ -269,6 +321,16 @@ class ImageFolderDataModule(L.LightningDataModule):
                 f"root {self.root}; its classes must be training classes"
             )
         return self._list_files(root, folders)
+
+    def _within(self, folder: Path) -> Path | None:
+        """The resolved folder that symlinks under ``folder`` must stay in (None: follow all):
+        ``test_root`` for its own files, else ``root`` (split folders included)."""
+        if self.follow_symlinks:
+            return None
+        for top, boundary in self._boundaries.items():
+            if folder == top or top in folder.parents:
+                return boundary
+        return folder.resolve()
 
     def _train_augmentations(self, augmentations: list[AugmentationSpec] | None) -> list:
         if augmentations is None:
@@ -297,6 +359,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         groups = [self.files] + [g for g in (self.test_files, self.val_files) if g]
         paths = [path for group in groups for files in group.values() for path in files]
         self.bad_files = scan_images(paths, self.max_image_pixels, workers=self.num_workers)
+        self.bad_files |= self.skipped_links  # reported (and in bad_images.json) the same way
         if self.bad_files:
             lines = "\n".join(f"  {path}: {reason}" for path, reason in self.bad_files.items())
             log.warning(

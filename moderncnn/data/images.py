@@ -21,6 +21,10 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # PIL's own decompression-bomb threshold (pixels), our default.
 DEFAULT_MAX_IMAGE_PIXELS: int | None = Image.MAX_IMAGE_PIXELS
+# Longer side / shorter side. A 1 x 20000 PNG is 140 bytes and 20,000 pixels, but resizing its
+# shorter side to 256 makes 5 million pixels (GBs in the resize's float buffers); panoramas
+# are 2:1 to 12:1, so 100:1 turns nothing genuine away.
+DEFAULT_MAX_ASPECT_RATIO: float | None = 100.0
 _WHITE = (255, 255, 255, 255)
 
 
@@ -63,9 +67,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(
-    path: str | Path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    path: str | Path,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Fully decodes ``path`` into an upright (EXIF-oriented) RGB image.
+
+    Refused before decoding: more than ``max_image_pixels`` pixels (a decompression bomb), or
+    a longer side more than ``max_aspect_ratio`` times the shorter (a resize bomb: resizing the
+    shorter side of a 1 x 20000 image to 256 makes 5 million pixels). None: no limit.
 
     Raises:
         BadImageError: naming the file and why it cannot be used.
@@ -83,6 +93,7 @@ def load_image(
                     f"max_image_pixels={max_image_pixels} (decompression-bomb guard); "
                     "raise max_image_pixels if the image is genuine"
                 )
+            _check_aspect_ratio(path, image.width, image.height, max_aspect_ratio)
             image.load()  # decode everything now: truncated files fail here, not later
             return to_rgb(ImageOps.exif_transpose(image))
     except BadImageError:
@@ -99,23 +110,45 @@ def load_image(
         raise BadImageError(f"{path}: not an image file PIL can read") from err
     except (OSError, ValueError, SyntaxError) as err:
         raise BadImageError(f"{path}: truncated or corrupt image ({err})") from err
+    except (MemoryError, RecursionError) as err:
+        raise BadImageError(f"{path}: corrupt image (decoding it ran out of memory)") from err
+    except Exception as err:  # PIL's decoders raise many types on crafted bytes
+        reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise BadImageError(f"{path}: truncated or corrupt image ({reason})") from err
 
 
-def _check(path: Path, max_image_pixels: int | None) -> str | None:
+def _check_aspect_ratio(path: Path, width: int, height: int, limit: float | None) -> None:
+    if min(width, height) < 1:
+        raise BadImageError(f"{path}: {width}x{height} image has no pixels")
+    if limit is None:
+        return
+    ratio = max(width, height) / min(width, height)
+    if ratio > limit:
+        raise BadImageError(
+            f"{path}: {width}x{height} has an aspect ratio of {ratio:.0f}:1, above "
+            f"max_aspect_ratio={limit:g} (resize-bomb guard: resizing its shorter side would "
+            "make a huge image); crop it, or raise max_aspect_ratio if the image is genuine"
+        )
+
+
+def _check(path: Path, max_image_pixels: int | None, max_aspect_ratio: float | None) -> str | None:
     try:
-        load_image(path, max_image_pixels)
+        load_image(path, max_image_pixels, max_aspect_ratio)
     except BadImageError as err:
         return str(err).removeprefix(f"{path}: ")
     return None
 
 
 def scan_images(
-    paths: Sequence[Path], max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, workers: int = 1
+    paths: Sequence[Path],
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    workers: int = 1,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> dict[Path, str]:
     """Decodes every file and returns the unusable ones: ``{path: reason}``.
 
     Decoding runs in ``workers`` threads (PIL releases the GIL while decoding).
     """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = pool.map(lambda p: _check(p, max_image_pixels), paths)
+        reasons = pool.map(lambda p: _check(p, max_image_pixels, max_aspect_ratio), paths)
         return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}

@@ -17,13 +17,12 @@ CNNs completely. Batch norms are folded into the convolutions first, as in
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +31,6 @@ from moderncnn.io.atomic import atomic_write_text, temporary_sibling
 from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.errors import ConfigError, DataError, ModernCNNError
 
-from .loading import load_model, save_model
 from .optimize import optimize_for_inference
 from .runtimes import (
     INPUT_NAME,
@@ -43,7 +41,7 @@ from .runtimes import (
     sidecar_path,
 )
 
-__all__ = ["ExportError", "export_model", "fp32_noise", "main", "verify_export"]
+__all__ = ["ExportError", "export_model", "fp32_noise", "verify_export"]
 
 ExportFormat = Literal["onnx", "torchscript"]
 SUFFIXES: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript"}
@@ -255,47 +253,3 @@ def verify_export(
     """
     path = Path(path)
     return _max_abs_diff(run_exported(path, format or format_of(path))(x), _eager(model, x))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``moderncnn export MODEL --format onnx|torchscript|safetensors [-o OUT]``."""
-    parser = argparse.ArgumentParser(prog="moderncnn export", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "model", help=".ckpt from `moderncnn fit`, a probe or saved-model folder, or a state dict"
-    )
-    parser.add_argument("--format", required=True, choices=[*get_args(ExportFormat), "safetensors"])
-    parser.add_argument("-o", "--output", help="file (folder for safetensors) to write")
-    parser.add_argument("--dynamic-batch", action="store_true", help="any batch size, not 1")
-    parser.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"))
-    parser.add_argument("--model", dest="architecture", help="model name, for a plain state dict")
-    parser.add_argument("--num-classes", type=int, help="classifier width, for a state dict")
-    parser.add_argument("--in-chans", type=int, default=3, help="image channels, for a state dict")
-    parser.add_argument("--no-optimize", action="store_true", help="keep the batch norms")
-    args = parser.parse_args(argv)
-    loaded = load_model(
-        args.model,
-        architecture=args.architecture,
-        num_classes=args.num_classes,
-        in_chans=args.in_chans,
-    )
-    if loaded.network is None:
-        raise ConfigError(f"{args.model} is already an exported model; export its checkpoint")
-    source = Path(args.model)
-    if args.format == "safetensors":
-        out = Path(args.output) if args.output else source.with_name(source.stem + "_saved")
-        save_model(loaded, out)
-        print(f"wrote {out}/ (config.json, model.safetensors)")
-        return 0
-    default = source / f"model{SUFFIXES[args.format]}" if source.is_dir() else None
-    out = export_model(
-        loaded.network,
-        args.output or default or source.with_suffix(SUFFIXES[args.format]),
-        args.format,
-        input_size=None if args.input_size is None else tuple(args.input_size),
-        dynamic_batch=args.dynamic_batch,
-        optimize=not args.no_optimize,
-        card=loaded.card,
-    )
-    diff = json.loads(sidecar_path(out).read_text())["max_abs_diff"]
-    print(f"wrote {out} and {sidecar_path(out)} (max |logit diff| vs eager: {diff:.2e})")
-    return 0

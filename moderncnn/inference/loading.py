@@ -19,7 +19,9 @@ already in the cache, and the message says how to get them.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +41,20 @@ from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 from moderncnn.models import create_model, is_model
 from moderncnn.models.pretrained import find_pretrained, load_pretrained
 
-from .backbone import headless, weights_sha256
+from .backbone import headless, under_bf16, weights_sha256
+from .export import export_model
 from .heads import ProbeClassifier, ProbeHead
 from .optimize import optimize_for_inference
-from .runtimes import read_sidecar, run_exported, sidecar_path
+from .quantize import int8_path
+from .runtimes import (
+    PRECISIONS,
+    RUNTIMES,
+    choose_runtime,
+    read_sidecar,
+    resolve_threads,
+    run_exported,
+    sidecar_path,
+)
 
 __all__ = [
     "LoadedModel",
@@ -50,6 +62,7 @@ __all__ = [
     "build_backbone",
     "build_network",
     "card_from_checkpoint",
+    "export_key",
     "load_model",
     "load_probe",
     "read_card",
@@ -66,7 +79,10 @@ class LoadedModel:
     """A model ready to use: its card, its network (None for ONNX), and its logits function.
 
     ``loaded(images)`` takes a normalised N x C x H x W batch (``loaded.transform`` prepares
-    PIL images) and returns logits; :meth:`predict` classifies image files.
+    PIL images) and returns logits; :meth:`predict` classifies image files. The first call
+    picks the engine (``runtime``, see :mod:`~moderncnn.inference.runtimes`) for the images'
+    device: ``onnxruntime`` and ``openvino`` run the verified ONNX export, made then and
+    cached beside the file (:meth:`onnx_file`).
     """
 
     card: ModelCard
@@ -74,12 +90,35 @@ class LoadedModel:
     network: nn.Module | None
     runtime: str = "torch"
     run: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    precision: str = "fp32"
+    threads: int | None = None
+    engine: str | None = None  # the runtime chosen on the first call
     _fast: nn.Module | None = field(default=None, repr=False)
 
     def __call__(self, images: Tensor) -> Tensor:
         if self.run is None:
-            self.run = _torch_runner(self.fast_network)
+            self.run = self._runner(images.device)
         return self.run(images)
+
+    def _runner(self, device: torch.device) -> Callable[[Tensor], Tensor]:
+        self.engine = choose_runtime(self.runtime, self.precision, device)
+        if self.engine == "torch":
+            if self.threads is not None:
+                torch.set_num_threads(resolve_threads(self.threads))
+            run = _torch_runner(self.fast_network)
+            return under_bf16(run, device.type) if self.precision == "bf16" else run
+        path = self.onnx_file()
+        return run_exported(path, "onnx", self.engine, self.precision, self.threads)
+
+    def onnx_file(self) -> Path:
+        """The ONNX file the ONNX runtimes run: int8 (made by ``moderncnn export --int8``) or
+        the fp32 export, made on first use and kept beside the model, named by its hash."""
+        if self.network is None:
+            raise DataError(f"{self.path} is an exported model: it has no network to export")
+        key = export_key(self.network, self.card)
+        if self.precision == "int8":
+            return _int8_file(self.path, key)
+        return _cached_export(self.network, self.card, self.path, key)
 
     @property
     def fast_network(self) -> nn.Module:
@@ -129,7 +168,7 @@ class LoadedModel:
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_images)
         if self.network is not None:
             self.network.to(device)
-            if self.runtime == "torch":
+            if self.engine == "torch":
                 self.run = self._fast = None  # rebuilt on the new device
         results: list[Prediction | None] = [None] * len(files)
         for batch in loader:
@@ -180,6 +219,61 @@ def _torch_runner(network: nn.Module) -> Callable[[Tensor], Tensor]:
         return (out[0] if isinstance(out, tuple) else out).float()
 
     return run
+
+
+def export_key(network: nn.Module, card: ModelCard) -> str:
+    """16 hex digits naming a network's export: the hash of its weights and card."""
+    digest = hashlib.sha256(weights_sha256(network).encode())
+    digest.update(json.dumps(card.replace(metrics={}).to_dict(), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _export_stem(path: Path) -> Path:
+    """``run.ckpt`` -> ``run``; a folder ``saved/`` -> ``saved/model``."""
+    return path / "model" if path.is_dir() else path.with_suffix("")
+
+
+def _cached_export(network: nn.Module, card: ModelCard, path: Path, key: str) -> Path:
+    """The verified dynamic-batch fp32 ONNX export of ``network``, cached as ``run.KEY.onnx``
+    beside ``run.ckpt`` (or in the user cache where that folder is read-only)."""
+    stem = _export_stem(path)
+    out = stem.with_name(f"{stem.name}.{key}.onnx")
+    fallback = cache_dir() / "onnx" / f"{stem.name}.{key}.onnx"
+    for candidate in (out, fallback):
+        if candidate.is_file() and sidecar_path(candidate).is_file():
+            return candidate
+    size = None
+    if card.preprocess is not None:
+        size = (card.in_chans, card.preprocess.image_size, card.preprocess.image_size)
+    try:
+        written = export_model(network, out, "onnx", size, dynamic_batch=True, card=card)
+    except PermissionError:
+        written = export_model(network, fallback, "onnx", size, dynamic_batch=True, card=card)
+    _remove_stale_exports(written, key)
+    return written
+
+
+def _remove_stale_exports(current: Path, key: str) -> None:
+    """Exports of earlier weights saved under the same name (``last.ckpt`` is rewritten)."""
+    stem = current.name[: -len(f".{key}.onnx")]
+    for old in current.parent.glob(f"{stem}.*.onnx"):
+        if old != current and re.fullmatch(rf"{re.escape(stem)}\.[0-9a-f]{{16}}\.onnx", old.name):
+            for file in (old, sidecar_path(old)):
+                file.unlink(missing_ok=True)
+
+
+def _int8_file(path: Path, key: str) -> Path:
+    """The int8 export ``moderncnn export --int8`` wrote beside ``path`` for these weights."""
+    stem = _export_stem(path)
+    found = int8_path(stem.with_suffix(".onnx"))
+    side = sidecar_path(found)
+    if not side.is_file() or read_sidecar(side).get("export_key") != key:
+        state = "is made for other weights" if side.is_file() else "does not exist"
+        raise ConfigError(
+            f"precision 'int8' runs {found}, which {state}: quantize the model with "
+            f"`moderncnn export {path} --format onnx --int8 --calibrate CONFIG` first"
+        )
+    return found
 
 
 def build_network(card: ModelCard, where: str = "model card") -> nn.Module:
@@ -347,7 +441,7 @@ def _from_probe(folder: Path, backbone: nn.Module | None) -> LoadedModel:
     return LoadedModel(card, folder, network)
 
 
-def _from_export(path: Path) -> LoadedModel:
+def _from_export(path: Path, runtime: str, precision: str, threads: int | None) -> LoadedModel:
     side = sidecar_path(path)
     if not side.is_file():
         raise MissingFileError(
@@ -358,15 +452,21 @@ def _from_export(path: Path) -> LoadedModel:
     if "card" not in meta:
         raise DataError(f"{side} has no model card: export the checkpoint again")
     card = ModelCard.from_dict(meta["card"], str(side))
-    run = run_exported(path, meta.get("format", "onnx"))
+    format = meta.get("format", "onnx")
+    if meta.get("precision") == "int8":
+        precision = "int8"
+    elif precision == "int8":
+        raise ConfigError(f"{path} is an fp32 export; precision 'int8' runs a .int8.onnx file")
+    runtime = runtime if format == "onnx" else "torch"
+    engine = choose_runtime(runtime, precision) if format == "onnx" else "torchscript"
+    run = run_exported(path, format, engine if format == "onnx" else runtime, precision, threads)
 
     def logits(images: Tensor) -> Tensor:
         if meta.get("dynamic_batch"):
             return run(images.cpu())
         return torch.cat([run(image[None].cpu()) for image in images])  # batch size 1 only
 
-    runtime = "onnxruntime" if meta.get("format") == "onnx" else "torchscript"
-    return LoadedModel(card, path, None, runtime, logits)
+    return LoadedModel(card, path, None, runtime, logits, precision, threads, engine)
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -380,6 +480,9 @@ def read_card(path: str | Path) -> ModelCard:
 def load_model(
     path: str | Path,
     *,
+    runtime: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
     architecture: str | None = None,
     num_classes: int | None = None,
     backbone: nn.Module | None = None,
@@ -389,6 +492,11 @@ def load_model(
 
     Args:
         path: the artifact.
+        runtime: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``
+            (:mod:`~moderncnn.inference.runtimes`); chosen for the device on the first call.
+        precision: ``fp32``, ``bf16`` (CPUs with bf16 units, GPUs) or ``int8`` (the file
+            ``moderncnn export --int8`` wrote).
+        threads: intra-op threads (default $MODERNCNN_THREADS, else the usable cores).
         architecture: for a plain state dict (``.pth``/``.safetensors``): its model name.
         num_classes: for a plain state dict: its classifier width.
         backbone: for a probe whose backbone is not a registered model: the module itself.
@@ -400,17 +508,20 @@ def load_model(
             f"model {str(path)!r} does not exist; give a .ckpt from `moderncnn fit`, a folder "
             "from `moderncnn probe` or `moderncnn export --format safetensors`, or an export"
         )
+    if runtime not in RUNTIMES or precision not in PRECISIONS:  # checked early, in one line
+        choose_runtime(runtime, precision)
+    if path.suffix in EXPORTED_SUFFIXES or (path.is_file() and sidecar_path(path).is_file()):
+        return _from_export(path, runtime, precision, threads)
     if path.is_dir():
-        if (path / CARD_FILE).is_file():
-            return _from_saved(path)
-        return _from_probe(path, backbone)
-    if path.suffix in EXPORTED_SUFFIXES or sidecar_path(path).is_file():
-        return _from_export(path)
-    if architecture is not None:
+        loaded = _from_saved(path) if (path / CARD_FILE).is_file() else _from_probe(path, backbone)
+    elif architecture is not None:
         if num_classes is None:
             raise ConfigError(f"{path}: a plain state dict needs num_classes (--num-classes N)")
-        return _from_state_dict(path, architecture, num_classes, **model_kwargs)
-    return _from_checkpoint(path)
+        loaded = _from_state_dict(path, architecture, num_classes, **model_kwargs)
+    else:
+        loaded = _from_checkpoint(path)
+    loaded.runtime, loaded.precision, loaded.threads = runtime, precision, threads
+    return loaded
 
 
 def save_model(model: Any, out: str | Path, card: ModelCard | None = None) -> Path:

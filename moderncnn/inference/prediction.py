@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from moderncnn.io.atomic import atomic_write_text
 
 from .loading import Prediction, load_model
+from .runtimes import PRECISIONS, RUNTIMES, THREADS_ENV
 
 __all__ = ["Prediction", "main", "predict", "spreadsheet_safe", "write_csv", "write_json"]
 
@@ -40,6 +41,9 @@ def predict(
     backbone: nn.Module | None = None,
     transform: Callable[[Any], Tensor] | None = None,
     device: str | torch.device = "cpu",
+    runtime: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
 ) -> list[Prediction]:
     """Top-k classes and probabilities of image files (folders are searched for images).
 
@@ -51,8 +55,14 @@ def predict(
         backbone: for a probe whose backbone is not a registered model (or not rebuildable).
         transform: PIL image -> tensor; default: the preprocessing in the model's card.
         device: where the network runs.
+        runtime: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``
+            (:mod:`~moderncnn.inference.runtimes`).
+        precision: ``fp32``, ``bf16`` or ``int8``.
+        threads: intra-op threads (default $MODERNCNN_THREADS, else the usable cores).
     """
-    model = load_model(checkpoint, backbone=backbone)
+    model = load_model(
+        checkpoint, backbone=backbone, runtime=runtime, precision=precision, threads=threads
+    )
     return model.predict(
         inputs, topk=topk, batch_size=batch_size, transform=transform, device=device
     )
@@ -93,10 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", default=None, help="write the predictions to this CSV file")
     parser.add_argument("--json", default=None, help="write the predictions to this JSON file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--runtime", default="auto", choices=RUNTIMES,
+        help="auto: on a CPU ONNX Runtime or OpenVINO if installed, on CUDA torch",
+    )  # fmt: skip
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument(
+        "--threads", type=int, default=None, help=f"intra-op threads (default ${THREADS_ENV})"
+    )
     args = parser.parse_args(argv)
     predictions = predict(
-        args.files, args.checkpoint, topk=args.topk, batch_size=args.batch_size, device=args.device
-    )
+        args.files, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
+        device=args.device, runtime=args.runtime, precision=args.precision, threads=args.threads,
+    )  # fmt: skip
     failed = [p for p in predictions if p.error is not None]
     for p in predictions:
         if p.error is None:

@@ -1,27 +1,72 @@
-"""Run an exported model: ONNX files in ONNX Runtime, TorchScript files in ``torch.jit``.
+"""Run a model on the fastest engine installed: torch, ONNX Runtime or OpenVINO; fp32, bf16, int8.
+
+=============  ==========================================================================
+runtime        what runs
+=============  ==========================================================================
+``torch``      the batch-norm-folded, channels-last network (bf16: under autocast)
+``onnxruntime`` the verified ONNX export in an ONNX Runtime CPU session
+``openvino``   the same ONNX file compiled by OpenVINO for the CPU
+``auto``       on CUDA torch; on a CPU an installed ONNX Runtime, else OpenVINO, else torch
+=============  ==========================================================================
+
+Precision ``bf16`` needs bf16 units in the CPU (AVX512-BF16 or AMX) to pay: where there are
+none OpenVINO refuses it and torch warns (it emulates bf16, slower than fp32). ``int8`` runs a
+statically quantized ONNX file (:mod:`moderncnn.inference.quantize`), in ONNX Runtime or OpenVINO.
+
+Threads: one setting for every runtime, ``threads=`` (``--threads``), else the environment
+variable ``MODERNCNN_THREADS``, else the cores this process may run on. ONNX Runtime's
+workers do not spin-wait between operators: on a machine busy with other work a spinning
+pool holds the cores it waits on and slows itself and its neighbours down.
 
 Beside ``model.onnx`` its sidecar ``model.onnx.json`` holds what the graph does not: the model
-card (class names, preprocessing, ...), input size and how it was checked against eager.
+card (class names, preprocessing, ...), input size, precision and how it was checked.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from moderncnn.io.errors import DataError, MissingFileError
+from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 
-__all__ = ["ExportedModel", "load_exported", "quiet_deprecation", "run_exported", "sidecar_path"]
+__all__ = [
+    "PRECISIONS",
+    "RUNTIMES",
+    "THREADS_ENV",
+    "ExportedModel",
+    "check_precision",
+    "choose_runtime",
+    "cpu_has_bf16",
+    "installed_runtimes",
+    "load_exported",
+    "quiet_deprecation",
+    "resolve_threads",
+    "run_exported",
+    "sidecar_path",
+    "update_sidecar",
+]
 
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]
+Precision = Literal["fp32", "bf16", "int8"]
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+THREADS_ENV = "MODERNCNN_THREADS"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# The Python package each runtime lives in (torch is always there).
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+# The CPU feature flags (/proc/cpuinfo) of bf16 arithmetic units.
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -42,28 +87,181 @@ def quiet_deprecation() -> Iterator[None]:
         yield
 
 
-def format_of(path: Path) -> str:
-    side = sidecar_path(path)
-    if side.is_file():
-        return read_sidecar(side).get("format", "onnx" if path.suffix == ".onnx" else "torchscript")
-    return "onnx" if path.suffix == ".onnx" else "torchscript"
+# --- choosing a runtime, a precision and threads ------------------------------------------------
 
 
-def run_exported(path: Path, format: str) -> Callable[[Tensor], Tensor]:
-    """A function images -> logits (CPU tensors) running the exported file."""
+def installed_runtimes() -> list[str]:
+    """The runtimes this Python can run: torch, and ONNX Runtime / OpenVINO when installed."""
+    found = [n for n, package in _PACKAGES.items() if importlib.util.find_spec(package)]
+    return ["torch", *found]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic units (AVX512-BF16 or AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: ask oneDNN
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
+    return any(flag in flags for flag in _BF16_FLAGS)
+
+
+def choose_runtime(runtime: str, precision: str = "fp32", device: str | torch.device = "cpu"):
+    """The runtime that ``runtime`` (maybe ``"auto"``) means for this precision and device."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    installed = installed_runtimes()
+    on_cpu = torch.device(device).type == "cpu"
+    if runtime == "auto":
+        if not on_cpu:
+            return "torch"
+        # Measured in benchmarks/results/inference.md: ONNX Runtime leads at fp32 and int8.
+        # OpenVINO is the engine with bf16 kernels; without bf16 units torch emulates them.
+        bf16 = ["openvino", "torch"] if cpu_has_bf16() else ["torch"]
+        order = bf16 if precision == "bf16" else ["onnxruntime", "openvino"]
+        runtime = next((r for r in order if r in installed), "torch")
+    elif runtime not in installed:
+        raise ConfigError(
+            f"runtime {runtime!r} is not installed; pip install {_PACKAGES[runtime]} "
+            f"(or pip install 'moderncnn[{runtime}]'), or choose one of {installed}"
+        )
+    if runtime != "torch" and not on_cpu:
+        raise ConfigError(f"runtime {runtime!r} runs on the CPU here; use device='cpu'")
+    check_precision(runtime, precision, device)
+    return runtime
+
+
+def check_precision(runtime: str, precision: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, in one line, a precision this runtime or CPU cannot run fast."""
+    if precision == "int8" and runtime == "torch":
+        raise ConfigError(
+            "precision 'int8' runs a quantized ONNX file: choose runtime 'onnxruntime' or "
+            "'openvino' (make the file with `moderncnn export CKPT --format onnx --int8 "
+            "--calibrate CONFIG`)"
+        )
+    if precision != "bf16":
+        return
+    if runtime == "onnxruntime":
+        raise ConfigError(
+            "ONNX Runtime's CPU provider has no bf16 convolutions; for precision 'bf16' choose "
+            "runtime 'openvino' or 'torch'"
+        )
+    if torch.device(device).type != "cpu" or cpu_has_bf16():
+        return
+    message = (
+        "precision 'bf16' needs a CPU with bf16 units (AVX512-BF16 or AMX) to be fast, and this "
+        "one has none (no avx512_bf16/amx_bf16 in /proc/cpuinfo)"
+    )
+    if runtime == "openvino":  # it would quietly compute in f32
+        raise ConfigError(f"{message}; use precision 'fp32' or 'int8'")
+    # torch emulates bf16 there: the same features within bf16 rounding, only slower.
+    warnings.warn(f"{message}: torch emulates it, slower than fp32", stacklevel=3)
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """Intra-op threads for every runtime: ``threads``, else $MODERNCNN_THREADS, else the cores
+    this process may use."""
+    if threads is None:
+        text = os.environ.get(THREADS_ENV)
+        if text is None:
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1
+            )  # fmt: skip
+        try:
+            threads = int(text)
+        except ValueError:
+            raise ConfigError(f"${THREADS_ENV} must be a positive int, got {text!r}") from None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive int, got {threads!r}")
+    return threads
+
+
+# --- running an ONNX file ------------------------------------------------------------------------
+
+
+def onnxruntime_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session: ``threads`` intra-op workers that do not spin-wait."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = resolve_threads(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime_runner(path: Path, threads: int | None) -> Callable[[Tensor], Tensor]:
+    session = onnxruntime_session(path, threads)
+    name = session.get_inputs()[0].name
+
+    def run_onnxruntime(x: Tensor) -> Tensor:
+        images = x.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(session.run(None, {name: images})[0])
+
+    return run_onnxruntime
+
+
+def openvino_compiled(path: Path, threads: int | None = None, precision: str = "fp32") -> Any:
+    """``path`` compiled by OpenVINO for the CPU, at f32 unless ``precision`` is bf16.
+
+    OpenVINO computes in bf16 by default on CPUs with bf16 units: fp32 is asked for explicitly.
+    """
+    import openvino as ov
+
+    config = {
+        "INFERENCE_NUM_THREADS": resolve_threads(threads),
+        "PERFORMANCE_HINT": "LATENCY",  # one stream: all threads on each request
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+    }
+    try:
+        return ov.Core().compile_model(str(path), "CPU", config)
+    except RuntimeError as err:
+        reason = next((line for line in str(err).splitlines() if "Check" in line), str(err))
+        raise DataError(
+            f"OpenVINO cannot compile {path} ({reason.strip()[:300]}); run it with runtime "
+            "'onnxruntime'"
+        ) from err
+
+
+def _openvino_runner(path: Path, threads: int | None, precision: str):
+    request = openvino_compiled(path, threads, precision).create_infer_request()
+
+    def run_openvino(x: Tensor) -> Tensor:
+        images = x.detach().cpu().float().contiguous().numpy()
+        request.infer({0: images})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    return run_openvino
+
+
+def run_exported(
+    path: Path,
+    format: str,
+    runtime: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+) -> Callable[[Tensor], Tensor]:
+    """A function images -> logits (CPU tensors) running the exported file.
+
+    ONNX files run in ``runtime`` (``auto``: ONNX Runtime if installed, else OpenVINO);
+    TorchScript files in ``torch.jit``.
+    """
     if not path.is_file():
         raise MissingFileError(f"exported model {str(path)!r} does not exist")
     if format == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run_onnx(x: Tensor) -> Tensor:
-            images = x.detach().cpu().float().contiguous().numpy()
-            return torch.from_numpy(session.run(None, {name: images})[0])
-
-        return run_onnx
+        runtime = choose_runtime(runtime, precision)
+        if runtime == "torch":
+            raise ConfigError(f"{path} is an ONNX file: run it with onnxruntime or openvino")
+        if runtime == "openvino":
+            return _openvino_runner(path, threads, precision)
+        return _onnxruntime_runner(path, threads)
+    if precision != "fp32":
+        raise ConfigError(f"{path} is a TorchScript file: it runs at precision 'fp32' only")
+    if threads is not None:
+        torch.set_num_threads(resolve_threads(threads))
     with quiet_deprecation():
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
@@ -72,6 +270,13 @@ def run_exported(path: Path, format: str) -> Callable[[Tensor], Tensor]:
             return module(x.cpu().float())
 
     return run_torchscript
+
+
+def format_of(path: Path) -> str:
+    side = sidecar_path(path)
+    if side.is_file():
+        return read_sidecar(side).get("format", "onnx" if path.suffix == ".onnx" else "torchscript")
+    return "onnx" if path.suffix == ".onnx" else "torchscript"
 
 
 @dataclass
@@ -88,21 +293,20 @@ class ExportedModel:
         return self.run(images)
 
 
-def load_exported(path: str | Path) -> ExportedModel:
+def load_exported(
+    path: str | Path, runtime: str = "auto", precision: str = "fp32", threads: int | None = None
+) -> ExportedModel:
     """Load an ONNX or TorchScript file written by :func:`export_model`, with its sidecar.
 
-    Without a sidecar the class names are empty and the format follows the suffix.
+    Without a sidecar the class names are empty and the format follows the suffix. A quantized
+    file (its sidecar says ``"precision": "int8"``) runs at int8 whatever ``precision`` says.
     """
     path = Path(path)
     side = sidecar_path(path)
     meta = read_sidecar(side) if side.is_file() else {}
-    run = run_exported(path, meta.get("format") or format_of(path))
+    precision = "int8" if meta.get("precision") == "int8" else precision
+    run = run_exported(path, meta.get("format") or format_of(path), runtime, precision, threads)
     return ExportedModel(path, list(meta.get("class_names") or []), run, meta)
-
-
-# --- the `moderncnn export` command -----------------------------------------------------------
-
-
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
@@ -115,3 +319,9 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: a sidecar is a JSON object, got {type(meta).__name__}")
     return meta
 
+
+def update_sidecar(model_path: Path, **values: Any) -> dict[str, Any]:
+    """Add ``values`` to the sidecar of ``model_path`` (written atomically); return it."""
+    meta = {**read_sidecar(sidecar_path(model_path)), **values}
+    atomic_write_text(sidecar_path(model_path), json.dumps(meta, indent=1) + "\n")
+    return meta

@@ -56,14 +56,20 @@ def read_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"weights file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"cannot load {path}: the file is empty (0 bytes); delete it and download or save "
+            "it again"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"cannot load {path}: {_unpickling_reason(err)}") from err
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
         # A truncated zip (torch.save's format) fails in the zip reader; say what it means.
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise CheckpointError(
-            f"cannot load {path}: the file is truncated or corrupt ({str(err).splitlines()[0]}); "
+            f"cannot load {path}: the file is truncated or corrupt ({reason}); "
             "delete it and download or save it again"
         ) from err
 

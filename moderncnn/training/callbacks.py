@@ -1,24 +1,33 @@
 """Callbacks the CLI adds to every run: per-epoch seeding (exact resumption) and the reports
 written into the run folder: learning curves after ``fit``; after ``test`` a confusion matrix
-and the per-class accuracy (also printed)."""
+(``confusion_matrix.png`` and ``.csv``) and the per-class accuracy (also printed)."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import glob
+import io
+import math
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from .plots import plot_curves, save_confusion_matrix
+from moderncnn.io.errors import ConfigError, OutputError
+from moderncnn.viz import plot_confusion_matrix, plot_curves
+from moderncnn.viz.confusion import CONFUSION_CSV, write_confusion_matrix
 
 
 def run_dir(trainer: L.Trainer) -> Path | None:
@@ -71,14 +80,199 @@ class SeedEachEpoch(L.Callback):
                 iter(fetcher)
 
 
+# Spreadsheets run a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` for a CSV cell: a leading ``'`` when a spreadsheet would read it as a formula
+    (``=HYPERLINK(...)``, ``+1``, ``@SUM``), as OWASP recommends; other text unchanged."""
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
+def plain_text_label(text: str) -> str:
+    """``text`` for a matplotlib label: ``$`` escaped, so ``$x$`` is not read as mathtext
+    (which fails to draw when malformed, e.g. ``$\\frac$``)."""
+    return text.replace("$", r"\$")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in its own folder, flushes it to the disk,
+    then renames it over the destination (``os.replace``): a reader, a crash or a kill sees
+    the old file or the new one, never a part of one.
+
+    Lightning's own writer stages the file in ``$TMPDIR``; when the run folder is on another
+    filesystem, the rename fails and it copies into the open destination instead, which a kill
+    leaves half-written. A full disk (or any failed write) removes the temporary file, keeps
+    the earlier checkpoint, and raises :class:`~moderncnn.io.errors.OutputError` saying so.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):  # remote: Lightning's fsspec
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialise first: a write error is then an OSError
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+                _remove_quietly(stale)  # left by a writer killed mid-write (one writer a file)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+            tmp = None
+            _fsync_folder(path.parent)
+        except OSError as err:
+            raise _write_error(path, err, len(buffer.getbuffer())) from err
+        finally:
+            if tmp is not None:
+                _remove_quietly(Path(tmp))
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Makes a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _write_error(path: Path, err: OSError, size: int) -> OutputError:
+    kept = f"the earlier {path.name} is kept as it was" if path.exists() else "nothing was kept"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free, "
+        except OSError:
+            free = ""
+        return OutputError(
+            f"the disk is full: writing the checkpoint {path} ({size / 2**20:.1f} MiB) failed "
+            f"({free}{err.strerror}); {kept}. Free some space and resume with --ckpt_path last"
+        )
+    return OutputError(
+        f"cannot write the checkpoint {path}: {err.strerror or err}; {kept}. Check the folder "
+        "(checkpoint.dirpath) and resume with --ckpt_path last"
+    )
+
+
+def _non_finite_tensors(module: torch.nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers holding nan or inf (first three)."""
+    bad = []
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad.append(name)
+            if len(bad) == 3:
+                break
+    return bad
+
+
+def divergence_message(trainer: L.Trainer, pl_module: L.LightningModule, what: str) -> str:
+    """One line: what became non-finite, at which step and learning rate, and what to try."""
+    hparams = getattr(pl_module, "hparams", {})
+    peak = hparams.get("lr")
+    now = None
+    if trainer.optimizers:
+        now = trainer.optimizers[0].param_groups[0].get("lr")
+    rates = f"learning rate {now:.4g}" if isinstance(now, float | int) else "learning rate ?"
+    if isinstance(peak, float | int):
+        rates += f", model.lr {peak:g}"
+    lower = f" (e.g. {peak / 10:g})" if isinstance(peak, float | int) and peak > 0 else ""
+    return (
+        f"training diverged: {what} at step {trainer.global_step} (epoch "
+        f"{trainer.current_epoch}; {rates}). Stopped; no checkpoint with non-finite weights was "
+        f"saved. Try a lower model.lr{lower}, a longer warm-up (model.warmup_epochs) or "
+        "gradient clipping (trainer.gradient_clip_val: 1.0)"
+    )
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops training at the first nan or inf training loss, before its backward pass changes
+    the weights, with a message naming the step and the learning rate
+    (:class:`~moderncnn.io.errors.ConfigError`: the CLI prints it and exits with status 1).
+
+    Under DDP every process stops at the same step (one all-reduce of a flag per step).
+    """
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
+    ) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            value = float(loss.detach().float().mean()) if loss.numel() else float("nan")
+            shown = "nan" if math.isnan(value) else f"{value:g}"
+            what = f"the training loss is {shown}"
+            raise ConfigError(divergence_message(trainer, pl_module, what))
+
+
 class ResumableModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that remembers the best checkpoint of the run it resumes.
+    """``ModelCheckpoint`` that remembers the best checkpoint of the run it resumes, writes
+    atomically, and never saves a diverged model.
 
     A resumed run writes into a new ``version_N/checkpoints``; Lightning then forgets the
     earlier best score, so the resumed run's first epoch would count as best even if worse,
     and ``test_after_fit`` would test it. The earlier best (while its file exists) is kept as
     the one to beat; it is never deleted, being outside this run's folder.
+
+    Every checkpoint is written by :class:`AtomicCheckpointIO` (installed in ``setup`` when
+    the strategy uses Lightning's default writer). Weights or BatchNorm statistics with nan or
+    inf are not saved, as best or as last: training stops with a message instead.
+
+    ``last.ckpt`` is the state after every epoch (Lightning >= 2.5 writes it only when a best
+    checkpoint was written in the same step, so an epoch that did not improve left an older
+    ``last.ckpt``, and ``--ckpt_path last`` would repeat epochs).
     """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def _save_last_if_stale(self, trainer: L.Trainer) -> None:
+        epoch_based = self._every_n_train_steps == 0 and self._train_time_interval is None
+        due = self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        if not (self.save_last is True and epoch_based and due):
+            return
+        if self._should_skip_saving_checkpoint(trainer) or self._defer_save_until_validation:
+            return  # not fitting, sanity check, or saved (top-k and last) at this very step
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        bad = _non_finite_tensors(trainer.lightning_module)
+        if bad:
+            what = f"the weights hold nan or inf ({', '.join(bad)})"
+            raise ConfigError(divergence_message(trainer, trainer.lightning_module, what))
+        super()._save_checkpoint(trainer, filepath)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -87,6 +281,23 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             self.best_model_score = self.kth_value = torch.as_tensor(score)
             self.best_k_models = {best: self.best_model_score}
             self.best_model_path = self.kth_best_model_path = best
+
+
+class LearningRateLog(LearningRateMonitor):
+    """Lightning's ``LearningRateMonitor`` (``lr-*`` columns of ``metrics.csv``, drawn in the
+    curves' learning-rate panel), idle in a run without loggers instead of failing."""
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 class LearningCurvesPlot(L.Callback):
@@ -109,13 +320,15 @@ class LearningCurvesPlot(L.Callback):
             earlier = Path(trainer.ckpt_path).parent.parent / "metrics.csv"
             if earlier.is_file() and earlier.resolve() != metrics_csv.resolve():
                 runs.insert(0, earlier)
-        path = plot_curves(runs, metrics_csv.parent / self.filename)
+        path = metrics_csv.parent / self.filename
+        plot_curves(runs, save=path)
         print(f"learning curves: {path}")
 
 
 class ConfusionMatrixReport(L.Callback):
-    """After ``test``: ``confusion_matrix.png`` and ``per_class_accuracy.csv`` in the run folder,
-    and the per-class accuracies printed.
+    """After ``test``: ``confusion_matrix.png``, ``confusion_matrix.csv`` (the counts, for
+    :func:`~moderncnn.viz.plot_confusion_matrix`) and ``per_class_accuracy.csv`` in the run
+    folder, and the per-class accuracies printed.
 
     Reads the confusion matrix that :class:`~moderncnn.training.module.ImageClassifier`
     accumulates over the test set (``test_confusion``).
@@ -149,10 +362,15 @@ class ConfusionMatrixReport(L.Callback):
             with (folder / "per_class_accuracy.csv").open("w", newline="") as file:
                 writer = csv.writer(file)
                 writer.writerow(["class", "images", "correct", "accuracy"])
-                writer.writerows((name, n, c, f"{acc:.4f}") for name, n, c, acc in rows)
+                writer.writerows(
+                    (spreadsheet_safe(name), n, c, f"{acc:.4f}") for name, n, c, acc in rows
+                )
+            safe_names = [spreadsheet_safe(name) for name in names]
+            write_confusion_matrix(folder / CONFUSION_CSV, confusion, safe_names)
             title = f"test accuracy {accuracy:.2%}"
-            path = save_confusion_matrix(confusion, names, folder / "confusion_matrix.png", title)
-            print(f"confusion matrix and per-class accuracy: {path.parent}")
+            labels = [plain_text_label(name) for name in names]
+            plot_confusion_matrix(confusion, labels, folder / "confusion_matrix.png", title)
+            print(f"confusion matrix and per-class accuracy: {folder}")
 
 
 def _class_names(trainer: L.Trainer, pl_module: L.LightningModule, n: int) -> list[str]:

@@ -12,37 +12,47 @@ writes TensorBoard events, ``metrics.csv``, checkpoints and plots into one folde
 from __future__ import annotations
 
 import csv
+import shlex
+import shutil
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import moderncnn.data  # noqa: F401  (lets a config name our data modules by class name)
-from moderncnn.io.checkpoint import read_checkpoint
+from moderncnn.io.checkpoint import CheckpointError, read_checkpoint
+from moderncnn.io.errors import ConfigError, ModernCNNError
 
 from .callbacks import (
     ConfusionMatrixReport,
     LearningCurvesPlot,
+    LearningRateLog,
     ResumableModelCheckpoint,
     SeedEachEpoch,
+    StopOnNonFiniteLoss,
     run_dir,
+    spreadsheet_safe,
 )
+from .divergence import DivergenceWarning
 from .module import ImageClassifier, preprocess_of
 from .preflight import (
     LOG_MARGIN_BYTES,
     OutputFolderError,
+    check_devices,
     check_fit_limits,
     check_output_folder,
     check_resume_checkpoint,
+    checkpoint_folders,
     min_free_bytes,
     run_folders,
 )
@@ -72,6 +82,146 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "deterministic": "warn",
 }
 
+# The best (by validation accuracy) and the last checkpoint of every run.
+CHECKPOINT_DEFAULTS: dict[str, Any] = {
+    "monitor": "val_acc",
+    "mode": "max",
+    "save_last": True,
+    "filename": "best-epoch={epoch}-val_acc={val_acc:.4f}",
+    "auto_insert_metric_name": False,
+}
+
+
+def default_callbacks() -> list[Callback]:
+    """The callbacks of every run (besides the checkpoints): seeding, learning-rate log, reports."""
+    return [
+        SeedEachEpoch(),
+        LearningRateLog(),
+        StopOnNonFiniteLoss(),
+        DivergenceWarning(),
+        LearningCurvesPlot(),
+        ConfusionMatrixReport(),
+    ]
+
+
+def prepare_run_folder(trainer: Trainer, model: Any, fitting: bool, ckpt_path: str | None) -> None:
+    """Fails now, naming the setting, on what would fail later or lose an earlier run's files:
+    an unwritable or full output folder, a fit of zero epochs, a checkpoint that is unsafe
+    or made for another model. Then opens the CSV log, so it starts in an empty folder (the CSV
+    logger deletes the metrics.csv of a folder that already has files)."""
+    if fitting:
+        check_fit_limits(trainer, model)
+    check_devices(trainer)
+    needed = min_free_bytes(model) if fitting else LOG_MARGIN_BYTES
+    for folder in run_folders(trainer):
+        check_output_folder(folder, needed)
+    for folder in checkpoint_folders(trainer):
+        check_output_folder(folder, needed, what="checkpoint.dirpath")
+    if ckpt_path and "://" not in ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
+        # A resumed fit must also keep the checkpoint's settings (lr, optimizer, ...).
+        check_resume_checkpoint(ckpt_path, model, resume=fitting)
+    claim_run_folder(trainer)
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            _ = logger.experiment
+
+
+def fix_logger_versions(trainer: Trainer) -> None:
+    """Fixes every logger's version now: asked one after another, after the first one wrote its
+    folder, TensorBoard and CSV would pick two different version_N folders. A version chosen
+    here (not given in the config) is marked, so :func:`claim_run_folder` may move it on."""
+    for logger in trainer.loggers:
+        if getattr(logger, "_version", "given") is None:
+            logger._moderncnn_auto_version = True
+        _ = logger.version
+
+
+# Attribute of the Trainer: (the run folder this process made, every folder it made for it).
+_CLAIMED = "_moderncnn_run_folder"
+
+
+def claim_run_folder(trainer: Trainer) -> Path | None:
+    """Makes this run's ``version_N`` folder with an exclusive ``mkdir``, the next free N.
+
+    Two runs started at once in one folder both see ``version_0`` free; the one whose mkdir
+    fails moves on to ``version_1``, so they never share a folder. Only loggers whose version
+    was chosen automatically move; rank 0 alone makes the folder. Done once per Trainer.
+    """
+    if getattr(trainer, _CLAIMED, None) is not None or not trainer.is_global_zero:
+        return None
+    loggers = [lg for lg in trainer.loggers if getattr(lg, "_moderncnn_auto_version", False)]
+    root_of = {id(lg): getattr(lg, "root_dir", None) for lg in loggers}
+    local = [lg for lg in loggers if isinstance(root_of[id(lg)], str)]
+    loggers = [lg for lg in local if "://" not in root_of[id(lg)]]
+    if not loggers:
+        return None
+    root = Path(root_of[id(loggers[0])])
+    made = []
+    for folder in reversed([root, *root.parents]):
+        if not folder.exists():
+            folder.mkdir(exist_ok=True)
+            made.append(folder)
+    version = loggers[0].version if isinstance(loggers[0].version, int) else 0
+    for _ in range(10_000):
+        folder = root / f"version_{version}"
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            version += 1
+    else:  # pragma: no cover - ten thousand runs started in one instant
+        raise OutputFolderError(f"cannot make a new version_N folder in {root}")
+    for logger in loggers:
+        if root_of[id(logger)] == root_of[id(loggers[0])]:
+            logger._version = version
+    setattr(trainer, _CLAIMED, (folder, [*made, folder]))
+    return folder
+
+
+def discard_unfinished_run_folder(trainer: Trainer | None) -> None:
+    """Removes the run folder :func:`claim_run_folder` made, and the folders made for it, when
+    the run failed before writing any checkpoint: a refused run leaves no ``version_N``."""
+    claimed = getattr(trainer, _CLAIMED, None) if trainer is not None else None
+    if claimed is None:
+        return
+    folder, made = claimed
+    saved = [
+        getattr(cb, "_last_checkpoint_saved", None)
+        for cb in trainer.callbacks
+        if isinstance(cb, ModelCheckpoint)
+    ]
+    if any(path and Path(path).exists() for path in saved) or any(folder.rglob("*.ckpt")):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in reversed(made[:-1]):
+        try:
+            parent.rmdir()  # only while empty
+        except OSError:
+            break
+    setattr(trainer, _CLAIMED, None)
+
+
+class RunStopped(SystemExit):
+    """A run stopped by SIGTERM: exit status 143 (128 + 15), as a shell reports the signal."""
+
+    def __init__(self, subcommand: str, where: str, last: Path | None) -> None:
+        super().__init__(143)
+        self.subcommand, self.where, self.last = subcommand, where, last
+
+    def message(self, argv: list[str]) -> str:
+        said = f"moderncnn {self.subcommand}: stopped by SIGTERM at {self.where}"
+        if self.subcommand != "fit":
+            return f"{said}; run the command again"
+        if self.last is None:
+            return f"{said}; no checkpoint was written yet (one is saved each epoch): start again"
+        args, skip = [], False
+        for arg in argv:  # the same command, with --ckpt_path last instead of its own
+            if not skip and arg != "--ckpt_path" and not arg.startswith("--ckpt_path="):
+                args.append(arg)
+            skip = arg == "--ckpt_path"
+        command = shlex.join(["moderncnn", *args, "--ckpt_path", "last"])
+        return f"{said}; the last saved checkpoint is {self.last}. Resume with: {command}"
+
 
 class ModernCNNCLI(LightningCLI):
     """LightningCLI with moderncnn's links, checkpointing, run folder and reports."""
@@ -90,15 +240,7 @@ class ModernCNNCLI(LightningCLI):
             help="after fit, test the best checkpoint on the test split (same run folder)",
         )
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val_acc",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-epoch={epoch}-val_acc={val_acc:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
+        parser.set_defaults({f"checkpoint.{k}": v for k, v in CHECKPOINT_DEFAULTS.items()})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -151,33 +293,36 @@ class ModernCNNCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        # Fix every logger's version now: asked one after another, after the first one wrote its
-        # folder, TensorBoard and CSV would pick two different version_N folders.
-        for logger in trainer.loggers:
-            _ = logger.version
+        fix_logger_versions(trainer)
         return trainer
 
-    def _preflight(self) -> None:
-        """Fails now, naming the setting, on what would fail later or lose an earlier run's files:
-        an unwritable or full output folder, a fit of zero epochs, a checkpoint that is unsafe
-        or made for another model."""
-        fitting = self.subcommand == "fit"
-        if fitting:
-            check_fit_limits(self.trainer, self.model)
-        needed = min_free_bytes(self.model) if fitting else LOG_MARGIN_BYTES
-        for folder in run_folders(self.trainer):
-            check_output_folder(folder, needed)
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        if ckpt_path and "://" not in ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
-            check_resume_checkpoint(ckpt_path, self.model)
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Runs it; a run that fails or is stopped before its first checkpoint leaves no run
+        folder behind, and SIGTERM (``timeout``, SLURM, ``docker stop``) exits with 143."""
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            self._stopped(subcommand)
+        except BaseException:
+            discard_unfinished_run_folder(self.trainer)
+            raise
+        if getattr(self.trainer, "received_sigterm", False):  # validate/test/predict ran on
+            self._stopped(subcommand)
+
+    def _stopped(self, subcommand: str) -> None:
+        trainer = self.trainer
+        last = None
+        for callback in trainer.checkpoint_callbacks:
+            path = getattr(callback, "last_model_path", "")
+            if path and Path(path).is_file() and getattr(callback, "_last_checkpoint_saved", ""):
+                last = Path(path)
+        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        discard_unfinished_run_folder(trainer)
+        raise RunStopped(subcommand, where, last)
 
     def _open_run_folder(self) -> None:
-        self._preflight()
-        # The CSV logger deletes the metrics.csv of a folder that already has files; open it
-        # before the config and TensorBoard files are written, so it starts in an empty folder.
-        for logger in self.trainer.loggers:
-            if isinstance(logger, CSVLogger):
-                _ = logger.experiment
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        prepare_run_folder(self.trainer, self.model, self.subcommand == "fit", ckpt_path)
 
     before_fit = before_validate = before_test = before_predict = _open_run_folder
 
@@ -215,14 +360,23 @@ class ModernCNNCLI(LightningCLI):
             writer = csv.writer(file)
             writer.writerow(["index", "class", "probability"])
             for i, (p, k) in enumerate(zip(best.tolist(), index.tolist(), strict=True)):
-                writer.writerow([i, names[k], f"{p:.4f}"])
+                writer.writerow([i, spreadsheet_safe(str(names[k])), f"{p:.4f}"])
         print(f"\n{len(probs)} predictions: {path}")
 
 
 def _best_checkpoint(last: Path) -> Path:
     """The best checkpoint recorded in a ``last.ckpt`` by its ModelCheckpoint."""
-    state = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
-    for callback_state in state.values():
+    try:
+        checkpoint = read_checkpoint(last)
+    except CheckpointError as err:
+        beside = sorted(str(path) for path in last.parent.glob("best-*.ckpt"))
+        hint = f"; give one of {', '.join(beside)}" if beside else "; give a checkpoint's path"
+        raise CheckpointError(
+            f"--ckpt_path best: the best checkpoint is recorded in {last}, which cannot be "
+            f"read ({err}){hint} as --ckpt_path"
+        ) from err
+    state = checkpoint.get("callbacks", {}) if isinstance(checkpoint, dict) else {}
+    for callback_state in (state if isinstance(state, dict) else {}).values():
         best = callback_state.get("best_model_path") if isinstance(callback_state, dict) else None
         if best and Path(best).is_file():
             return Path(best)
@@ -238,22 +392,26 @@ def _root_dir(logger_config: Any) -> Path | None:
     return Path(init.save_dir) / name if name else Path(init.save_dir)
 
 
-def build_cli(argv: list[str], run: bool = True) -> ModernCNNCLI:
-    """The CLI for ``argv`` (with the sub-command first when ``run``)."""
+def build_cli(
+    argv: list[str], run: bool = True, trainer_class: type[Trainer] = Trainer
+) -> ModernCNNCLI:
+    """The CLI for ``argv`` (with the sub-command first when ``run``); ``trainer_class``: a
+    ``Trainer`` subclass with the same arguments (``from_config`` passes one)."""
     with warnings.catch_warnings():
         # `moderncnn fit ...` hands LightningCLI its argv explicitly, which Lightning warns about.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return _cli(argv, run)
+        return _cli(argv, run, trainer_class)
 
 
-def _cli(argv: list[str], run: bool) -> ModernCNNCLI:
+def _cli(argv: list[str], run: bool, trainer_class: type[Trainer] = Trainer) -> ModernCNNCLI:
     return ModernCNNCLI(
         ImageClassifier,
         LightningDataModule,
+        trainer_class=trainer_class,
         subclass_mode_data=True,
         trainer_defaults={
             **TRAINER_DEFAULTS,
-            "callbacks": [SeedEachEpoch(), LearningCurvesPlot(), ConfusionMatrixReport()],
+            "callbacks": default_callbacks(),
         },
         seed_everything_default=42,
         # Errors come back as exceptions, which main() prints in one line (no usage screen).
@@ -275,17 +433,88 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``fit``, ``validate``, ``test`` or ``predict``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        check_config_files(argv)
         build_cli(argv)
+    except RunStopped as stop:
+        print(stop.message(argv), file=sys.stderr)
+        return 143
     except SystemExit as exit_:  # --help, --print_config
         return exit_.code if isinstance(exit_.code, int) else 0
     except ArgumentError as err:  # an unknown key, a value of the wrong type
         print(f"{_prog(argv)}: error: {err}\n(see `{_prog(argv)} --help`)", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, OutputFolderError, MisconfigurationException) as err:
+    except (
+        ModernCNNError,
+        ValueError,
+        FileNotFoundError,
+        OutputFolderError,
+        MisconfigurationException,
+    ) as err:
         # A bad value, a missing file, an unwritable run folder: one message, no traceback.
         print(f"{_prog(argv)}: error: {_one_message(err)}", file=sys.stderr)
         return 1
     return 0
+
+
+# A real config has a few hundred values; YAML aliases can make a few lines mean billions.
+MAX_CONFIG_VALUES = 100_000
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Refuses a YAML config whose aliases expand to more than :data:`MAX_CONFIG_VALUES`
+    values (a "billion laughs" file), before the parser expands it for minutes or hours.
+
+    Looks at ``-c``/``--config`` files and any other argument naming a ``.yaml`` file.
+    """
+    paths = []
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            paths.append(argv[i + 1])
+        elif value.lower().endswith(_YAML_SUFFIXES):
+            paths.append(value)
+    for path in dict.fromkeys(paths):
+        if Path(path).is_file():
+            _check_yaml_expansion(Path(path))
+
+
+def _check_yaml_expansion(path: Path) -> None:
+    try:
+        with path.open("rb") as file:
+            documents = list(yaml.compose_all(file, Loader=yaml.SafeLoader))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return  # the parser reports it, naming the file
+    except RecursionError as err:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from err
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:  # an alias is the same node object: counted each use
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = MAX_CONFIG_VALUES + 1  # a node inside itself (a recursive alias)
+        children: list = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_VALUES:
+                break
+        sizes[id(node)] = total
+        return total
+
+    try:
+        total = sum(size(document) for document in documents if document is not None)
+    except RecursionError as err:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from err
+    if total > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"{path}: its YAML aliases (&name / *name) expand to more than {MAX_CONFIG_VALUES} "
+            'values, far beyond any config (a "billion laughs" file?); write the values out'
+        )
 
 
 def _one_message(err: Exception) -> str:

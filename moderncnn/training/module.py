@@ -28,6 +28,8 @@ from moderncnn.io.download import cached_download
 from moderncnn.io.errors import ConfigError
 from moderncnn.models import check_model_name, create_model
 
+from .preflight import channels_last_is_safe, check_model_kwargs
+
 Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["onecycle", "cosine", "step", "none"]
 Interval = Literal["step", "epoch"]
@@ -40,7 +42,18 @@ TOP5_MIN_CLASSES = 6
 
 def _check(ok: bool, name: str, value: Any, requirement: str) -> None:
     if not ok:
-        raise ValueError(f"{name} must be {requirement}, got {value!r}")
+        raise ConfigError(f"model.{name} must be {requirement}, got {value!r}")
+
+
+# The largest float32: a larger rate or decay cannot even be applied to float32 weights.
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _finite(value: Any) -> bool:
+    """A real number that is not nan or +-inf (YAML's ``.inf``/``.nan`` parse as floats) and
+    fits a float32 (``lr: 1e308`` overflows in the optimizer step)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and abs(value) <= _FLOAT32_MAX
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -139,6 +152,13 @@ class ImageClassifier(L.LightningModule):
         _choice("scheduler", scheduler, ("onecycle", "cosine", "step", "none"))
         _choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
         _choice("lr_scaling", lr_scaling, ("none", "linear", "sqrt"))
+        numbers = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        numbers |= {"warmup_epochs": warmup_epochs, "gamma": gamma}
+        numbers |= {"label_smoothing": label_smoothing, "aux_loss_weight": aux_loss_weight}
+        for name, value in numbers.items():
+            _check(_finite(value), name, value, f"a finite number (at most {_FLOAT32_MAX:.3g})")
+        for name, value in {"step_size": step_size, "num_classes": num_classes}.items():
+            _check(isinstance(value, int) and not isinstance(value, bool), name, value, "an int")
         _check(lr > 0, "lr", lr, "> 0")
         _check(0 <= momentum < 1, "momentum", momentum, "in [0, 1)")
         _check(weight_decay >= 0, "weight_decay", weight_decay, ">= 0")
@@ -229,8 +249,12 @@ class ImageClassifier(L.LightningModule):
 
         Class names and transform are recorded only when the CLI did not link them.
         """
+        device = self.trainer.strategy.root_device.type
         if self.hparams.channels_last == "auto":
-            self._set_memory_format(self.trainer.strategy.root_device.type == "cuda")
+            self._set_memory_format(device == "cuda")
+        elif self.hparams.channels_last is True and device == "cpu":
+            # A crash (not an error) in some torch builds' CPU kernels: checked in a subprocess.
+            self._set_memory_format(channels_last_is_safe())
         data = self.trainer.datamodule
         if data is None:
             return
@@ -259,9 +283,18 @@ class ImageClassifier(L.LightningModule):
                 )
             return model
         if not isinstance(model, str):
-            raise TypeError(f"model must be a registered name or an nn.Module, got {model!r}")
+            raise ConfigError(
+                f"model.model must be a registered name (`moderncnn models`) or an nn.Module, "
+                f"got {model!r}"
+            )
         check_model_name(model)  # UnknownModelError that suggests close names
-        return create_model(model, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+        check_model_kwargs(model_kwargs)  # sizes that would hang or exhaust memory
+        try:
+            return create_model(model, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+        except (TypeError, RuntimeError) as err:  # a number where a list belongs, no memory
+            raise ConfigError(
+                f"model.model_kwargs {model_kwargs!r} do not fit {model}: {err}"
+            ) from err
 
     def configure_model(self) -> None:
         """Compiles the network when ``compile=True``; falls back to eager if that fails."""
@@ -441,16 +474,33 @@ class ImageClassifier(L.LightningModule):
             every = round(hp.step_size * per_epoch)
             return LambdaLR(optimizer, _WarmupStep(warmup, every, hp.gamma))
         warmup = min(warmup, total - 1)  # leave at least one update for the decay
+        if hp.scheduler == "onecycle" and warmup < 2:
+            # OneCycleLR divides by its rising phase's length minus one: with no warm-up to
+            # speak of (warmup_epochs 0, or a run of a step or two) start at the peak instead.
+            return LambdaLR(optimizer, _OneCycleDecay(total))
         if hp.scheduler == "onecycle":
             # The configured momentum is kept as is (no momentum cycling).
             return OneCycleLR(
                 optimizer,
                 max_lr=[group["lr"] for group in optimizer.param_groups],
                 total_steps=total,
-                pct_start=max(warmup, 1) / total if total > 1 else 0.5,
+                pct_start=warmup / total,
                 cycle_momentum=False,
             )
         return LambdaLR(optimizer, _WarmupCosine(warmup, total))
+
+
+class _OneCycleDecay:
+    """LR factor of a one-cycle schedule without warm-up: OneCycleLR's cosine from the peak
+    down to peak / (25 x 1e4) (its default div_factor and final_div_factor) over ``total``."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, step: int) -> float:
+        progress = min(step / max(1, self.total - 1), 1.0)
+        end = 1 / (25 * 1e4)
+        return end + (1 - end) / 2 * (math.cos(math.pi * progress) + 1)
 
 
 class _WarmupCosine:

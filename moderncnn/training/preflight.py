@@ -5,23 +5,41 @@ been touched.
 - the output folder exists or can be made, is writable and has room for the checkpoints;
 - the trainer's limits describe at least one epoch or step;
 - a checkpoint to resume from (``--ckpt_path``) is readable with ``weights_only=True`` and
-  fits the model this config builds (architecture, class count, input channels).
+  fits the model this config builds (architecture, class count, input channels), and a
+  resumed ``fit`` trains with the checkpoint's own settings (learning rate, optimizer, ...);
+- the trainer asks for no more CPU processes than there are cores, and accumulates >= 1 batch;
+- the model's sizes (``model_kwargs``) are ones that build in seconds, not hours;
+- channels-last training on a CPU is safe with the torch in use (a subprocess tries it once).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from moderncnn.io.checkpoint import CheckpointError, read_checkpoint
+from moderncnn.io.errors import ConfigError
 
 __all__ = [
     "OutputFolderError",
+    "channels_last_is_safe",
+    "check_devices",
     "check_fit_limits",
+    "check_model_kwargs",
     "check_output_folder",
     "check_resume_checkpoint",
     "min_free_bytes",
@@ -55,16 +73,21 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_output_folder(path: str | Path, needed_bytes: int = LOG_MARGIN_BYTES) -> None:
+def check_output_folder(
+    path: str | Path, needed_bytes: int = LOG_MARGIN_BYTES, what: str = "the run folder"
+) -> None:
     """Raises :class:`OutputFolderError` unless ``path`` can be made and written with room to spare.
 
     Nothing is left behind: the probe file is deleted, and missing folders are not created.
+    ``what`` names the folder in the message (``"checkpoint.dirpath"``).
     """
     path = Path(path)
     where = _existing_ancestor(path)
     hint = "run from a writable folder, or set the loggers' save_dir (trainer.logger) to one"
+    if what != "the run folder":
+        hint = f"set {what} to a writable folder"
     if not where.is_dir():
-        raise OutputFolderError(f"cannot write the run folder {path}: {where} is a file; {hint}")
+        raise OutputFolderError(f"cannot write {what} {path}: {where} is a file; {hint}")
     try:
         # A real write, not os.access: it also catches read-only mounts and ACLs.
         with tempfile.TemporaryFile(dir=where):
@@ -72,12 +95,12 @@ def check_output_folder(path: str | Path, needed_bytes: int = LOG_MARGIN_BYTES) 
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise OutputFolderError(
-            f"cannot write the run folder {path}: {where} is not writable ({reason}); {hint}"
+            f"cannot write {what} {path}: {where} is not writable ({reason}); {hint}"
         ) from err
     free = shutil.disk_usage(where).free
     if free < needed_bytes:
         raise OutputFolderError(
-            f"not enough free disk space for the run folder {path}: {free / 2**20:.1f} MiB free "
+            f"not enough free disk space for {what} {path}: {free / 2**20:.1f} MiB free "
             f"in {where}, {needed_bytes / 2**20:.1f} MiB needed (two checkpoints and the logs); "
             f"free some space or {hint}"
         )
@@ -89,8 +112,39 @@ def run_folders(trainer: L.Trainer) -> list[Path]:
     return folders or [Path(trainer.default_root_dir)]
 
 
+def checkpoint_folders(trainer: L.Trainer) -> list[Path]:
+    """The ``dirpath`` of each checkpoint callback that sets one (``checkpoint.dirpath``)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return [
+        Path(cb.dirpath)
+        for cb in trainer.callbacks
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath and "://" not in str(cb.dirpath)
+    ]
+
+
+def check_devices(trainer: L.Trainer) -> None:
+    """No more training processes on a CPU than it has cores (``devices: 1000`` would start
+    999 more processes, each loading the data)."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    cores = os.cpu_count() or 1
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
+        raise ConfigError(
+            f"trainer.devices={trainer.num_devices} would start {trainer.num_devices} training "
+            f"processes on the CPU, which has {cores} cores; use trainer.devices <= {cores} "
+            "(1 trains in one process, using every core)"
+        )
+
+
 def check_fit_limits(trainer: L.Trainer, module: L.LightningModule) -> None:
     """A fit must train at least one step, and a schedule planned over the run needs an end."""
+    accumulate = trainer.accumulate_grad_batches
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches must be an integer >= 1 (batches per optimizer "
+            f"step), got {accumulate!r}"
+        )
     for key in ("max_epochs", "max_steps"):
         value = getattr(trainer.fit_loop, key)
         if value == 0:
@@ -108,11 +162,15 @@ def check_fit_limits(trainer: L.Trainer, module: L.LightningModule) -> None:
         )
 
 
-def check_resume_checkpoint(path: str | Path, module: L.LightningModule) -> None:
+def check_resume_checkpoint(
+    path: str | Path, module: L.LightningModule, resume: bool = False
+) -> None:
     """Refuses a checkpoint that is unreadable, unsafe, or made for another network.
 
     Read with ``weights_only=True`` (no pickled code runs); its ``state_dict`` must have the
-    same keys and tensor shapes as ``module``'s, else the message names what differs.
+    same keys and tensor shapes as ``module``'s, else the message names what differs. With
+    ``resume`` (``fit --ckpt_path``), the model's settings must also be the checkpoint's
+    (:func:`check_resume_settings`).
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"--ckpt_path {str(path)!r} does not exist; give a .ckpt file")
@@ -132,6 +190,8 @@ def check_resume_checkpoint(path: str | Path, module: L.LightningModule) -> None
         if getattr(state[key], "shape", None) != own[key].shape
     ]
     if not (missing or unexpected or mismatched):
+        if resume:
+            check_resume_settings(path, checkpoint, module)
         return
     saved = checkpoint.get("hyper_parameters") or {}
     differs = [
@@ -148,3 +208,196 @@ def check_resume_checkpoint(path: str | Path, module: L.LightningModule) -> None
         f"{path} does not fit this config's model: {'; '.join(details)}. Resume with the config "
         "the checkpoint was trained with, or start a new run without --ckpt_path"
     )
+
+
+# Settings a resumed run may change: speed switches, and what the data module gives the model.
+RESUMABLE_CHANGES = frozenset({"compile", "channels_last", "class_names", "preprocess"})
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """``value`` with tuples as lists; ``model_kwargs`` without ``weights`` (the starting
+    weights, which the checkpoint's replace anyway)."""
+    if isinstance(value, Mapping):
+        items = {k: _comparable(k, v) for k, v in value.items()}
+        return {k: v for k, v in items.items() if not (key == "model_kwargs" and k == "weights")}
+    if isinstance(value, list | tuple):
+        return [_comparable("", v) for v in value]
+    return value
+
+
+def check_resume_settings(path: str | Path, checkpoint: Any, module: L.LightningModule) -> None:
+    """Refuses to resume with settings other than the checkpoint's ``hyper_parameters``.
+
+    A resumed run restores the checkpoint's optimizer state and schedule: a new ``lr`` would be
+    recorded in the new ``config.yaml`` yet not used, and another optimizer or scheduler has
+    state of another shape. Raises :class:`ConfigError` listing every key that differs.
+    """
+    saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    own = getattr(module, "hparams", None)
+    if not isinstance(saved, Mapping) or own is None:
+        return
+    differs = [
+        f"model.{key}: {saved[key]!r} in the checkpoint, {own[key]!r} now"
+        for key in own
+        if key in saved
+        and key not in RESUMABLE_CHANGES
+        and _comparable(key, saved[key]) != _comparable(key, own[key])
+    ]
+    if differs:
+        raise ConfigError(
+            f"--ckpt_path {path}: this config differs from the run it would resume in "
+            f"{'; '.join(differs)}. A resumed run continues the checkpoint's optimizer and "
+            "schedule, so the change would not apply: resume with the checkpoint's settings, or "
+            "start a new run without --ckpt_path (model.model_kwargs.weights set to the "
+            "checkpoint starts it from those weights)"
+        )
+
+
+# Bounds on model_kwargs: the deepest published ResNet (ResNet-1202) has 600 residual units.
+MAX_MODEL_UNITS = 1000
+MAX_MODEL_INT = 65536  # widths, growth rates, ...: torchvision's widest layer has 2048 channels
+_UNIT_KEYS = ("layers", "block_config")
+
+
+def _ints(value: Any, where: str) -> list[tuple[str, int]]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [(where, value)]
+    if isinstance(value, Mapping):
+        return [pair for k, v in value.items() for pair in _ints(v, f"{where}.{k}")]
+    if isinstance(value, list | tuple):
+        return [pair for i, v in enumerate(value) for pair in _ints(v, f"{where}[{i}]")]
+    return []
+
+
+def check_model_kwargs(model_kwargs: Any) -> None:
+    """Refuses ``model_kwargs`` sizes that would take hours to build or all the memory:
+    more than :data:`MAX_MODEL_UNITS` units (``layers: [1000000]``), or any number above
+    :data:`MAX_MODEL_INT`."""
+    if not isinstance(model_kwargs, Mapping):
+        raise ConfigError(
+            f"model.model_kwargs must be a mapping of keyword arguments, got {model_kwargs!r}"
+        )
+    for key in _UNIT_KEYS:
+        value = model_kwargs.get(key)
+        units = _ints(value, key) if isinstance(value, list | tuple) else []
+        total = sum(n for _, n in units)
+        if total > MAX_MODEL_UNITS:
+            raise ConfigError(
+                f"model.model_kwargs.{key} asks for {total} units in all, more than the "
+                f"{MAX_MODEL_UNITS} this library builds (ResNet-1202 has 600); use fewer"
+            )
+    for where, value in _ints(dict(model_kwargs), "model.model_kwargs"):
+        if abs(value) > MAX_MODEL_INT:
+            raise ConfigError(
+                f"{where} is {value}, above {MAX_MODEL_INT}: a network that size would not fit "
+                "in memory; use a smaller value"
+            )
+
+
+# -- channels-last on a CPU -------------------------------------------------------------------
+
+# Some torch builds crash (SIGSEGV, a malloc assertion) in the CPU backward of a strided 1x1
+# convolution in channels-last for odd batch sizes (torch 2.14.1 on an AMD EPYC). A crash
+# cannot be caught, so a subprocess runs the kernels first, at odd and even batch sizes, and
+# compares their gradients with the default memory format's.
+CHANNELS_LAST_PROBE = """
+import torch
+torch.manual_seed(0)
+for cin, cout, k, stride in ((8, 16, 1, 2), (16, 32, 1, 2), (4, 8, 3, 1), (8, 16, 3, 2)):
+    conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+    fast = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+    fast.load_state_dict(conv.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    for n in (1, 2, 3, 5, 8):
+        for size in (7, 14):
+            x = torch.randn(n, cin, size, size)
+            x_cl = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+            x.requires_grad_()
+            conv(x).square().sum().backward()
+            fast(x_cl).square().sum().backward()
+            assert torch.allclose(x.grad, x_cl.grad, rtol=1e-3, atol=1e-4), (cin, k, n, size)
+    assert torch.allclose(conv.weight.grad, fast.weight.grad, rtol=1e-3, atol=1e-3)
+print("channels-last ok")
+"""
+_PROBE_TIMEOUT_S = 300
+_channels_last_verdicts: dict[str, bool] = {}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MODERNCNN_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return Path(root) / "moderncnn" if root else Path.home() / ".cache" / "moderncnn"
+
+
+def _probe_key() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:  # the model name: the same torch may crash on one CPU and not another
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in file if "model name" in ln), cpu)
+    except OSError:
+        pass
+    probe = hashlib.sha256(CHANNELS_LAST_PROBE.encode()).hexdigest()[:12]
+    return f"torch {torch.__version__} | {cpu} | {torch.get_num_threads()} threads | {probe}"
+
+
+def channels_last_is_safe() -> bool:
+    """Whether channels-last training runs correctly on this CPU with this torch.
+
+    Decided by :data:`CHANNELS_LAST_PROBE` in a subprocess (a crash there cannot take the run
+    down), once per torch version, CPU and thread count: the verdict is kept in
+    ``~/.cache/moderncnn/channels_last.json`` (``$MODERNCNN_CACHE_DIR`` to move it). When it
+    fails, a warning says so and training uses the default memory format (same numbers).
+    """
+    key = _probe_key()
+    if key in _channels_last_verdicts:
+        return _channels_last_verdicts[key]
+    cache = _cache_dir() / "channels_last.json"
+    try:
+        verdicts = json.loads(cache.read_text(encoding="utf-8"))
+        verdicts = verdicts if isinstance(verdicts, dict) else {}
+    except (OSError, ValueError):
+        verdicts = {}
+    if isinstance(verdicts.get(key), bool):
+        safe = verdicts[key]
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", CHANNELS_LAST_PROBE],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=_PROBE_TIMEOUT_S,
+            )
+            safe = done.returncode == 0 and "channels-last ok" in done.stdout
+            outcome = f"exit status {done.returncode}"
+            if done.returncode < 0:
+                outcome = f"killed by signal {-done.returncode}"
+        except (OSError, subprocess.TimeoutExpired) as err:
+            safe, outcome = False, type(err).__name__
+        if safe or outcome != "TimeoutExpired":  # a slow machine is not a verdict
+            verdicts[key] = safe
+            _write_json_atomically(cache, verdicts)
+        if not safe:
+            rank_zero_warn(
+                f"model.channels_last: a channels-last training step on this CPU with torch "
+                f"{torch.__version__} failed in a check run in a subprocess ({outcome}), so this "
+                "run trains in the default memory format (slower, same results). Set "
+                "model.channels_last: false to skip the check; a newer torch may fix it"
+            )
+    _channels_last_verdicts[key] = safe
+    return safe
+
+
+def _write_json_atomically(path: Path, content: Any) -> None:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(content, file, indent=2)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: the check runs again next time
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)

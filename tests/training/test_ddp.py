@@ -14,7 +14,7 @@ import yaml
 
 from moderncnn.training.cli import main
 from moderncnn.training.module import ImageClassifier
-from moderncnn.training.plots import read_metrics
+from moderncnn.viz import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # as tests/conftest.py

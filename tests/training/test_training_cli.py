@@ -14,7 +14,7 @@ from PIL import Image
 from moderncnn.models import create_model
 from moderncnn.training.cli import build_cli, main
 from moderncnn.training.module import ImageClassifier
-from moderncnn.training.plots import read_metrics
+from moderncnn.viz import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 # The GPU recipes build full-size networks (seconds each on 2 cores); the quickstart's is tiny.

@@ -13,10 +13,10 @@ from torch import nn
 
 from moderncnn.data import FashionMNISTDataModule
 from moderncnn.data.stats import IMAGENET
+from moderncnn.io.card import Preprocess
 from moderncnn.io.checkpoint import read_state_dict
 from moderncnn.transfer.features import extract_features
 from moderncnn.transfer.probe import train_probe
-from moderncnn.io.card import Preprocess
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # as tests/conftest.py
 TARGET = [5, 6, 7, 8, 9]  # Sandal, Shirt, Sneaker, Bag, Ankle boot

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from moderncnn import create_model
-from moderncnn.training.module import ImageClassifier
-from moderncnn.inference.backbone import feature_fn
 from moderncnn.inference import load_model
+from moderncnn.inference.backbone import feature_fn
+from moderncnn.training.module import ImageClassifier
 
 TINY_RESNET = {"channels": [8, 16], "layers": [1, 1]}
 

@@ -15,10 +15,10 @@ from PIL import Image
 from torch import nn
 
 from moderncnn.cli import main as cli_main
-from moderncnn.transfer.cache import CacheInvalidError, FeatureCache, write_cache
-from moderncnn.transfer.features import extract_features
 from moderncnn.data.files import read_folder
 from moderncnn.io.card import Preprocess
+from moderncnn.transfer.cache import CacheInvalidError, FeatureCache, write_cache
+from moderncnn.transfer.features import extract_features
 
 
 class CountingBackbone(nn.Module):

@@ -252,8 +252,8 @@ def test_finetune_config_builds_with_a_folder_and_a_weights_file(
 def test_finetune_config_fits_and_its_checkpoint_predicts_without_the_weights_file(
     cifar_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from moderncnn.training.cli import build_cli
     from moderncnn.inference import predict
+    from moderncnn.training.cli import build_cli
 
     torch.save(create_model("resnet18").state_dict(), weights := tmp_path / "resnet18.pth")
     config = yaml.safe_load((REPO / "configs" / "finetune.yaml").read_text())

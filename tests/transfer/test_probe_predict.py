@@ -13,10 +13,10 @@ from torch import nn
 
 from moderncnn.cli import main as cli_main
 from moderncnn.data import FashionMNISTDataModule
-from moderncnn.models import create_model
-from moderncnn.transfer.features import extract_features
 from moderncnn.inference import predict
+from moderncnn.models import create_model
 from moderncnn.transfer import load_probe, train_probe
+from moderncnn.transfer.features import extract_features
 
 
 def test_probe_on_fashion_mnist_pixels_beats_chance(fashion_mnist_dir: Path, tmp_path) -> None:
@@ -114,8 +114,8 @@ def test_predict_with_a_lightning_checkpoint(cifar_folder: Path, tmp_path: Path)
     import lightning.pytorch as L
 
     from moderncnn.data import ImageFolderDataModule
-    from moderncnn.training.module import ImageClassifier
     from moderncnn.io.card import Preprocess
+    from moderncnn.training.module import ImageClassifier
 
     data = ImageFolderDataModule(str(cifar_folder), val_fraction=0.0, image_size=32, batch_size=4)
     module = ImageClassifier("resnet18_cifar", num_classes=data.num_classes, scheduler="none")
