@@ -287,5 +287,7 @@ def test_exported_model_without_its_sidecar_is_named(cifar_samples_dir: Path, tm
     model = create_model("resnet18_cifar", num_classes=3, channels=[8], layers=[1])
     out = export_model(model, tmp_path / "m.onnx", "onnx", class_names=["a", "b", "c"])
     sidecar_path(out).unlink()
-    with pytest.raises(FileNotFoundError, match=r"m\.onnx\.json not found: m\.onnx's class names"):
+    with pytest.raises(
+        FileNotFoundError, match=r"m\.onnx\.json not found: m\.onnx's card \(class names"
+    ):
         predict(cifar_samples_dir, out)
