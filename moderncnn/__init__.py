@@ -25,6 +25,8 @@ _LAZY = {
     "ImageFolderDataModule": "moderncnn.data",
     "Trainer": "moderncnn.training.trainer",
     "from_config": "moderncnn.training.config",
+    "compare": "moderncnn.training.compare",
+    "tune": "moderncnn.training.tune",
     "plot_curves": "moderncnn.viz",
     "plot_confusion_matrix": "moderncnn.viz",
     "show_batch": "moderncnn.viz",

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("moderncnn.cli", "export_main", "ONNX, TorchScript or safetensors, checked"),
     "plot": ("moderncnn.viz.curves", "plot_main", "learning curves PNG of a run"),
     "preview": ("moderncnn.training.config", "preview_main", "grid of one augmented batch"),
+    "compare": ("moderncnn.training.compare", "main", "several models x seeds: accuracy and cost"),
+    "tune": ("moderncnn.training.tune", "main", "hyperparameter search with Optuna"),
 }
 
 

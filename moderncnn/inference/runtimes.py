@@ -14,9 +14,9 @@ none OpenVINO refuses it and torch warns (it emulates bf16, slower than fp32). `
 statically quantized ONNX file (:mod:`moderncnn.inference.quantize`), in ONNX Runtime or OpenVINO.
 
 Threads: one setting for every runtime, ``threads=`` (``--threads``), else the environment
-variable ``MODERNCNN_THREADS``, else the cores this process may run on. ONNX Runtime's
-workers do not spin-wait between operators: on a machine busy with other work a spinning
-pool holds the cores it waits on and slows itself and its neighbours down.
+variable ``MODERNCNN_THREADS``, else the cores this process may run on. On a machine busy with
+other work ONNX Runtime and OpenVINO held up at that default where torch's pool slowed down
+(benchmarks/results/inference.md): another reason ``auto`` picks them on a CPU.
 
 Beside ``model.onnx`` its sidecar ``model.onnx.json`` holds what the graph does not: the model
 card (class names, preprocessing, ...), input size, precision and how it was checked.
@@ -182,14 +182,17 @@ def resolve_threads(threads: int | None = None) -> int:
 
 
 def onnxruntime_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session: ``threads`` intra-op workers that do not spin-wait."""
+    """An ONNX Runtime CPU session with ``threads`` intra-op workers.
+
+    Its workers spin-wait between operators, as by default: turning that off cost 30% at batch
+    1 even on a busy machine (benchmarks/results/inference.md), where ONNX Runtime held up.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = resolve_threads(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

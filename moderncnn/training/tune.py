@@ -1,0 +1,369 @@
+"""``moderncnn tune``: hyperparameter search over any config key, with Optuna.
+
+A search space is a YAML mapping from dotted config keys to a range or a list of choices::
+
+    model.lr: {low: 0.01, high: 1.0, log: true}        # float (log-uniform)
+    model.weight_decay: {low: 1.0e-5, high: 1.0e-3, log: true}
+    model.warmup_epochs: {low: 0.0, high: 1.0, step: 0.25}
+    data.init_args.batch_size: {choices: [64, 128, 256]}
+    model.model_kwargs: {choices: [{channels: [8, 16]}, {channels: [16, 32]}]}
+    trainer.max_epochs: {low: 2, high: 6}              # int: both bounds are integers
+
+Each trial trains the base config with its values (:mod:`moderncnn.training.trials`) into
+``OUT/trials/<study>/trial<N>/`` and scores its best validation accuracy; Optuna's TPE sampler
+proposes the values and its median pruner stops a trial whose validation accuracy after an epoch is
+below the median of earlier trials' at that epoch (Optuna's Lightning pruning callback).
+
+The study lives in a storage: by default a journal file, ``OUT/study.journal``, that several
+processes on this machine can share; with ``--storage`` any URL Optuna accepts
+(``sqlite:///tune.db``, ``postgresql://user@host/db``) workers on many machines run the same
+command and share one study. At the end ``OUT/best.yaml`` is the base config with the best
+values set (``moderncnn fit -c OUT/best.yaml`` trains it), beside ``history.png`` and
+``importance.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as L
+import yaml
+from lightning.pytorch.utilities import rank_zero_only
+
+from moderncnn.io.atomic import atomic_write, atomic_write_text
+from moderncnn.io.errors import ConfigError, MissingFileError
+
+from .trials import parse_overrides, read_config, run_trial, set_dotted
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["Param", "read_space", "tune", "main"]
+
+MONITOR = "val_acc"  # the objective, maximised; reported to the pruner after every epoch
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of the search space: a float or int range, or a list of choices."""
+
+    key: str
+    kind: str  # "float", "int" or "choice"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """The trial's value of this key (a choice that is a list or mapping comes back whole)."""
+        if self.kind == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "int":
+            return trial.suggest_int(
+                self.key, self.low, self.high, log=self.log, step=self.step or 1
+            )
+        return decode_choice(
+            trial.suggest_categorical(self.key, [encode_choice(c) for c in self.choices])
+        )
+
+
+def encode_choice(value: Any) -> Any:
+    """Optuna's choices are scalars: a list or mapping is stored as its JSON text."""
+    return (
+        value if value is None or isinstance(value, bool | int | float | str) else json.dumps(value)
+    )
+
+
+def decode_choice(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def read_space(path: str | Path) -> list[Param]:
+    """The search space of a YAML file; one-line errors naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"search space {path} does not exist; give a YAML file")
+    try:
+        space = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(
+            f"{path}: expected a mapping of dotted keys to {{low, high}} or {{choices}}"
+        )
+    return [_param(path, str(key), spec) for key, spec in space.items()]
+
+
+def _param(path: Path, key: str, spec: Any) -> Param:
+    where = f"{path}: {key}"
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"{where}: expected {{low: .., high: ..}} or {{choices: [..]}}, got {spec!r}"
+        )
+    unknown = set(spec) - {"low", "high", "log", "step", "choices", "type"}
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {sorted(unknown)[0]!r} (low, high, log, step, choices, type)"
+        )
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: choices must be a non-empty list, got {choices!r}")
+        return Param(key, "choice", choices=tuple(choices))
+    low, high = spec.get("low"), spec.get("high")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+        raise ConfigError(f"{where}: low and high must both be numbers, got {low!r} and {high!r}")
+    if low >= high:
+        raise ConfigError(f"{where}: low must be below high, got low={low}, high={high}")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log-scale range needs low > 0, got {low}")
+    step = spec.get("step")
+    if log and step is not None:
+        raise ConfigError(f"{where}: give log or step, not both (Optuna allows one)")
+    kind = spec.get("type") or (
+        "int" if all(isinstance(v, int) for v in (low, high, step or 1)) else "float"
+    )
+    if kind not in ("int", "float"):
+        raise ConfigError(f"{where}: type must be int or float, got {kind!r}")
+    return Param(key, kind, low=low, high=high, log=log, step=step)
+
+
+def open_study(
+    out: Path, storage: str | None, study_name: str, seed: int | None,
+    startup_trials: int, warmup_epochs: int,
+) -> optuna.Study:  # fmt: skip
+    """Creates the study or joins it: TPE sampler, median pruner, in ``storage``."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if storage is None:
+        out.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    elif "://" not in storage:
+        storage = JournalStorage(JournalFileBackend(storage))  # a journal file's path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant_liar: parallel workers do not all propose the same point (Optuna's advice).
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs
+    )
+    try:
+        return optuna.create_study(
+            storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
+            direction="maximize", load_if_exists=True,
+        )  # fmt: skip
+    except (ValueError, ImportError) as err:  # a malformed URL, a missing database driver
+        raise ConfigError(f"--storage {storage}: {err}") from err
+
+
+def check_distributed(trainer: L.Trainer, study: optuna.Study) -> None:
+    """A DDP trial must be spawned from this process (``trainer.strategy: ddp_spawn``) and keep
+    its study in a database: the ``ddp`` launcher would start every process's own ``tune``."""
+    if trainer.world_size == 1:
+        return
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+    from optuna.storages import RDBStorage
+
+    if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+        raise ConfigError(
+            f"trainer.devices/num_nodes make a {trainer.world_size}-process trial: set "
+            "trainer.strategy: ddp_spawn (each trial is started from the tune process)"
+        )
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, RDBStorage):
+        raise ConfigError(
+            "a multi-process (DDP) trial reports to the pruner through a database: give "
+            "--storage sqlite:///tune.db or postgresql://..."
+        )
+
+
+def tune(
+    config: str | Path,
+    space: str | Path,
+    trials: int,
+    out: str | Path = "tune",
+    storage: str | None = None,
+    study_name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    startup_trials: int = 5,
+    warmup_epochs: int = 1,
+) -> optuna.Study:
+    """Runs ``trials`` trials of the study (more workers may run theirs at the same time).
+
+    Args:
+        config: the base training config.
+        space: the search space YAML (:func:`read_space`).
+        trials: trials this call runs; the study's total is the sum over all calls.
+        out: folder of the trial runs, the journal file and the reports.
+        storage: an Optuna storage URL or a journal file; None: ``out/study.journal``.
+        study_name: default: the base config's file name without its suffix.
+        overrides: dotted keys set in every trial (``{"trainer.max_epochs": 5}``).
+        seed: the TPE sampler's seed (None: a different search each run).
+        startup_trials: finished trials before the pruner starts pruning.
+        warmup_epochs: epochs of a trial that are never pruned.
+    """
+    try:
+        import optuna
+        import optuna_integration  # noqa: F401  (its Lightning pruning callback, per trial)
+    except ImportError as err:
+        raise ConfigError(
+            f"moderncnn tune needs Optuna ({err}): pip install 'moderncnn[tune]'"
+        ) from err
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    base, params, out = read_config(config), read_space(space), Path(out)
+    overrides = dict(overrides or {})
+    study = open_study(
+        out, storage, study_name or Path(config).stem, seed, startup_trials, warmup_epochs
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial: optuna.Trial) -> float:
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        settings = {**overrides, **{p.key: p.suggest(trial) for p in params}}
+        folder = out / "trials" / study.study_name / f"trial{trial.number}"
+        trial.set_user_attr("run_dir", str(folder))
+        pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
+        result = run_trial(
+            base, settings, folder, name=f"trial{trial.number}", test=False,
+            callbacks=[pruning], check=lambda trainer: check_distributed(trainer, study),
+            extra={"study": study.study_name, "trial": trial.number},
+        )  # fmt: skip
+        pruning.check_pruned()  # a DDP trial's pruning is known here (its processes are gone)
+        return result.val_acc
+
+    study.optimize(objective, n_trials=trials, catch=())
+    if rank_zero_only.rank == 0:
+        write_reports(study, base, params, overrides, out)
+    return study
+
+
+def best_config(
+    study: optuna.Study, base: dict[str, Any], params: list[Param], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The base config with the command line's overrides and the best trial's values set."""
+    config = copy.deepcopy(base)
+    for key, value in overrides.items():
+        set_dotted(config, key, value)
+    for param in params:
+        set_dotted(config, param.key, decode_choice(study.best_trial.params[param.key]))
+    return config
+
+
+def write_reports(
+    study: optuna.Study,
+    base: dict[str, Any],
+    params: list[Param],
+    overrides: Mapping[str, Any],
+    out: Path,
+) -> None:
+    """``best.yaml`` and Optuna's history and importance plots (when the study allows them)."""
+    import optuna
+
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not finished:
+        print(f"study {study.study_name}: no trial finished yet; no best.yaml", file=sys.stderr)
+        return
+    best = study.best_trial
+    header = (
+        f"# Best of study {study.study_name!r}: trial {best.number}, {MONITOR} = {best.value:.4f}\n"
+        f"# ({len(finished)} finished trials). Train it: moderncnn fit -c {out / 'best.yaml'}\n"
+    )
+    text = yaml.safe_dump(best_config(study, base, params, overrides), sort_keys=False)
+    atomic_write_text(out / "best.yaml", header + text)
+    save_plots(study, out)
+
+
+def save_plots(study: optuna.Study, out: Path) -> list[Path]:
+    """``history.png`` and ``importance.png`` with Optuna's matplotlib plots.
+
+    Importance is PED-ANOVA's (``PedAnovaImportanceEvaluator``), which needs no other package;
+    Optuna's default, fANOVA, needs scikit-learn. It needs at least two finished trials.
+    """
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as plots
+
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        drawings = {
+            "history.png": lambda: plots.plot_optimization_history(study),
+            "importance.png": lambda: plots.plot_param_importances(
+                study, evaluator=PedAnovaImportanceEvaluator()
+            ),
+        }
+        for name, draw in drawings.items():
+            try:
+                ax = draw()
+            except (ValueError, RuntimeError, ZeroDivisionError) as err:
+                print(f"{name}: not drawn ({err})", file=sys.stderr)
+                continue
+            figure = ax.figure
+            figure.tight_layout()
+            # Atomically: workers sharing OUT may write the same file at the same time.
+            atomic_write(out / name, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=100))
+            plt.close(figure)  # optuna draws with pyplot: free it
+            written.append(out / name)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """``moderncnn tune -c BASE.yaml --space SPACE.yaml --trials N [--storage URL] ...``."""
+    parser = argparse.ArgumentParser(
+        prog="moderncnn tune",
+        description="Search hyperparameters with Optuna (TPE, median pruning). Any other "
+        "--KEY VALUE (dotted, as on `moderncnn fit`) is set in every trial.",
+    )
+    parser.add_argument("-c", "--config", required=True, help="base training YAML")
+    parser.add_argument(
+        "--space", required=True, help="search space YAML: dotted key -> range or choices"
+    )
+    parser.add_argument("--trials", type=int, required=True, help="trials this worker runs")
+    parser.add_argument(
+        "--storage", help="Optuna storage URL or journal file (default OUT/study.journal)"
+    )
+    parser.add_argument("--study", help="study name (default: the config's file name)")
+    parser.add_argument("--out", default="tune", help="output folder (default ./tune)")
+    parser.add_argument("--seed", type=int, help="TPE sampler seed")
+    parser.add_argument(
+        "--startup-trials", type=int, default=5, help="finished trials before pruning (5)"
+    )
+    parser.add_argument("--warmup-epochs", type=int, default=1, help="epochs never pruned (1)")
+    args, rest = parser.parse_known_args(argv)
+    study = tune(
+        args.config, args.space, args.trials, out=args.out, storage=args.storage,
+        study_name=args.study, overrides=parse_overrides(rest), seed=args.seed,
+        startup_trials=args.startup_trials, warmup_epochs=args.warmup_epochs,
+    )  # fmt: skip
+    out = Path(args.out)
+    if (out / "best.yaml").is_file():
+        best = study.best_trial
+        print(f"best: trial {best.number}, {MONITOR} = {best.value:.4f}, {best.params}")
+        print(f"{out / 'best.yaml'} (train it: moderncnn fit -c {out / 'best.yaml'})")
+    print(f"study {study.study_name}: {len(study.trials)} trials")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

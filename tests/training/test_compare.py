@@ -1,0 +1,152 @@
+"""`moderncnn compare`: models x seeds as trials, resumable, reported consistently."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moderncnn.cli import main as moderncnn_main
+from moderncnn.io.errors import ConfigError
+from moderncnn.training.compare import compare, summarize
+from moderncnn.training.trials import TrialResult
+
+REPO = Path(__file__).resolve().parents[2]
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # as tests/conftest.py
+MODELS = ["resnet18_cifar", "densenet121_cifar"]
+# One epoch of 3 steps on 256 images: enough for every file, a few seconds per trial.
+OVERRIDES = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3}
+DENSENET_KWARGS = {"growth_rate": 4, "block_config": [1, 1], "num_init_features": 8}
+
+
+def tiny_config(path: Path) -> Path:
+    config = {
+        "seed_everything": 3,
+        "model": {
+            "model": "resnet18_cifar",
+            "model_kwargs": {"channels": [8, 16], "layers": [1, 1]},
+            "lr": 0.1,
+        },
+        "data": {
+            "class_path": "moderncnn.data.FashionMNISTDataModule",
+            "init_args": {
+                "data_dir": str(FASHION_MNIST_DIR),
+                "batch_size": 64,
+                "train_subset": 256,
+                "val_size": 64,
+                "augmentations": [],
+            },
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "limit_test_batches": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def command(config: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "moderncnn.cli", "compare", "-c", str(config), "--models", *MODELS,
+        "--seeds", "2", "--out", str(out), "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches=3", "--set",
+        f"densenet121_cifar:model.model_kwargs={json.dumps(DENSENET_KWARGS)}",
+    ]  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_compare_resumes_after_a_kill_and_reports_the_same_numbers_everywhere(
+    fashion_mnist_dir: Path, tmp_path: Path
+) -> None:
+    config, out = tiny_config(tmp_path / "base.yaml"), tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = out / "runs" / "resnet18_cifar" / "seed0" / "result.json"
+    process = subprocess.Popen(command(config, out), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.exists(), "the first trial did not finish"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    folders = sorted((out / "runs").glob("*/seed*"))
+    finished = {f: snapshot(f) for f in folders if (f / "result.json").exists()}
+    assert 1 <= len(finished) < 4 and not (out / "results.csv").exists()
+
+    summaries = compare(
+        config, MODELS, seeds=2, out=out, overrides=OVERRIDES,
+        model_overrides={"densenet121_cifar": {"model.model_kwargs": DENSENET_KWARGS}},
+    )  # fmt: skip
+
+    for folder, files in finished.items():  # kept as they were: not trained again
+        assert snapshot(folder) == files
+    results = {
+        (r["name"], r["seed"]): r
+        for r in (json.loads(p.read_text()) for p in out.glob("runs/*/seed*/result.json"))
+    }
+    assert set(results) == {(m, s) for m in MODELS for s in (0, 1)}
+    assert results[("densenet121_cifar", 0)]["settings"]["model.model_kwargs"] == DENSENET_KWARGS
+    with (out / "results.csv").open() as file:
+        rows = {row["model"]: row for row in csv.DictReader(file)}
+    markdown = (out / "results.md").read_text()
+    assert [s.model for s in summaries] == list(rows)  # best first, in both
+    for name, row in rows.items():
+        accuracies = [results[(name, s)]["test_acc"] for s in (0, 1)]
+        assert row["test_acc_per_seed"] == ";".join(f"{a:.4f}" for a in accuracies)
+        mean = sum(accuracies) / 2
+        assert float(row["test_acc_mean"]) == pytest.approx(mean, abs=1e-4)
+        assert int(row["params"]) == results[(name, 0)]["params"] > 0
+        assert int(row["macs"]) == results[(name, 1)]["macs"] > 0
+        std = abs(accuracies[0] - accuracies[1]) / 2**0.5
+        assert f"| {name} | {mean:.2%} ± {std:.2%} |" in markdown
+        assert len(results[(name, 0)]["val_curve"]) == 1
+    assert rows["resnet18_cifar"]["params"] != rows["densenet121_cifar"]["params"]
+    for figure in ("accuracy_vs_macs.png", "curves.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def result(name: str, seed: int, test_acc: float) -> TrialResult:
+    return TrialResult(
+        name, seed, {}, test_acc, test_acc, 0.5, [test_acc], 10, 100, 1.0, 1.0, 1, ""
+    )
+
+
+def test_a_gap_counts_only_beyond_the_seed_spread() -> None:
+    summaries = summarize({
+        "noisy": [result("noisy", 0, 0.80), result("noisy", 1, 0.90)],
+        "best": [result("best", 0, 0.90), result("best", 1, 0.91)],
+        "worse": [result("worse", 0, 0.70), result("worse", 1, 0.71)],
+    })  # fmt: skip
+    verdicts = {s.model: s.beyond_seed_spread for s in summaries}
+    assert [s.model for s in summaries] == ["best", "noisy", "worse"]
+    assert verdicts == {"best": "best", "noisy": "no", "worse": "yes"}
+    assert summaries[2].gap_to_best == pytest.approx(0.20)
+
+
+def test_a_refused_compare_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config, out = tiny_config(tmp_path / "base.yaml"), tmp_path / "out"
+    with pytest.raises(ConfigError, match="unknown model 'resnet_nope'"):
+        compare(config, ["resnet18_cifar", "resnet_nope"], out=out)
+    argv = ["compare", "-c", str(config), "--models", "resnet18_cifar", "--out", str(out)]
+    assert moderncnn_main([*argv, "--set", "resnet18_cifar-model.lr"]) == 1
+    assert "expected MODEL:KEY=VALUE" in capsys.readouterr().err
+    assert moderncnn_main([*argv, "--seeds", "0"]) == 1
+    assert moderncnn_main([*argv, "--seeds", "two"]) == 2  # argparse
+    assert not out.exists()
