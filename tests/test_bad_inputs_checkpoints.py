@@ -350,3 +350,14 @@ def test_test_best_with_a_corrupt_last_checkpoint_names_it(
     assert f"--ckpt_path best: the best checkpoint is recorded in {last.relative_to(work)}" in err
     assert "which cannot be read" in err and "best-epoch=0" in err and "Traceback" not in err
     assert sorted(p.name for p in (work / "lightning_logs").iterdir()) == ["version_0"]
+
+
+@pytest.mark.parametrize("topk", ["-3", "0"])
+def test_predict_topk_below_one_is_one_message(
+    topk: str, files, cifar_samples_dir: Path, capsys
+) -> None:
+    image = str(next(cifar_samples_dir.glob("*.png")))
+    args = ["predict", "--checkpoint", str(files["good"]), image, "--topk", topk]
+    assert moderncnn_main(args) == 1
+    err = capsys.readouterr().err
+    assert f"topk must be a positive int, got {topk}" in err and "Traceback" not in err
