@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from moderncnn.cli import main as moderncnn_main
 from moderncnn.io.errors import ConfigError
@@ -20,40 +19,13 @@ from moderncnn.training.compare import compare, summarize
 from moderncnn.training.trials import TrialResult
 
 REPO = Path(__file__).resolve().parents[2]
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # as tests/conftest.py
 MODELS = ["resnet18_cifar", "densenet121_cifar"]
 # One epoch of 3 steps on 256 images: enough for every file, a few seconds per trial.
 OVERRIDES = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3}
 DENSENET_KWARGS = {"growth_rate": 4, "block_config": [1, 1], "num_init_features": 8}
 
 
-def tiny_config(path: Path) -> Path:
-    config = {
-        "seed_everything": 3,
-        "model": {
-            "model": "resnet18_cifar",
-            "model_kwargs": {"channels": [8, 16], "layers": [1, 1]},
-            "lr": 0.1,
-        },
-        "data": {
-            "class_path": "moderncnn.data.FashionMNISTDataModule",
-            "init_args": {
-                "data_dir": str(FASHION_MNIST_DIR),
-                "batch_size": 64,
-                "train_subset": 256,
-                "val_size": 64,
-                "augmentations": [],
-            },
-        },
-        "trainer": {
-            "accelerator": "cpu",
-            "limit_test_batches": 2,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        },
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+TINY_CONFIG = {"train_subset": 256, "limit_test_batches": 2}
 
 
 def command(config: Path, out: Path) -> list[str]:
@@ -71,9 +43,9 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_compare_resumes_after_a_kill_and_reports_the_same_numbers_everywhere(
-    fashion_mnist_dir: Path, tmp_path: Path
+    fashion_mnist_dir: Path, tmp_path: Path, tiny_config: Path
 ) -> None:
-    config, out = tiny_config(tmp_path / "base.yaml"), tmp_path / "out"
+    config, out = tiny_config, tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = out / "runs" / "resnet18_cifar" / "seed0" / "result.json"
     process = subprocess.Popen(command(config, out), env=env, stdout=subprocess.DEVNULL,
@@ -140,8 +112,10 @@ def test_a_gap_counts_only_beyond_the_seed_spread() -> None:
     assert summaries[2].gap_to_best == pytest.approx(0.20)
 
 
-def test_a_refused_compare_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    config, out = tiny_config(tmp_path / "base.yaml"), tmp_path / "out"
+def test_a_refused_compare_writes_nothing(
+    tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config, out = tiny_config, tmp_path / "out"
     with pytest.raises(ConfigError, match="unknown model 'resnet_nope'"):
         compare(config, ["resnet18_cifar", "resnet_nope"], out=out)
     argv = ["compare", "-c", str(config), "--models", "resnet18_cifar", "--out", str(out)]

@@ -17,37 +17,10 @@ from moderncnn.training.tune import read_space, tune
 optuna = pytest.importorskip("optuna")
 
 REPO = Path(__file__).resolve().parents[2]
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # as tests/conftest.py
 
 
-def tiny_config(path: Path) -> Path:
-    """A 5k-parameter ResNet, 2 epochs of 7 steps on 512 Fashion-MNIST images."""
-    config = {
-        "seed_everything": 3,
-        "model": {
-            "model": "resnet18_cifar",
-            "model_kwargs": {"channels": [8, 16], "layers": [1, 1]},
-            "lr": 0.1,
-        },
-        "data": {
-            "class_path": "moderncnn.data.FashionMNISTDataModule",
-            "init_args": {
-                "data_dir": str(FASHION_MNIST_DIR),
-                "batch_size": 64,
-                "train_subset": 512,
-                "val_size": 64,
-                "augmentations": [],
-            },
-        },
-        "trainer": {
-            "max_epochs": 2,
-            "accelerator": "cpu",
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        },
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+# A 5k-parameter ResNet, 2 epochs of 7 steps on 512 Fashion-MNIST images.
+TINY_CONFIG = {"train_subset": 512, "max_epochs": 2}
 
 
 def load(out: Path, name: str) -> optuna.Study:
@@ -60,9 +33,9 @@ def load(out: Path, name: str) -> optuna.Study:
 
 @pytest.mark.slow
 def test_tune_prunes_a_hopeless_trial_and_writes_a_best_config_that_runs(
-    fashion_mnist_dir: Path, tmp_path: Path
+    fashion_mnist_dir: Path, tmp_path: Path, tiny_config: Path
 ) -> None:
-    config, out, space = tiny_config(tmp_path / "base.yaml"), tmp_path / "out", tmp_path / "s.yaml"
+    config, out, space = tiny_config, tmp_path / "out", tmp_path / "s.yaml"
     # A learning rate that cannot learn in 2 epochs: below the median at epoch 0, pruned.
     space.write_text("model.lr: {choices: [1.0e-6, 0.3]}\n")
     # TPE's seed 0 proposes 0.3, 1e-6, 0.3, 0.3.
@@ -98,9 +71,9 @@ def test_tune_prunes_a_hopeless_trial_and_writes_a_best_config_that_runs(
 
 @pytest.mark.slow
 def test_two_workers_on_one_journal_run_disjoint_trials(
-    fashion_mnist_dir: Path, tmp_path: Path
+    fashion_mnist_dir: Path, tmp_path: Path, tiny_config: Path
 ) -> None:
-    config, out, space = tiny_config(tmp_path / "base.yaml"), tmp_path / "out", tmp_path / "s.yaml"
+    config, out, space = tiny_config, tmp_path / "out", tmp_path / "s.yaml"
     space.write_text("model.lr: {low: 0.01, high: 0.5, log: true}\n")
     argv = [
         sys.executable, "-m", "moderncnn.cli", "tune", "-c", str(config), "--space", str(space),
