@@ -32,6 +32,9 @@ _LAZY = {
     "show_batch": "moderncnn.viz",
     "show_results": "moderncnn.viz",
     "plot_top_losses": "moderncnn.viz",
+    "explain": "moderncnn.viz",
+    "plot_architecture": "moderncnn.viz",
+    "write_report": "moderncnn.training.run_report",
 }
 
 

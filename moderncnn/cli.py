@@ -18,7 +18,7 @@ from moderncnn.models import list_models
 # sub-command -> (module, function taking argv, one-line help). Imported only when used.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("moderncnn.cli", "list_models_main", "list the registered model names"),
-    "summary": ("moderncnn.models.layer_table", "main", "layer table: shapes, parameters, MACs"),
+    "summary": ("moderncnn.viz.diagram", "summary_main", "layer table; --diagram PNG: picture"),
     "fit": ("moderncnn.training.cli", "main", "train from a YAML config (LightningCLI)"),
     "validate": ("moderncnn.training.cli", "main", "validate a checkpoint"),
     "test": ("moderncnn.training.cli", "main", "test a checkpoint; writes a confusion matrix"),
@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("moderncnn.transfer.features", "main", "cache a frozen backbone's features"),
     "probe": ("moderncnn.transfer.probe", "main", "train a linear probe on cached features"),
     "export": ("moderncnn.cli", "export_main", "ONNX, TorchScript or safetensors, checked"),
+    "explain": ("moderncnn.viz.gradcam", "main", "Grad-CAM: where the network looked, a PNG each"),
+    "report": ("moderncnn.training.run_report", "main", "one self-contained HTML page of a run"),
     "plot": ("moderncnn.viz.curves", "plot_main", "learning curves PNG of a run"),
     "preview": ("moderncnn.training.config", "preview_main", "grid of one augmented batch"),
     "compare": ("moderncnn.training.compare", "main", "several models x seeds: accuracy and cost"),

@@ -255,8 +255,8 @@ def _build(args: argparse.Namespace) -> nn.Module:
         return create_model(args.name, **kwargs)
 
 
-def main(argv: list[str]) -> int:
-    """``moderncnn summary NAME``: print the layer table of a registered model."""
+def summary_parser() -> argparse.ArgumentParser:
+    """The options of ``moderncnn summary``; :mod:`moderncnn.viz.diagram` adds ``--diagram``."""
     parser = argparse.ArgumentParser(
         prog="moderncnn summary", description="Layer table: output shapes, parameters, MACs."
     )
@@ -271,8 +271,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--depth", type=int, default=3, help="deepest module level listed")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier width")
     parser.add_argument("--in-chans", type=int, default=3, help="input image channels")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``moderncnn summary NAME``: print the layer table of a registered model."""
     try:
-        args = parser.parse_args(argv)
+        args = summary_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, or a usage error argparse already printed
         return int(exit_.code or 0)
     try:

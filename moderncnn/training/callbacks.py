@@ -1,6 +1,7 @@
 """Callbacks the CLI adds to every run: per-epoch seeding (exact resumption) and the reports
 written into the run folder: learning curves after ``fit``; after ``test`` a confusion matrix
-(``confusion_matrix.png`` and ``.csv``) and the per-class accuracy (also printed)."""
+(``confusion_matrix.png`` and ``.csv``), the per-class accuracy (also printed) and the most
+confused class pairs (``most_confused.csv`` and ``.png``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ from torch import Tensor
 from moderncnn.io.errors import ConfigError, OutputError
 from moderncnn.viz import plot_confusion_matrix, plot_curves
 from moderncnn.viz.confusion import CONFUSION_CSV, write_confusion_matrix
+from moderncnn.viz.interpret import (
+    MOST_CONFUSED_CSV,
+    most_confused,
+    plot_most_confused,
+    write_most_confused,
+)
 
 
 def run_dir(trainer: L.Trainer) -> Path | None:
@@ -370,7 +377,13 @@ class ConfusionMatrixReport(L.Callback):
             title = f"test accuracy {accuracy:.2%}"
             labels = [plain_text_label(name) for name in names]
             plot_confusion_matrix(confusion, labels, folder / "confusion_matrix.png", title)
-            print(f"confusion matrix and per-class accuracy: {folder}")
+            pairs = most_confused(confusion, names, n=10)
+            write_most_confused(
+                folder / MOST_CONFUSED_CSV,
+                [(spreadsheet_safe(t), spreadsheet_safe(p), c) for t, p, c in pairs],
+            )
+            plot_most_confused(confusion, names, n=10, save=folder / "most_confused.png")
+            print(f"confusion matrix, per-class accuracy and most confused pairs: {folder}")
 
 
 def _class_names(trainer: L.Trainer, pl_module: L.LightningModule, n: int) -> list[str]:

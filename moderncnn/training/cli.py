@@ -44,6 +44,7 @@ from .callbacks import (
     spreadsheet_safe,
 )
 from .divergence import DivergenceWarning
+from .interpretation import RunFacts, TopLossesReport
 from .module import ImageClassifier, preprocess_of
 from .preflight import (
     LOG_MARGIN_BYTES,
@@ -56,6 +57,7 @@ from .preflight import (
     min_free_bytes,
     run_folders,
 )
+from .run_report import RunReport
 
 LOG_ROOT = "lightning_logs"
 # --ckpt_path values that Lightning resolves itself ("last"/"best" are resolved here first).
@@ -99,8 +101,11 @@ def default_callbacks() -> list[Callback]:
         LearningRateLog(),
         StopOnNonFiniteLoss(),
         DivergenceWarning(),
+        RunFacts(),
         LearningCurvesPlot(),
         ConfusionMatrixReport(),
+        TopLossesReport(),
+        RunReport(),
     ]
 
 

@@ -375,9 +375,11 @@ class ImageClassifier(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Updates the test metrics; returns the logits (the top-loss report reads them)."""
         _, logits = self._step(batch, "test")
         self.test_confusion.update(logits, batch[1])
+        return logits.detach()
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from .confusion import plot_confusion_matrix, read_confusion_matrix
 from .curves import plot_curves, read_metrics
+from .diagram import plot_architecture
+from .gradcam import Explanation, explain, grad_cam, plot_explanation
 from .images import image_grid, plot_top_losses, show_batch, show_results
 
 __all__ = [
+    "Explanation",
+    "explain",
+    "grad_cam",
+    "plot_explanation",
     "image_grid",
+    "plot_architecture",
     "plot_confusion_matrix",
     "plot_curves",
     "plot_top_losses",

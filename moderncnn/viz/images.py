@@ -22,6 +22,7 @@ from moderncnn.inference import load_model
 from moderncnn.io.errors import ConfigError, DataError
 
 from ._figure import finish, new_figure
+from .gradcam import grad_cam, overlay
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,8 +40,10 @@ def image_grid(
     title: str = "",
     save: str | Path | None = None,
     cols: int = 8,
+    heatmaps: Tensor | None = None,
 ) -> Figure:
-    """A grid of [0, 1] float images (N x 1 or 3 x H x W), each with its own title."""
+    """A grid of [0, 1] float images (N x 1 or 3 x H x W), each with its own title; with
+    ``heatmaps`` (N x H x W in [0, 1], e.g. Grad-CAM's) each drawn over its image."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise DataError(f"expected N x 1 or N x 3 x H x W images, got {tuple(images.shape)}")
     n = len(images)
@@ -52,10 +55,13 @@ def image_grid(
     for ax in axes.flat:
         ax.axis("off")
     colors = colors or ["black"] * n
-    for ax, image, text, color in zip(
-        axes.flat, images.detach().cpu(), titles, colors, strict=False
+    maps = [None] * n if heatmaps is None else list(heatmaps.detach().cpu())
+    for ax, image, text, color, heat in zip(
+        axes.flat, images.detach().cpu(), titles, colors, maps, strict=False
     ):
-        if image.shape[0] == 1:
+        if heat is not None:
+            ax.imshow(overlay(image, heat))
+        elif image.shape[0] == 1:
             ax.imshow(image[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
         else:
             ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy())
@@ -116,16 +122,19 @@ def plot_top_losses(
     max_images: int | None = None,
     save: str | Path | None = None,
     cols: int = 3,
+    gradcam: bool = False,
 ) -> Figure:
     """The ``k`` images of ``split`` with the highest cross-entropy loss: the confident
     mistakes, and often the mislabelled images. Titles: predicted / true, loss, p(true).
 
     Args:
         max_images: look at only this many images of the split (default: all of them).
+        gradcam: draw each image with the Grad-CAM map of its predicted class (where the
+            network looked when it got it wrong); needs a torch model, not an export.
     """
     _check_request(k, split)
     predict, model_names = _predictor(model)
-    kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # loss, image, label, probs
+    kept: list[tuple[Tensor, ...]] = []  # loss, image, label, probs, model input
     seen = 0
     for display, labels, inputs in _batches_with_display(datamodule, split):
         if max_images is not None and seen >= max_images:
@@ -134,12 +143,16 @@ def plot_top_losses(
         seen += take
         logits = predict(inputs[:take], datamodule).float()
         losses = F.cross_entropy(logits, labels[:take], reduction="none")
-        kept.extend(zip(losses, display[:take], labels[:take], logits.softmax(1), strict=True))
+        probs = logits.softmax(1)
+        kept.extend(zip(losses, display[:take], labels[:take], probs, inputs[:take], strict=True))
         kept = sorted(kept, key=lambda item: -float(item[0]))[:k]  # keep memory at k images
     if not kept:
         raise DataError(f"the {split} split of {type(datamodule).__name__} has no images")
-    losses, images, labels, probs = (torch.stack(column) for column in zip(*kept, strict=True))
+    losses, images, labels, probs, inputs = (
+        torch.stack(column) for column in zip(*kept, strict=True)
+    )
     predicted = probs.argmax(1)
+    maps = _gradcam_maps(model, inputs, predicted, datamodule) if gradcam else None
     names = _class_names(model_names, datamodule, torch.cat([labels, predicted]))
     titles = [
         f"{names[p]} / {names[t]}\nloss {loss:.2f}, p {prob[t]:.2f}"
@@ -147,7 +160,26 @@ def plot_top_losses(
     ]
     colors = [RIGHT if t == p else WRONG for t, p in zip(labels, predicted, strict=True)]
     title = f"top {len(kept)} losses of {seen} {split} images\npredicted / true, loss, p(true)"
-    return image_grid(images, titles, colors, title, save, cols)
+    return image_grid(images, titles, colors, title, save, cols, heatmaps=maps)
+
+
+def _gradcam_maps(
+    model: nn.Module | str | Path, inputs: Tensor, classes: Tensor, data: Any
+) -> Tensor:
+    """Grad-CAM maps of ``classes`` for the data module's ``inputs``."""
+    if isinstance(model, str | Path):
+        loaded = load_model(model)
+        if loaded.network is None:
+            raise DataError(f"{model} is an exported model: gradcam=True needs the checkpoint")
+        network = loaded.network
+        if loaded.card.preprocess is not None:  # the model's normalisation, as in _file_predictor
+            inputs = loaded.card.preprocess.normalize(_display(inputs, data))
+    else:
+        inner = getattr(model, "model", None)
+        network = inner if isinstance(inner, nn.Module) and hasattr(model, "card") else model
+    device = next(iter(network.parameters()), torch.empty(0)).device
+    maps, _ = grad_cam(network, inputs.to(device), classes)
+    return maps
 
 
 # -- data --------------------------------------------------------------------------------

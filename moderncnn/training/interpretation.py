@@ -1,0 +1,250 @@
+"""Callbacks that record what a run was and show what it got wrong, in the run folder:
+
+- :class:`RunFacts`: ``run.json``: the model (parameters, MACs, layer table), the data, the
+  epochs, wall times and hardware; what the run report's "at a glance" table shows.
+- :class:`TopLossesReport`: after ``test``, ``top_losses.png`` (the test images with the
+  highest loss, each with the Grad-CAM map of its predicted class) and ``top_losses.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from moderncnn.data.augment import denormalize
+from moderncnn.io.atomic import atomic_write_text
+from moderncnn.models.layer_table import summary
+from moderncnn.viz import grad_cam, image_grid
+
+from .callbacks import run_dir, spreadsheet_safe
+
+RUN_FACTS = "run.json"
+TOP_LOSSES_CSV = "top_losses.csv"
+
+
+def read_run_facts(folder: str | Path) -> dict[str, Any]:
+    """``run.json`` of a run folder, or {} where there is none (or it cannot be read)."""
+    try:
+        facts = json.loads((Path(folder) / RUN_FACTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    """The machine a run used: CPU, cores, torch threads, GPU and library versions."""
+    facts: dict[str, Any] = {
+        "cpu": _cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name()
+    return facts
+
+
+def _dataset_size(loader: Any) -> int | None:
+    loaders = loader if isinstance(loader, list | tuple) else [loader]
+    try:
+        return sum(len(item.dataset) for item in loaders)
+    except (TypeError, AttributeError):
+        return None
+
+
+class RunFacts(L.Callback):
+    """Writes ``run.json`` into the run folder: what the report shows "at a glance"."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+
+    def _update(self, trainer: L.Trainer, **facts: Any) -> None:
+        folder = run_dir(trainer)
+        if folder is None or not folder.is_dir():
+            return
+        merged = read_run_facts(folder) | facts
+        atomic_write_text(folder / RUN_FACTS, json.dumps(merged, indent=2, default=str) + "\n")
+
+    def _model_facts(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        card = getattr(pl_module, "card", None)
+        network = getattr(pl_module, "model", pl_module)
+        facts: dict[str, Any] = {
+            "model": getattr(card, "architecture", type(network).__name__),
+            "model_kwargs": dict(getattr(card, "model_kwargs", {}) or {}),
+            "parameters": sum(p.numel() for p in network.parameters()),
+            "class_names": card.names() if card is not None else None,
+            "data": type(trainer.datamodule).__name__ if trainer.datamodule else None,
+            "precision": str(trainer.precision),
+            "accelerator": type(trainer.accelerator).__name__.replace("Accelerator", ""),
+            "devices": trainer.num_devices,
+            "hardware": hardware(),
+        }
+        preprocess = getattr(card, "preprocess", None)
+        if preprocess is not None:
+            size = (preprocess.in_chans, preprocess.image_size, preprocess.image_size)
+            try:
+                table = summary(network, size, depth=2)
+            except (RuntimeError, ValueError):  # a network the table cannot trace
+                return facts
+            facts |= {"input_size": list(size), "macs": table.macs, "summary": str(table)}
+        return facts
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+        facts = self._model_facts(trainer, pl_module)
+        facts["started"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        facts["resumed_from"] = trainer.ckpt_path
+        self._update(trainer, **facts)
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sizes = {"train_images": _dataset_size(trainer.train_dataloader)}
+        sizes["val_images"] = _dataset_size(trainer.val_dataloaders)
+        self._update(trainer, **sizes)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        best = trainer.checkpoint_callback
+        score = getattr(best, "best_model_score", None)
+        seconds = None if self._started is None else time.perf_counter() - self._started
+        self._update(
+            trainer,
+            epochs=trainer.current_epoch,
+            steps=trainer.global_step,
+            fit_seconds=seconds,
+            best_val=None if score is None else float(score),
+            best_monitor=getattr(best, "monitor", None),
+            best_checkpoint=getattr(best, "best_model_path", None) or None,
+        )
+
+    @rank_zero_only
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+        if not (run_dir(trainer) or Path()).joinpath(RUN_FACTS).is_file():  # `moderncnn test`
+            self._update(trainer, **self._model_facts(trainer, pl_module))
+        self._update(
+            trainer,
+            tested_checkpoint=trainer.ckpt_path,
+            test_images=_dataset_size(trainer.test_dataloaders),
+        )
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = None if self._started is None else time.perf_counter() - self._started
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
+        }
+        self._update(trainer, test_seconds=seconds, test_metrics=metrics)
+
+
+class TopLossesReport(L.Callback):
+    """After ``test``: the ``k`` test images with the highest cross-entropy, as a grid with
+    the Grad-CAM map of each one's predicted class (``top_losses.png``), and as rows of
+    test index, true and predicted class, loss and probabilities (``top_losses.csv``).
+
+    Reads the logits ``ImageClassifier.test_step`` returns; keeps only ``k`` images in memory.
+    Under DDP it shows the first process's share of the test set.
+    """
+
+    def __init__(self, k: int = 16) -> None:
+        self.k = k
+        self._kept: list[tuple[float, int, Tensor, int, Tensor]] = []
+        self._seen = 0
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._kept, self._seen = [], 0
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(outputs, Tensor) or not isinstance(batch, list | tuple):
+            return
+        images, labels = batch[0], batch[1]
+        logits = outputs.float()
+        losses = F.cross_entropy(logits, labels, reduction="none").cpu()
+        probs = logits.softmax(1).cpu()
+        for row in losses.topk(min(self.k, len(losses))).indices.tolist():
+            item = (float(losses[row]), self._seen + row, images[row].cpu(), int(labels[row]))
+            self._kept.append((*item, probs[row]))
+        self._seen += len(labels)
+        self._kept = sorted(self._kept, key=lambda item: -item[0])[: self.k]
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = run_dir(trainer)
+        if not trainer.is_global_zero or not self._kept or folder is None:
+            return
+        losses, indices, images, labels, probs = zip(*self._kept, strict=True)
+        inputs, probs_ = torch.stack(images), torch.stack(probs)
+        predicted = probs_.argmax(1)
+        card = getattr(pl_module, "card", None)
+        names = card.names() if card is not None else [str(i) for i in range(probs_.shape[1])]
+        network = getattr(pl_module, "model", pl_module)
+        device = next(iter(network.parameters()), torch.empty(0)).device
+        maps, _ = grad_cam(network, inputs.to(device), predicted)
+        preprocess = getattr(card, "preprocess", None)
+        display = inputs
+        if preprocess is not None and len(preprocess.mean) == inputs.shape[1]:
+            display = denormalize(inputs, preprocess.mean, preprocess.std)
+        titles = [
+            f"{_plain(names[p])} / {_plain(names[t])}\nloss {loss:.2f}, p {prob[t]:.2f}"
+            for p, t, loss, prob in zip(predicted.tolist(), labels, losses, probs_, strict=True)
+        ]
+        right = [p == t for p, t in zip(predicted.tolist(), labels, strict=True)]
+        colors = ["#1a7f37" if ok else "#cf222e" for ok in right]
+        title = (
+            f"top {len(losses)} losses of {self._seen} test images, with Grad-CAM of the "
+            "prediction\npredicted / true, loss, p(true)"
+        )
+        image_grid(display.clamp(0, 1), titles, colors, title, folder / "top_losses.png", 4, maps)
+        with (folder / TOP_LOSSES_CSV).open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["test_index", "true", "predicted", "loss", "p_true", "p_predicted"])
+            for loss, index, label, pred, prob in zip(
+                losses, indices, labels, predicted.tolist(), probs_, strict=True
+            ):
+                writer.writerow(
+                    [
+                        index,
+                        spreadsheet_safe(names[label]),
+                        spreadsheet_safe(names[pred]),
+                        f"{loss:.4f}",
+                        f"{float(prob[label]):.4f}",
+                        f"{float(prob[pred]):.4f}",
+                    ]
+                )
+        print(f"top losses with Grad-CAM: {folder / 'top_losses.png'}")
+
+
+def _plain(text: str) -> str:
+    return text.replace("$", r"\$")

@@ -1,0 +1,232 @@
+"""``moderncnn report RUN_DIR``: one self-contained HTML page of a run.
+
+The page brings together what a run folder holds: the run at a glance (``run.json``), the
+learning curves, the confusion matrix, per-class accuracy, the most confused pairs, the top
+losses with Grad-CAM, the layer table and the resolved config. Images are embedded as data
+URIs, so the page needs no network and no server. It is built with a Jinja2 template whose
+autoescaping turns every text from the data (class names, file names, config values) into
+text, never markup.
+
+``moderncnn fit`` and ``moderncnn test`` write it at the end (:class:`RunReport`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+from jinja2 import Environment, PackageLoader, select_autoescape
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.errors import DataError, MissingFileError
+from moderncnn.viz import read_confusion_matrix
+from moderncnn.viz.interpret import most_confused
+
+from .callbacks import run_dir
+from .interpretation import TOP_LOSSES_CSV, read_run_facts
+
+REPORT = "report.html"
+FIGURES = {
+    "curves": ("curves.png", "Learning curves"),
+    "confusion": ("confusion_matrix.png", "Confusion matrix"),
+    "confused": ("most_confused.png", "Most confused pairs"),
+    "top_losses": ("top_losses.png", "Top losses, with Grad-CAM of the prediction"),
+}
+
+
+def _environment() -> Environment:
+    return Environment(
+        loader=PackageLoader("moderncnn.training", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        keep_trailing_newline=True,
+    )
+
+
+def _data_uri(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _best_val(folder: Path, facts: dict[str, Any]) -> float | None:
+    """The run's best validation accuracy: the checkpoint's record, else metrics.csv's."""
+    if facts.get("best_val") is not None and facts.get("best_monitor") == "val_acc":
+        return float(facts["best_val"])
+    values = []
+    for row in _csv_rows(folder / "metrics.csv"):
+        try:
+            values.append(float(row.get("val_acc") or "nan"))
+        except ValueError:
+            continue
+    values = [v for v in values if v == v]
+    return max(values) if values else None
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _per_class(folder: Path, names: list[str] | None) -> tuple[list[dict[str, Any]], list]:
+    """Per-class rows (class, images, correct, accuracy) and the most confused pairs, from
+    ``confusion_matrix.csv``; the class names as the model holds them (the CSV's are made
+    spreadsheet-safe)."""
+    try:
+        counts, csv_names = read_confusion_matrix(folder)
+    except (MissingFileError, DataError):
+        return [], []
+    names = names if names and len(names) == len(csv_names) else csv_names
+    rows = []
+    for name, row, correct in zip(names, counts.tolist(), counts.diag().tolist(), strict=True):
+        images = sum(row)
+        rows.append(
+            {"name": name, "images": images, "correct": correct, "accuracy": correct / images}
+            if images
+            else {"name": name, "images": 0, "correct": 0, "accuracy": None}
+        )
+    return rows, most_confused(counts, names, n=10)
+
+
+def _duration(seconds: Any) -> str | None:
+    if not isinstance(seconds, int | float):
+        return None
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _glance(folder: Path, facts: dict[str, Any], per_class: list[dict[str, Any]]) -> list:
+    """(label, value) rows of the "at a glance" table; facts not recorded are left out."""
+    test = facts.get("test_metrics") or {}
+    hw = facts.get("hardware") or {}
+    kwargs = facts.get("model_kwargs") or {}
+    counts = ("train_images", "val_images", "test_images")
+    rows = [
+        ("model", facts.get("model", "") + (f" {kwargs}" if kwargs else "")),
+        ("parameters", f"{facts['parameters']:,}" if "parameters" in facts else None),
+        (
+            "MACs per image",
+            f"{facts['macs'] / 1e6:,.1f} M at {'x'.join(map(str, facts['input_size']))}"
+            if "macs" in facts
+            else None,
+        ),
+        ("data", facts.get("data")),
+        ("classes", len(facts["class_names"]) if facts.get("class_names") else None),
+        (
+            "images (train / val / test)",
+            " / ".join(str(facts.get(k, "-")) for k in counts)
+            if any(k in facts for k in counts)
+            else None,
+        ),
+        ("epochs", facts.get("epochs")),
+        ("wall time (fit)", _duration(facts.get("fit_seconds"))),
+        ("wall time (test)", _duration(facts.get("test_seconds"))),
+        ("precision", facts.get("precision")),
+        (
+            "hardware",
+            ", ".join(
+                str(v)
+                for v in (
+                    hw.get("gpu") or hw.get("cpu"),
+                    f"{hw['cpu_cores']} cores" if hw.get("cpu_cores") else None,
+                    f"{hw['torch_threads']} torch threads" if hw.get("torch_threads") else None,
+                    f"torch {hw['torch']}" if hw.get("torch") else None,
+                )
+                if v
+            )
+            or None,
+        ),
+    ]
+    best = _best_val(folder, facts)
+    rows.append(("best val accuracy", None if best is None else f"{best:.2%}"))
+    if "test_acc" in test:
+        rows.append(("test accuracy", f"{test['test_acc']:.2%}"))
+    if "test_acc_top5" in test:
+        rows.append(("test top-5 accuracy", f"{test['test_acc_top5']:.2%}"))
+    if "test_loss" in test:
+        rows.append(("test loss", f"{test['test_loss']:.4f}"))
+    if facts.get("tested_checkpoint"):
+        rows.append(("tested checkpoint", facts["tested_checkpoint"]))
+    return [(label, value) for label, value in rows if value not in (None, "")]
+
+
+def render_report(run: str | Path) -> str:
+    """The report page of a run folder, as HTML text."""
+    folder = Path(run)
+    if not folder.is_dir():
+        raise MissingFileError(f"run folder {folder} does not exist")
+    if not (folder / "metrics.csv").is_file() and not (folder / "run.json").is_file():
+        raise DataError(
+            f"{folder} is not a run folder (it has no metrics.csv or run.json); give a "
+            "lightning_logs/version_N folder"
+        )
+    facts = read_run_facts(folder)
+    per_class, confused = _per_class(folder, facts.get("class_names"))
+    config = folder / "config.yaml"
+    figures = {
+        key: {"src": _data_uri(folder / name), "title": title, "file": name}
+        for key, (name, title) in FIGURES.items()
+    }
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=f"{facts.get('model', 'run')}: {folder.resolve().name}",
+            folder=str(folder),
+            glance=_glance(folder, facts, per_class),
+            figures=figures,
+            per_class=per_class,
+            confused=confused,
+            top_losses=_csv_rows(folder / TOP_LOSSES_CSV),
+            summary=facts.get("summary"),
+            config=config.read_text(errors="replace") if config.is_file() else None,
+        )
+    )
+
+
+def write_report(run: str | Path) -> Path:
+    """Writes ``RUN/report.html`` (atomically: a reader never sees half a page); its path."""
+    html = render_report(run)
+    path = Path(run) / REPORT
+    atomic_write_text(path, html)
+    return path
+
+
+class RunReport(L.Callback):
+    """Writes the run report at the end of ``fit`` and of ``test`` and prints its path."""
+
+    def _write(self, trainer: L.Trainer) -> None:
+        folder = run_dir(trainer)
+        if folder is None or not folder.is_dir():
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()  # flush the rows not yet written: the curves read them
+        print(f"run report: {write_report(folder)}")
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+
+def main(argv: list[str]) -> int:
+    """``moderncnn report RUN_DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="moderncnn report",
+        description="One self-contained HTML page of a run: RUN_DIR/report.html.",
+    )
+    parser.add_argument("run", help="a run folder, e.g. lightning_logs/version_0")
+    args = parser.parse_args(argv)
+    print(f"run report: {write_report(args.run)}")
+    return 0

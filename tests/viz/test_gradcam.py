@@ -1,0 +1,154 @@
+"""Grad-CAM (``moderncnn explain``): every architecture, probe models, checkpoints of any
+class count, and a map that lights up the region that decides the class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import moderncnn
+from moderncnn.cli import main as cli
+from moderncnn.inference.heads import ProbeClassifier, ProbeHead
+from moderncnn.io.card import Preprocess
+from moderncnn.io.errors import ConfigError
+from moderncnn.training.module import ImageClassifier
+from moderncnn.viz import explain, grad_cam
+from moderncnn.viz.gradcam import target_layer
+
+TINY = {"channels": [8, 16], "layers": [1, 1]}
+GREY28 = Preprocess(28, None, (0.5,), (0.25,))
+
+
+def _input_size(model: torch.nn.Module, name: str) -> tuple[int, int, int]:
+    if name.endswith("_cifar"):
+        return tuple(model.input_size)
+    smallest = getattr(model, "min_input_size", None) or (3, 32, 32)
+    return (3, max(smallest[1], 64), max(smallest[2], 64))  # the big ones at a cheap size
+
+
+# Deeper and wider variants run the same code as their family's smallest member: swept
+# (`pytest -m sweep`), as in tests/models/test_interface.py.
+DEEP = (
+    "resnet101", "resnet152", "resnext101", "wide_resnet", "preact_resnet34", "preact_resnet50",
+    "densenet161", "densenet169", "densenet201", "inception_v4_cifar", "inception_resnet_v2_cifar",
+)  # fmt: skip
+MODELS = [
+    pytest.param(n, marks=pytest.mark.sweep) if n.startswith(DEEP) else n
+    for n in moderncnn.list_models()
+]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_architecture_gives_a_map_of_its_last_stage(name: str) -> None:
+    model = moderncnn.create_model(name, num_classes=7)
+    model.train()  # explained in eval mode (aux heads off), then put back in training mode
+    size = _input_size(model, name)
+    maps, logits = grad_cam(model, torch.randn(1, *size))
+    assert maps.shape == (1, *size[1:]) and logits.shape == (1, 7)
+    assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    assert target_layer(model)[0] == model.feature_info[-1].module
+    assert model.training and all(m.training for m in model.modules())
+
+
+def _square_data(
+    n: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise; class 1 images hold a bright 8 x 8 square somewhere: the one region that
+    decides the class. Images, labels and each square's top-left corner."""
+    images = torch.rand(n, 1, 32, 32, generator=generator) * 0.4
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    corners = torch.randint(0, 25, (n, 2), generator=generator)
+    for image, label, (r, c) in zip(images, labels.tolist(), corners.tolist(), strict=True):
+        if label == 1:
+            image[:, r : r + 8, c : c + 8] = 1.0
+    return images, labels, corners
+
+
+def test_the_map_lights_up_the_region_that_decides_the_class() -> None:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = moderncnn.create_model("resnet18_cifar", num_classes=2, in_chans=1, **TINY)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(80):
+        images, labels, _ = _square_data(32, generator)
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    images, labels, corners = _square_data(64, generator)
+    images, corners = images[labels == 1], corners[labels == 1]
+    maps, logits = grad_cam(model, images, torch.ones(len(images), dtype=torch.long))
+    assert (logits.argmax(1) == 1).float().mean() > 0.9  # it learned the rule
+    for heat, (r, c) in zip(maps, corners.tolist(), strict=True):
+        inside = heat[r : r + 8, c : c + 8].mean()
+        outside = (heat.sum() - heat[r : r + 8, c : c + 8].sum()) / (32 * 32 - 64)
+        assert inside > 3 * outside, ((r, c), float(inside), float(outside))
+
+
+def test_a_probe_model_uses_its_backbones_map_and_its_own_classes() -> None:
+    backbone = moderncnn.create_model("resnet18_cifar", num_classes=0, **TINY)
+    probe = ProbeClassifier(backbone, ProbeHead(backbone.num_features, 3))
+    name, _ = target_layer(probe)
+    assert name == "backbone." + backbone.feature_info[-1].module
+    results = explain(probe, torch.randn(2, 3, 32, 32), topk=2)
+    assert [len(r.classes) for r in results] == [2, 2]
+    assert all(r.heatmap.shape == (32, 32) and r.stage == name for r in results)
+
+
+def _checkpoint(path: Path, num_classes: int) -> Path:
+    names = [f"class {i}" for i in range(num_classes)]
+    module = ImageClassifier(
+        "resnet18_cifar", num_classes=num_classes, in_chans=1, model_kwargs=TINY,
+        class_names=names, preprocess=GREY28.to_dict(),
+    )  # fmt: skip
+    saved = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(saved)
+    torch.save(saved, path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"shoe{i}.png")
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(files[-1])
+    return files
+
+
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_explain_command_writes_one_picture_per_image(
+    num_classes: int, images: list[Path], tmp_path: Path, capsys
+) -> None:
+    ckpt = _checkpoint(tmp_path / f"c{num_classes}.ckpt", num_classes)
+    out = tmp_path / "out"
+    for _ in range(2):  # a second call overwrites, and works the same
+        assert cli(["explain", "--checkpoint", str(ckpt), *map(str, images), "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        for image in images:
+            picture = Image.open(out / f"{image.stem}.gradcam.png").convert("RGB")
+            assert len(set(picture.getdata())) > 50  # an image, an overlay and bars, not blank
+            assert f"{image}: class " in printed
+    assert sorted(p.name for p in out.iterdir()) == ["shoe0.gradcam.png", "shoe1.gradcam.png"]
+
+
+def test_explain_a_chosen_class_and_the_errors(images: list[Path], tmp_path: Path, capsys) -> None:
+    ckpt = _checkpoint(tmp_path / "c.ckpt", 10)
+    [result] = explain(ckpt, images[:1], target="class 3")
+    assert result.target == "class 3"
+    assert explain(ckpt, images[:1], target=3)[0].heatmap.shape == (28, 28)
+    with pytest.raises(ConfigError, match="stage 5 does not exist; the stages are 0: layer1"):
+        explain(ckpt, images[:1], stage=5)
+    args = ["explain", "--checkpoint", str(ckpt), str(images[0]), "--out", str(tmp_path / "o")]
+    assert cli([*args, "--class", "Nope"]) == 1
+    err = capsys.readouterr().err
+    assert "moderncnn explain: error: class 'Nope' is not one of the model's classes" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+    assert cli(["explain", "--checkpoint", str(ckpt), str(tmp_path / "missing.png")]) == 1
+    assert "none of the images could be read" in capsys.readouterr().err
