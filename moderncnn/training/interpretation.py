@@ -246,5 +246,7 @@ class TopLossesReport(L.Callback):
         print(f"top losses with Grad-CAM: {folder / 'top_losses.png'}")
 
 
-def _plain(text: str) -> str:
+def _plain(text: str, width: int = 16) -> str:
+    """A class name drawn as written (``$`` would start mathtext), cut to fit a grid cell."""
+    text = text if len(text) <= width else text[: width - 1] + "\u2026"
     return text.replace("$", r"\$")
