@@ -9,6 +9,7 @@ test_weights.py.
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from pathlib import Path
@@ -361,3 +362,113 @@ def test_predict_topk_below_one_is_one_message(
     assert moderncnn_main(args) == 1
     err = capsys.readouterr().err
     assert f"topk must be a positive int, got {topk}" in err and "Traceback" not in err
+
+
+# What a checkpoint's hyperparameters hold (edited, or written by another version), and what
+# predict/export say; an unknown key outside model_kwargs (an optimiser setting) is ignored.
+ODD_HYPERPARAMETERS = {
+    "unknown argument": (
+        {"channels": [8, 16], "layers": [1, 1], "frobnicate": 3},
+        "got an unexpected keyword argument 'frobnicate'",
+    ),
+    "a number for a list": ({"channels": 8, "layers": [1]}, "object of type 'int' has no len()"),
+    "a network for hours": (
+        {"channels": [8], "layers": [1_000_000]},
+        "model.model_kwargs.layers asks for 1000000 units in all",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+@pytest.mark.parametrize("case", sorted(ODD_HYPERPARAMETERS))
+def test_unknown_hyperparameters_in_a_checkpoint_are_one_message(
+    command: str, case: str, files, cifar_samples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    model_kwargs, reason = ODD_HYPERPARAMETERS[case]
+    saved = torch.load(files["good"], weights_only=True)
+    hparams = saved["hyper_parameters"] | {"model_kwargs": model_kwargs}
+    ckpt = tmp_path / "odd.ckpt"
+    torch.save({**saved, "hyper_parameters": hparams}, ckpt)
+    image = str(next(cifar_samples_dir.glob("*.png")))
+    args = {
+        "predict": ["predict", "--checkpoint", str(ckpt), image],
+        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+    }[command]
+    assert moderncnn_main(args) == 1  # at once: `layers: [1000000]` is refused, not built
+    err = capsys.readouterr().err
+    assert f"odd.ckpt: its model_kwargs {model_kwargs!r} do not fit resnet18_cifar" in err
+    assert reason in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_unknown_hyperparameters_outside_model_kwargs_are_ignored(
+    command: str, files, cifar_samples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    saved = torch.load(files["good"], weights_only=True)
+    hparams = saved["hyper_parameters"] | {"frobnicate": 3, "optimizer": "lion"}
+    ckpt = tmp_path / "newer.ckpt"
+    torch.save({**saved, "hyper_parameters": hparams}, ckpt)
+    image = str(next(cifar_samples_dir.glob("*.png")))
+    args = {
+        "predict": ["predict", "--checkpoint", str(ckpt), image],
+        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+    }[command]
+    assert moderncnn_main(args) == 0, capsys.readouterr().err
+
+
+# -- issue #12, item 3: the documented Python API never runs pickled code -------------------
+
+
+@pytest.mark.parametrize("door", ["https", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"])
+def test_load_from_checkpoint_refuses_pickled_code_by_url_and_under_the_env_override(
+    door: str, files, tmp_path: Path, monkeypatch
+) -> None:
+    # Lightning's own loader uses weights_only=False for both: the marker file would appear.
+    if door == "https":
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        cached = tmp_path / "torch" / "hub" / "checkpoints" / "evil.ckpt"  # "downloaded" already
+        cached.parent.mkdir(parents=True)
+        shutil.copy(files["evil"], cached)
+        source = "https://example.com/models/evil.ckpt"
+    else:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+        source = str(files["evil"])
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: it holds pickled Python objects"):
+        ImageClassifier.load_from_checkpoint(source)
+    assert not files["marker"].exists()
+
+
+def test_load_from_checkpoint_refuses_plain_http(files) -> None:
+    from moderncnn.io.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="weights URL must be https://"):
+        ImageClassifier.load_from_checkpoint("http://example.com/models/good.ckpt")
+
+
+def test_load_from_checkpoint_of_a_good_file_under_the_env_override(files, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    module = ImageClassifier.load_from_checkpoint(files["good"])
+    assert module.hparams.model_kwargs == MODEL_KWARGS and not module.training
+
+
+# -- issue #12, item 11: class names a spreadsheet would run ----------------------------------
+
+
+def test_predict_csv_quotes_class_names_a_spreadsheet_would_run(
+    files, cifar_samples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    names = ['=HYPERLINK("http://evil","x")', "+1", "-2", "@SUM(A1)", "$x$", *"abcde"]
+    saved = torch.load(files["good"], weights_only=True)
+    ckpt = tmp_path / "hostile.ckpt"
+    torch.save(
+        {**saved, "hyper_parameters": saved["hyper_parameters"] | {"class_names": names}}, ckpt
+    )
+    image = str(next(cifar_samples_dir.glob("*.png")))
+    out = tmp_path / "predictions.csv"
+    args = ["predict", "--checkpoint", str(ckpt), image, "--topk", "10", "--csv", str(out)]
+    assert moderncnn_main(args) == 0, capsys.readouterr().err
+    rows = list(csv.reader(out.read_text().splitlines()))
+    cells = [cell for row in rows[1:] for cell in row]
+    assert not any(cell.startswith(("=", "+", "-", "@")) for cell in cells), cells
+    assert {row[2] for row in rows[1:]} >= {'\'=HYPERLINK("http://evil","x")', "'+1", "$x$"}

@@ -1,6 +1,7 @@
 """Bad data files behind a config: CIFAR-10 batch and meta files whose values have the wrong
 type, or no CIFAR-10 at all. Each is one line naming the file, and the refused run leaves no
-``lightning_logs/version_N`` behind (the folder is opened before the data is read)."""
+``lightning_logs/version_N`` behind (the folder is opened before the data is read). And a run's
+``metrics.csv`` with odd rows, read by ``moderncnn plot``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from moderncnn.cli import main as moderncnn_main
 from moderncnn.training.cli import main
 
 
@@ -80,3 +82,23 @@ def test_missing_cifar_leaves_no_run_folder(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "CIFAR-10 not found" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+# -- issue #12, item 11: `moderncnn plot` on a metrics.csv with odd rows ----------------------
+
+ODD_METRICS = {
+    "extra fields": "epoch,step,train_loss,val_acc\n0,5,1.0,0.5\n1,11,0.8,0.6,extra\n",
+    "epoch inf": "epoch,step,train_loss,val_acc\n0,5,1.0,0.5\ninf,11,0.8,0.6\n",
+    "epoch nan": "epoch,step,train_loss,val_acc\n0,5,1.0,0.5\nnan,11,0.8,0.6\n",
+    "not a number": "epoch,step,train_loss,val_acc\n0,5,1.0,0.5\n1,11,abc,0.6\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_METRICS))
+def test_plot_of_an_odd_metrics_row_is_one_message(case: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "metrics.csv").write_text(ODD_METRICS[case])
+    status = moderncnn_main(["plot", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert err.startswith("moderncnn plot: error: ") and "metrics.csv" in err
+    assert not (tmp_path / "curves.png").exists()

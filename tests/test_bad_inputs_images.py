@@ -3,7 +3,8 @@
 One messy two-class folder holds the files real datasets ship with (empty and truncated
 downloads, text saved as .jpg, PNG named .jpg, every PIL mode, EXIF rotation, a 1x1 image,
 a decompression bomb, a directory named like an image, a symlink loop, a macOS "._" file, a
-non-ASCII class). The folder-level mistakes (an empty class, a single class) get their own.
+non-ASCII class). The folder-level mistakes (an empty class, a single class) get their own, as
+does a file deleted or changed after the check before training.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from moderncnn.cli import main as moderncnn_main
 from moderncnn.data import ImageFolderDataModule
 from moderncnn.data.augment import denormalize
 from moderncnn.data.image_folder import EmptyClassError
 from moderncnn.data.images import BadImageError, load_image
+from moderncnn.io.errors import DataError
+from moderncnn.training.cli import main
 
 SIZE = 16  # model input side (px)
 MAX_PIXELS = 10_000  # decompression-bomb limit of these tests: 200x200 is over it
@@ -319,3 +324,85 @@ def test_followed_class_symlink_is_a_class(tmp_path: Path) -> None:
     outside = _two_classes(tmp_path / "other") / "cats"
     (root / "more_cats").symlink_to(outside)
     assert _module(root, follow_symlinks=True).class_names == ["cats", "dogs", "more_cats"]
+
+
+# -- issue #12: a file deleted or changed after the check before training ---------------------
+
+
+def _folder_of(root: Path, per_class: int = 6) -> Path:
+    for label in ("cats", "dogs"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            _gradient().save(root / label / f"{i}.png")
+    return root
+
+
+def test_a_file_deleted_or_changed_after_the_check_is_skipped_and_named(
+    tmp_path: Path, caplog
+) -> None:
+    dm = _module(_folder_of(tmp_path / "data"), val_fraction=0.0)
+    dm.setup("fit")
+    (deleted, _), (changed, _) = dm.train_set.samples[:2]
+    deleted.unlink()
+    changed.write_text("<html>overwritten by a sync</html>")
+    with caplog.at_level(logging.WARNING):
+        sizes = [len(labels) for _, labels in dm.train_dataloader()]
+    assert sum(sizes) == len(dm.train_set)  # every batch full: the next image took the place
+    assert f"{deleted}: " in caplog.text and f"{changed}: " in caplog.text
+    assert "deleted or changed since the check before training" in caplog.text
+    assert set(dm.train_set.lost) == {deleted, changed}
+
+
+def test_every_file_gone_after_the_check_is_one_message(tmp_path: Path) -> None:
+    dm = _module(_folder_of(tmp_path / "data", per_class=2), val_fraction=0.0)
+    dm.setup("fit")
+    for path, _ in dm.train_set.samples:
+        path.unlink()
+    with pytest.raises(DataError, match="none of the 4 image files checked before training"):
+        dm.train_set[0]
+
+
+def test_fit_survives_a_file_deleted_after_the_check(
+    tmp_path: Path, monkeypatch, caplog, capsys
+) -> None:
+    root = _folder_of(tmp_path / "data")
+    victim = root / "cats" / "0.png"
+    split = ImageFolderDataModule._split
+
+    def split_then_delete(self) -> None:  # after the check, before the first batch
+        split(self)
+        victim.unlink(missing_ok=True)
+
+    monkeypatch.setattr(ImageFolderDataModule, "_split", split_then_delete)
+    config = {
+        "model": {"model": "resnet18_cifar", "model_kwargs": {"channels": [8], "layers": [1]}},
+        "data": {
+            "class_path": "moderncnn.data.ImageFolderDataModule",
+            "init_args": {"root": str(root), "image_size": SIZE, "batch_size": 4,
+                          "val_fraction": 0.0, "test_fraction": 0.0},
+        },
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "accelerator": "cpu",
+                    "enable_model_summary": False},
+        "test_after_fit": False,
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        status = main(["fit", "-c", "config.yaml"])
+    err = capsys.readouterr().err
+    assert status == 0, err[-2000:]
+    assert "Traceback" not in err
+    assert f"{victim}: " in caplog.text + err
+    assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_features_at_224_skips_a_resize_bomb_and_names_it(tmp_path: Path, capsys) -> None:
+    # A 1x100000 PNG (under 300 bytes) made `features --image-size 224` ask for 19.7 GB.
+    root = _two_classes(tmp_path / "data")
+    Image.new("L", (1, 100_000)).save(root / "cats" / "strip.png")
+    args = ["features", "--backbone", "resnet18_cifar", "--data", str(root),
+            "--model-kwargs", '{"channels": [8], "layers": [1]}',
+            "--out", str(tmp_path / "cache"), "--image-size", "224"]  # fmt: skip
+    assert moderncnn_main(args) == 0
+    out = "".join(capsys.readouterr())
+    assert "strip.png: 1x100000 has an aspect ratio of 100000:1" in out and "Traceback" not in out

@@ -30,7 +30,13 @@ from moderncnn.io.errors import DataError
 
 from ._checks import check_fraction, check_non_negative_int, check_positive_int, check_seed
 from .augment import AugmentationSpec, build_transforms, denormalize
-from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, load_image, scan_images
+from .images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    load_image,
+    scan_images,
+)
 from .stats import IMAGENET
 
 log = logging.getLogger(__name__)
@@ -161,19 +167,40 @@ class FitToSize(nn.Module):
 
 
 class ImageFolderSamples(Dataset):
-    """(path, label) samples decoded with :func:`load_image` and transformed."""
+    """(path, label) samples decoded with :func:`load_image` and transformed.
+
+    A file deleted or changed after :meth:`ImageFolderDataModule.setup` checked it is skipped,
+    not fatal (issue #12): it is named in one warning (per process) and the next readable sample
+    takes its place, so the batch keeps its size and a long run does not stop mid-epoch.
+    """
 
     def __init__(
         self, samples: list[tuple[Path, int]], transform: v2.Transform, max_image_pixels: int | None
     ) -> None:
         self.samples, self.transform, self.max_image_pixels = samples, transform, max_image_pixels
+        self.lost: dict[Path, str] = {}  # {path: reason}: unreadable since the check
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        path, label = self.samples[index]
-        return self.transform(load_image(path, self.max_image_pixels)), label
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            if path in self.lost:
+                continue
+            try:
+                return self.transform(load_image(path, self.max_image_pixels)), label
+            except BadImageError as err:
+                self.lost[path] = str(err)
+                log.warning(
+                    "%s (deleted or changed since the check before training): skipped, the next "
+                    "image of the split takes its place",
+                    err,
+                )
+        raise DataError(
+            f"none of the {len(self.samples)} image files checked before training can be read "
+            f"any more (e.g. {next(iter(self.lost), None)}); were they moved or deleted?"
+        )
 
 
 class ImageFolderDataModule(L.LightningDataModule):

@@ -39,6 +39,7 @@ from moderncnn.io.checkpoint import read_checkpoint, read_state_dict, unwrap_sta
 from moderncnn.io.download import cache_dir
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 from moderncnn.models import create_model, is_model
+from moderncnn.models.factory import check_model_kwargs
 from moderncnn.models.pretrained import find_pretrained, load_pretrained
 
 from .backbone import headless, under_bf16, weights_sha256
@@ -284,9 +285,17 @@ def build_network(card: ModelCard, where: str = "model card") -> nn.Module:
             "be rebuilt from the file; load its weights into the module in Python"
         )
     classes = 0 if card.kind == "backbone" else card.num_classes
-    return create_model(
-        card.architecture, num_classes=classes, in_chans=card.in_chans, **dict(card.model_kwargs)
-    )
+    kwargs = dict(card.model_kwargs)
+    try:
+        check_model_kwargs(kwargs)  # a crafted `layers: [1000000]` would build for hours
+        return create_model(
+            card.architecture, num_classes=classes, in_chans=card.in_chans, **kwargs
+        )
+    except (TypeError, ValueError) as err:  # an unknown argument, a number for a list, a size
+        raise DataError(
+            f"{where}: its model_kwargs {kwargs!r} do not fit {card.architecture} ({err}); the "
+            "file was edited or written by another version of moderncnn: save it again"
+        ) from err
 
 
 def _load_state(network: nn.Module, state: Mapping[str, Tensor], card: ModelCard, where: str):

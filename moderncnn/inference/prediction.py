@@ -22,14 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.safe_text import spreadsheet_safe
 
 from .loading import Prediction, load_model
 from .runtimes import PRECISIONS, RUNTIMES, THREADS_ENV
 
 __all__ = ["Prediction", "main", "predict", "spreadsheet_safe", "write_csv", "write_json"]
-
-# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def predict(
@@ -66,11 +64,6 @@ def predict(
     return model.predict(
         inputs, topk=topk, batch_size=batch_size, transform=transform, device=device
     )
-
-
-def spreadsheet_safe(text: str) -> str:
-    """``text``, with a leading quote if a spreadsheet would run it as a formula."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def write_csv(predictions: list[Prediction], path: str | Path) -> None:

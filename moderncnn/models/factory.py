@@ -1,13 +1,20 @@
-"""``create_model``: a registered architecture by name, with pretrained weights if asked."""
+"""``create_model``: a registered architecture by name, with pretrained weights if asked; and
+``check_model_kwargs``, the size bounds that every door building a model from a config or a file
+(training, ``load_model``, ``predict``, ``export``) checks first."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
+
+from moderncnn.io.errors import ConfigError
 
 from ._registry import model_entrypoint
 from .pretrained import load_pretrained
 
-__all__ = ["create_model"]
+__all__ = ["check_model_kwargs", "create_model"]
 
 
 def create_model(
@@ -36,3 +43,46 @@ def create_model(
             model, weights, model_name=name, transform_input=kwargs.get("transform_input")
         )
     return model
+
+
+# Bounds on model_kwargs: the deepest published ResNet (ResNet-1202) has 600 residual units.
+MAX_MODEL_UNITS = 1000
+MAX_MODEL_INT = 65536  # widths, growth rates, ...: torchvision's widest layer has 2048 channels
+_UNIT_KEYS = ("layers", "block_config")
+
+
+def _ints(value: Any, where: str) -> list[tuple[str, int]]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [(where, value)]
+    if isinstance(value, Mapping):
+        return [pair for k, v in value.items() for pair in _ints(v, f"{where}.{k}")]
+    if isinstance(value, list | tuple):
+        return [pair for i, v in enumerate(value) for pair in _ints(v, f"{where}[{i}]")]
+    return []
+
+
+def check_model_kwargs(model_kwargs: Any) -> None:
+    """Refuses ``model_kwargs`` sizes that would take hours to build or all the memory:
+    more than :data:`MAX_MODEL_UNITS` units (``layers: [1000000]``), or any number above
+    :data:`MAX_MODEL_INT`."""
+    if not isinstance(model_kwargs, Mapping):
+        raise ConfigError(
+            f"model.model_kwargs must be a mapping of keyword arguments, got {model_kwargs!r}"
+        )
+    for key in _UNIT_KEYS:
+        value = model_kwargs.get(key)
+        units = _ints(value, key) if isinstance(value, list | tuple) else []
+        total = sum(n for _, n in units)
+        if total > MAX_MODEL_UNITS:
+            raise ConfigError(
+                f"model.model_kwargs.{key} asks for {total} units in all, more than the "
+                f"{MAX_MODEL_UNITS} this library builds (ResNet-1202 has 600); use fewer"
+            )
+    for where, value in _ints(dict(model_kwargs), "model.model_kwargs"):
+        if abs(value) > MAX_MODEL_INT:
+            raise ConfigError(
+                f"{where} is {value}, above {MAX_MODEL_INT}: a network that size would not fit "
+                "in memory; use a smaller value"
+            )

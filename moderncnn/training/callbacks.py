@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from moderncnn.io.errors import ConfigError, OutputError
+from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
 from moderncnn.viz import plot_confusion_matrix, plot_curves
 from moderncnn.viz.confusion import CONFUSION_CSV, write_confusion_matrix
 from moderncnn.viz.interpret import (
@@ -85,22 +86,6 @@ class SeedEachEpoch(L.Callback):
             fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
             if fetcher is not None:
                 iter(fetcher)
-
-
-# Spreadsheets run a cell that starts with one of these as a formula (CSV injection).
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(text: str) -> str:
-    """``text`` for a CSV cell: a leading ``'`` when a spreadsheet would read it as a formula
-    (``=HYPERLINK(...)``, ``+1``, ``@SUM``), as OWASP recommends; other text unchanged."""
-    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
-
-
-def plain_text_label(text: str) -> str:
-    """``text`` for a matplotlib label: ``$`` escaped, so ``$x$`` is not read as mathtext
-    (which fails to draw when malformed, e.g. ``$\\frac$``)."""
-    return text.replace("$", r"\$")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -25,10 +25,11 @@ from torch import Tensor
 
 from moderncnn.data.augment import denormalize
 from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import grad_cam, image_grid
 
-from .callbacks import run_dir, spreadsheet_safe
+from .callbacks import run_dir
 
 RUN_FACTS = "run.json"
 TOP_LOSSES_CSV = "top_losses.csv"
@@ -216,8 +217,9 @@ class TopLossesReport(L.Callback):
         display = inputs
         if preprocess is not None and len(preprocess.mean) == inputs.shape[1]:
             display = denormalize(inputs, preprocess.mean, preprocess.std)
+        short = [plain_text_label(name, 16) for name in names]
         titles = [
-            f"{_plain(names[p])} / {_plain(names[t])}\nloss {loss:.2f}, p {prob[t]:.2f}"
+            f"{short[p]} / {short[t]}\nloss {loss:.2f}, p {prob[t]:.2f}"
             for p, t, loss, prob in zip(predicted.tolist(), labels, losses, probs_, strict=True)
         ]
         right = [p == t for p, t in zip(predicted.tolist(), labels, strict=True)]
@@ -244,9 +246,3 @@ class TopLossesReport(L.Callback):
                     ]
                 )
         print(f"top losses with Grad-CAM: {folder / 'top_losses.png'}")
-
-
-def _plain(text: str, width: int = 16) -> str:
-    """A class name drawn as written (``$`` would start mathtext), cut to fit a grid cell."""
-    text = text if len(text) <= width else text[: width - 1] + "\u2026"
-    return text.replace("$", r"\$")

@@ -33,6 +33,7 @@ from torch import nn
 
 from moderncnn.io.checkpoint import CheckpointError, read_checkpoint
 from moderncnn.io.errors import ConfigError
+from moderncnn.models.factory import check_model_kwargs
 
 __all__ = [
     "OutputFolderError",
@@ -251,49 +252,6 @@ def check_resume_settings(path: str | Path, checkpoint: Any, module: L.Lightning
             "start a new run without --ckpt_path (model.model_kwargs.weights set to the "
             "checkpoint starts it from those weights)"
         )
-
-
-# Bounds on model_kwargs: the deepest published ResNet (ResNet-1202) has 600 residual units.
-MAX_MODEL_UNITS = 1000
-MAX_MODEL_INT = 65536  # widths, growth rates, ...: torchvision's widest layer has 2048 channels
-_UNIT_KEYS = ("layers", "block_config")
-
-
-def _ints(value: Any, where: str) -> list[tuple[str, int]]:
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int):
-        return [(where, value)]
-    if isinstance(value, Mapping):
-        return [pair for k, v in value.items() for pair in _ints(v, f"{where}.{k}")]
-    if isinstance(value, list | tuple):
-        return [pair for i, v in enumerate(value) for pair in _ints(v, f"{where}[{i}]")]
-    return []
-
-
-def check_model_kwargs(model_kwargs: Any) -> None:
-    """Refuses ``model_kwargs`` sizes that would take hours to build or all the memory:
-    more than :data:`MAX_MODEL_UNITS` units (``layers: [1000000]``), or any number above
-    :data:`MAX_MODEL_INT`."""
-    if not isinstance(model_kwargs, Mapping):
-        raise ConfigError(
-            f"model.model_kwargs must be a mapping of keyword arguments, got {model_kwargs!r}"
-        )
-    for key in _UNIT_KEYS:
-        value = model_kwargs.get(key)
-        units = _ints(value, key) if isinstance(value, list | tuple) else []
-        total = sum(n for _, n in units)
-        if total > MAX_MODEL_UNITS:
-            raise ConfigError(
-                f"model.model_kwargs.{key} asks for {total} units in all, more than the "
-                f"{MAX_MODEL_UNITS} this library builds (ResNet-1202 has 600); use fewer"
-            )
-    for where, value in _ints(dict(model_kwargs), "model.model_kwargs"):
-        if abs(value) > MAX_MODEL_INT:
-            raise ConfigError(
-                f"{where} is {value}, above {MAX_MODEL_INT}: a network that size would not fit "
-                "in memory; use a smaller value"
-            )
 
 
 # -- channels-last on a CPU -------------------------------------------------------------------

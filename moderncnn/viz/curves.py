@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -48,8 +49,31 @@ def metrics_file(run: str | Path) -> Path:
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a metrics.csv, each cell checked to be a number (epoch and step finite),
+    so a hand-edited or cut file is one message naming its line, not a traceback."""
     with path.open(newline="") as file:
-        return list(csv.DictReader(file))
+        reader = csv.DictReader(file)
+        rows = list(reader)
+    for line, row in enumerate(rows, start=2):
+        if None in row:
+            raise DataError(
+                f"{path}: line {line} has more fields than the header "
+                f"({len(reader.fieldnames or [])}); fix or delete that line"
+            )
+        for column, value in row.items():
+            if not value:
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                raise DataError(
+                    f"{path}: line {line}, column {column!r}: {value!r} is not a number"
+                ) from None
+            if column in ("epoch", "step") and not (math.isfinite(number) and number >= 0):
+                raise DataError(
+                    f"{path}: line {line}: {column} must be a whole number >= 0, got {value!r}"
+                )
+    return rows
 
 
 def read_metrics(metrics_csv: str | Path) -> dict[int, dict[str, float]]:

@@ -29,6 +29,7 @@ from moderncnn.data.images import BadImageError, load_image
 from moderncnn.inference import LoadedModel, load_model
 from moderncnn.io.card import ModelCard
 from moderncnn.io.errors import ConfigError, DataError
+from moderncnn.io.safe_text import plain_text_label
 
 from ._figure import finish, new_figure
 
@@ -301,7 +302,7 @@ def plot_explanation(result: Explanation, save: str | Path | None = None) -> Fig
         ax.axis("off")
     ranks = list(range(len(result.classes)))[::-1]
     right.barh(ranks, result.probabilities, color="#4c72b0")
-    right.set_yticks(ranks, [_plain(c) for c in result.classes], fontsize=8)
+    right.set_yticks(ranks, [plain_text_label(c) for c in result.classes], fontsize=8)
     right.set_xlim(0, 1)
     right.set_xlabel("probability")
     for rank, p in zip(ranks, result.probabilities, strict=True):
@@ -309,11 +310,6 @@ def plot_explanation(result: Explanation, save: str | Path | None = None) -> Fig
     right.set_title(f"top {len(result.classes)}", fontsize=9)
     figure.tight_layout()
     return finish(figure, save)
-
-
-def _plain(text: str) -> str:
-    """A class name drawn as written: ``$`` would start matplotlib's mathtext."""
-    return text.replace("$", r"\$")
 
 
 # -- command line ------------------------------------------------------------------------

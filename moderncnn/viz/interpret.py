@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from moderncnn.io.errors import ConfigError
+from moderncnn.io.safe_text import plain_text_label
 
 from ._figure import finish, new_figure
 from .confusion import read_confusion_matrix
@@ -81,7 +82,7 @@ def plot_most_confused(
         ax.text(0.5, 0.5, "no confused pairs: every image was right", ha="center", va="center")
         ax.axis("off")
         return finish(figure, save)
-    labels = [f"{_plain(t)} \u2192 {_plain(p)}" for t, p, _ in pairs][::-1]
+    labels = [f"{plain_text_label(t)} \u2192 {plain_text_label(p)}" for t, p, _ in pairs][::-1]
     counts = [c for _, _, c in pairs][::-1]
     ax.barh(range(len(pairs)), counts, color="#cf222e")
     ax.set_yticks(range(len(pairs)), labels, fontsize=8)
@@ -91,7 +92,3 @@ def plot_most_confused(
     ax.set_title(f"the {len(pairs)} most confused pairs")
     figure.tight_layout()
     return finish(figure, save)
-
-
-def _plain(text: str) -> str:
-    return text.replace("$", r"\$")

@@ -77,7 +77,9 @@ def test_two_process_ddp_fit_writes_one_run_and_learns_like_one_process(
     (run,) = (ddp_dir / "lightning_logs").iterdir()
     assert run.name == "version_0"
     assert [p.name for p in ddp_dir.rglob("metrics.csv")] == ["metrics.csv"]
-    assert sorted(p.name for p in ddp_dir.rglob("*.png")) == ["confusion_matrix.png", "curves.png"]
+    pictures = ["confusion_matrix.png", "curves.png", "most_confused.png", "top_losses.png"]
+    assert sorted(p.name for p in ddp_dir.rglob("*.png")) == pictures
+    assert [p.name for p in ddp_dir.rglob("report.html")] == ["report.html"]
     assert done.stdout.count("Test accuracy:") == 1  # printed by rank 0 only
     # 1,024 training images, 2 x 32 per step: 16 steps per epoch (one process would take 32).
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
