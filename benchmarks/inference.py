@@ -90,7 +90,9 @@ def gflops_per_image(model: nn.Module, size: int) -> float:
 
 
 def peers(onnx: Path, threads: int) -> dict[str, Callable[[Tensor], Tensor]]:
-    """ONNX Runtime and OpenVINO at their defaults (threads pinned), on our ONNX file."""
+    """ONNX Runtime and OpenVINO (threads pinned) on our ONNX file. OpenVINO computes in bf16
+    by default where the CPU has bf16 units: its fp32 peer asks for f32, and its default is a
+    bf16 row of its own."""
     out = {}
     if "onnxruntime" in installed_runtimes():
         import onnxruntime as ort
@@ -102,8 +104,13 @@ def peers(onnx: Path, threads: int) -> dict[str, Callable[[Tensor], Tensor]]:
     if "openvino" in installed_runtimes():
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(onnx), "CPU", {"INFERENCE_NUM_THREADS": threads})
-        out["peer OpenVINO"] = lambda x: compiled(x.numpy())[0]
+        core = ov.Core()
+        f32 = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = core.compile_model(str(onnx), "CPU", f32)
+        out["peer OpenVINO fp32"] = lambda x: compiled(x.numpy())[0]
+        if cpu_has_bf16():
+            default = core.compile_model(str(onnx), "CPU", {"INFERENCE_NUM_THREADS": threads})
+            out["peer OpenVINO bf16 (its default)"] = lambda x: default(x.numpy())[0]
     return out
 
 
@@ -127,6 +134,12 @@ def variants(name: str, size: int, folder: Path, args) -> tuple[dict, Tensor, fl
     table[f"ours auto fp32 ({auto.engine})"] = auto
     if "openvino" in installed_runtimes() and auto.engine != "openvino":
         table["ours openvino fp32"] = load_model(saved, runtime="openvino", threads=args.threads)
+    if cpu_has_bf16():  # BN folded + bf16 autocast; OpenVINO's bf16 kernels
+        table["ours torch bf16"] = load_model(saved, runtime="torch", precision="bf16")
+        if "openvino" in installed_runtimes():
+            table["ours openvino bf16"] = load_model(
+                saved, runtime="openvino", precision="bf16", threads=args.threads
+            )
     table.update(peers(auto.onnx_file(), args.threads))
     if name in args.int8:
         int8 = int8_path(auto.onnx_file())
@@ -140,15 +153,18 @@ def variants(name: str, size: int, folder: Path, args) -> tuple[dict, Tensor, fl
 
 
 def fidelity(table: dict, images: Tensor) -> dict[str, str]:
-    """max |Δlogit| vs torchvision (fp32), top-1 agreement with it (int8), on the real images."""
+    """max |Δlogit| vs torchvision (fp32; bf16 with its top-1 agreement), top-1 agreement with
+    it (int8), on the real images."""
     with torch.inference_mode():
         reference = table["torchvision eager fp32"](images)
         out = {}
         for label, fn in table.items():
             logits = torch.as_tensor(np.asarray(fn(images))).float()
+            agree = (logits.argmax(1) == reference.argmax(1)).float().mean().item()
             if "int8" in label:
-                agree = (logits.argmax(1) == reference.argmax(1)).float().mean().item()
                 out[label] = f"top-1 {agree:.0%}"
+            elif "bf16" in label:
+                out[label] = f"{(logits - reference).abs().max().item():.1e}, top-1 {agree:.0%}"
             else:
                 out[label] = f"{(logits - reference).abs().max().item():.1e}"
     return out
@@ -164,9 +180,13 @@ def run(args) -> list[str]:
         "",
         f"`python benchmarks/inference.py --rounds {args.rounds}`: torch {torch.__version__}, "
         f"{threads} threads for every runtime, {os.cpu_count()} cores, bf16 units: "
-        f"{'yes' if cpu_has_bf16() else 'no'}. **The machine was busy** (other engineers' "
-        f"tests; load average {load:.1f} at the start): torch's thread pool suffers most from "
-        "that, so ratios to torchvision are those of a shared machine, not a quiet one.",
+        f"{'yes' if cpu_has_bf16() else 'no'}; load average {load:.1f} at the start"
+        + (
+            " (**a busy machine**: torch's thread pool suffers most from that, so ratios to "
+            "torchvision are those of a shared machine, not a quiet one)."
+            if load > 1.0
+            else " (a quiet machine)."
+        ),
         "",
         "| model | batch | variant | images/s | × torchvision | GFLOP/s | of GEMM peak "
         "| fidelity |",

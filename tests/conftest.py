@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,16 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The user cache ($TORCH_HOME: weights, ONNX exports) in a temporary folder: the tests
+    write nothing into the user's home and find nothing an earlier session left there."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture

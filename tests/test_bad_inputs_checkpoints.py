@@ -237,11 +237,7 @@ def test_predict_and_export_refuse_empty_or_text_files(
     data, message = NOT_CHECKPOINTS[kind]
     ckpt = tmp_path / f"{kind}.ckpt"
     ckpt.write_bytes(data)
-    image = str(next(cifar_samples_dir.glob("*.png")))
-    args = {
-        "predict": ["predict", "--checkpoint", str(ckpt), image],
-        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
-    }[command]
+    args = _command_line(command, ckpt, cifar_samples_dir, tmp_path)
     assert moderncnn_main(args) == 1
     err = capsys.readouterr().err
     assert kind in err and "Traceback" not in err, err
@@ -366,6 +362,15 @@ def test_predict_topk_below_one_is_one_message(
 
 # What a checkpoint's hyperparameters hold (edited, or written by another version), and what
 # predict/export say; an unknown key outside model_kwargs (an optimiser setting) is ignored.
+def _command_line(command: str, ckpt: Path, images: Path, tmp_path: Path) -> list[str]:
+    """``predict`` of one image, or ``export`` to ONNX, of ``ckpt``."""
+    image = str(next(images.glob("*.png")))
+    return {
+        "predict": ["predict", "--checkpoint", str(ckpt), image],
+        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+    }[command]
+
+
 ODD_HYPERPARAMETERS = {
     "unknown argument": (
         {"channels": [8, 16], "layers": [1, 1], "frobnicate": 3},
@@ -389,11 +394,7 @@ def test_unknown_hyperparameters_in_a_checkpoint_are_one_message(
     hparams = saved["hyper_parameters"] | {"model_kwargs": model_kwargs}
     ckpt = tmp_path / "odd.ckpt"
     torch.save({**saved, "hyper_parameters": hparams}, ckpt)
-    image = str(next(cifar_samples_dir.glob("*.png")))
-    args = {
-        "predict": ["predict", "--checkpoint", str(ckpt), image],
-        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
-    }[command]
+    args = _command_line(command, ckpt, cifar_samples_dir, tmp_path)
     assert moderncnn_main(args) == 1  # at once: `layers: [1000000]` is refused, not built
     err = capsys.readouterr().err
     assert f"odd.ckpt: its model_kwargs {model_kwargs!r} do not fit resnet18_cifar" in err
@@ -409,11 +410,7 @@ def test_unknown_hyperparameters_outside_model_kwargs_are_ignored(
     hparams = saved["hyper_parameters"] | {"frobnicate": 3, "optimizer": "lion"}
     ckpt = tmp_path / "newer.ckpt"
     torch.save({**saved, "hyper_parameters": hparams}, ckpt)
-    image = str(next(cifar_samples_dir.glob("*.png")))
-    args = {
-        "predict": ["predict", "--checkpoint", str(ckpt), image],
-        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
-    }[command]
+    args = _command_line(command, ckpt, cifar_samples_dir, tmp_path)
     assert moderncnn_main(args) == 0, capsys.readouterr().err
 
 

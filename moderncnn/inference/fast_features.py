@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from moderncnn.io.card import ModelCard
+from moderncnn.io.download import cache_dir
 from moderncnn.io.errors import ConfigError, ModernCNNError
 
 from .backbone import feature_fn, under_bf16, weights_sha256
@@ -96,12 +97,19 @@ def _onnx_features(backbone, card, folder, engine, precision, threads, may_fall_
 
 
 def _cached_backbone_export(backbone: nn.Module, card: ModelCard, folder: Path, size: tuple):
+    """The backbone's verified ONNX export, kept in the user cache (beside torchvision's
+    weights, ``$TORCH_HOME/hub/checkpoints/onnx``) by the hash of its weights, card and input
+    size: feature caches stay features only, and every folder a backbone reads shares one
+    export. Where that cache is read-only, the export goes beside the features."""
     digest = hashlib.sha256(weights_sha256(backbone).encode())
     digest.update(json.dumps([card.replace(metrics={}).to_dict(), list(size)]).encode())
-    out = folder / f"backbone.{digest.hexdigest()[:16]}.onnx"
-    if out.is_file() and sidecar_path(out).is_file():
-        return out
-    for old in folder.glob("backbone.*.onnx*"):  # of other weights or sizes
-        old.unlink(missing_ok=True)
+    name = f"backbone-{card.architecture}.{digest.hexdigest()[:16]}.onnx"
+    shared, local = cache_dir() / "onnx" / name, folder / name
+    for out in (shared, local):
+        if out.is_file() and sidecar_path(out).is_file():
+            return out
     card = card.replace(class_names=None, num_classes=0, kind="backbone")
-    return export_model(backbone, out, "onnx", size, dynamic_batch=True, card=card)
+    try:
+        return export_model(backbone, shared, "onnx", size, dynamic_batch=True, card=card)
+    except PermissionError:
+        return export_model(backbone, local, "onnx", size, dynamic_batch=True, card=card)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -181,6 +182,15 @@ def resolve_threads(threads: int | None = None) -> int:
 # --- running an ONNX file ------------------------------------------------------------------------
 
 
+def _as_numpy(x: Tensor) -> np.ndarray:
+    """A C-contiguous float32 array of ``x``, copied by numpy, not by torch: a torch copy of a
+    channels-last batch wakes torch's thread pool, whose threads then spin on the cores the
+    ONNX runtime's threads need (GoogLeNet, batch 1, 2 cores: 35 vs 60 images/s)."""
+    x = x.detach().cpu()
+    x = x if x.dtype == torch.float32 else x.float()  # numpy has no bfloat16
+    return np.ascontiguousarray(x.numpy())
+
+
 def onnxruntime_session(path: Path, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session with ``threads`` intra-op workers.
 
@@ -201,7 +211,7 @@ def _onnxruntime_runner(path: Path, threads: int | None) -> Callable[[Tensor], T
     name = session.get_inputs()[0].name
 
     def run_onnxruntime(x: Tensor) -> Tensor:
-        images = x.detach().cpu().float().contiguous().numpy()
+        images = _as_numpy(x)
         return torch.from_numpy(session.run(None, {name: images})[0])
 
     return run_onnxruntime
@@ -233,7 +243,7 @@ def _openvino_runner(path: Path, threads: int | None, precision: str):
     request = openvino_compiled(path, threads, precision).create_infer_request()
 
     def run_openvino(x: Tensor) -> Tensor:
-        images = x.detach().cpu().float().contiguous().numpy()
+        images = _as_numpy(x)
         request.infer({0: images})
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 

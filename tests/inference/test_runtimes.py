@@ -4,6 +4,7 @@ its accuracy on real images; bf16 and threads are checked in one line."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -210,5 +211,24 @@ def test_predict_and_features_cli_choose_the_runtime(
             weights=str(folder), runtime=engine, progress=False,
         )  # fmt: skip
         feats[engine] = cache.features(cache.splits[0])
-    assert list((tmp_path / "onnxruntime").glob("backbone.*.onnx"))
+    exports = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / "onnx"
+    assert list(exports.glob("backbone-resnet18_cifar.*.onnx"))  # shared by every folder
+    assert not list((tmp_path / "onnxruntime").glob("*.onnx"))  # the features cache: features
     torch.testing.assert_close(feats["onnxruntime"], feats["torch"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not rt.cpu_has_bf16(), reason="this CPU has no bf16 units (AVX512-BF16/AMX)")
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_bf16_gives_fp32s_classes_within_bf16_rounding(engine: str, tmp_path: Path) -> None:
+    pytest.importorskip("openvino") if engine == "openvino" else None
+    folder, model, size = saved(tmp_path, "resnet18_cifar", **TINY)
+    x = torch.randn(16, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x)
+    loaded = load_model(folder, runtime=engine, precision="bf16")
+    actual = loaded(x).float()
+    assert loaded.engine == engine
+    scale = expected.abs().max().item()
+    assert (actual - expected).abs().max() <= 0.05 * scale  # bf16 keeps 8 bits of mantissa
+    assert (actual - expected).abs().max() > 0  # really computed in bf16
+    assert (actual.argmax(1) == expected.argmax(1)).float().mean() >= 0.9

@@ -124,6 +124,25 @@ def test_the_report_is_one_self_contained_escaped_page(run: Path, capsys) -> Non
     assert folder_line.sub(b"", after) == folder_line.sub(b"", before)
 
 
+def test_test_alone_writes_its_own_report(run: Path, capsys) -> None:
+    where = run.parent.parent
+    cwd = os.getcwd()
+    os.chdir(where)
+    try:
+        assert cli(["test", "-c", "config.yaml", "--ckpt_path", "best"]) == 0
+    finally:
+        os.chdir(cwd)
+    tested = where / "lightning_logs" / "version_1"
+    printed = capsys.readouterr().out
+    assert f"run report: {Path('lightning_logs/version_1/report.html')}" in printed
+    html = (tested / "report.html").read_text()
+    facts = json.loads((tested / "run.json").read_text())
+    assert "best-epoch=" in facts["tested_checkpoint"] and facts["test_images"] == 30
+    assert "<th>test accuracy</th>" in html and "no curves.png in this run folder" in html
+    assert len(_embedded_pngs(html)) == 3  # confusion, confused pairs, top losses
+    assert (run / "report.html").is_file()  # the fit's page is left as it was
+
+
 def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path, capsys) -> None:
     assert cli(["report", str(tmp_path)]) == 1
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from moderncnn.data import FashionMNISTDataModule
-from moderncnn.io.errors import DataError, MissingFileError
+from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 from moderncnn.models import create_model
 from moderncnn.training.config import preview_main
 from moderncnn.viz import (
@@ -183,6 +183,39 @@ def test_top_losses_are_sorted_and_limited(fashion: FashionMNISTDataModule) -> N
     ]
     assert len(losses) == 4 and losses == sorted(losses, reverse=True)
     assert "of 20 val images" in figure.get_suptitle()
+
+
+def test_top_losses_with_gradcam_draw_each_image_under_its_map(
+    fashion: FashionMNISTDataModule,
+) -> None:
+    model = create_model(
+        "resnet18_cifar", num_classes=10, in_chans=1, channels=(8, 16), layers=(1, 1)
+    )
+    plain = plot_top_losses(model, fashion, k=4, max_images=20)
+    mapped = plot_top_losses(model, fashion, k=4, max_images=20, gradcam=True)
+    grey = [ax.images[0].get_array() for ax in plain.axes if ax.images]
+    overlaid = [ax.images[0].get_array() for ax in mapped.axes if ax.images]
+    assert len(overlaid) == 4 and all(a.ndim == 3 and a.shape[-1] == 3 for a in overlaid)
+    assert all(g.ndim == 2 for g in grey)  # the same images, grey without the map
+    # the overlay is the grey image where the map is 0 and jet colours where it is high
+    assert any(abs(o[..., 0] - o[..., 2]).max() > 0.1 for o in overlaid)
+    assert [ax.get_title() for ax in plain.axes] == [ax.get_title() for ax in mapped.axes]
+
+
+def test_most_confused_pairs_are_the_largest_off_diagonal_counts(tmp_path: Path) -> None:
+    from moderncnn.viz.interpret import most_confused, plot_most_confused
+
+    counts = torch.tensor([[5, 3, 0], [7, 4, 1], [0, 3, 9]])
+    assert most_confused(counts, ["a", "b", "c"], n=3) == [
+        ("b", "a", 7), ("a", "b", 3), ("c", "b", 3),
+    ]  # fmt: skip
+    assert most_confused(counts, n=10)[-1] == ("1", "2", 1)  # zero counts are not pairs
+    assert most_confused(torch.eye(3, dtype=torch.long) * 4) == []
+    figure = plot_most_confused(counts, ["a", "b", "$x$"], n=2, save=tmp_path / "c.png")
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert labels == ["a \u2192 b", "b \u2192 a"] and (tmp_path / "c.png").is_file()
+    with pytest.raises(ConfigError, match="a confusion matrix is square"):
+        most_confused(torch.zeros(2, 3))
 
 
 def test_preview_draws_a_grid_of_the_configs_data(fashion_mnist_dir: Path, tmp_path: Path) -> None:
