@@ -20,11 +20,12 @@ import lightning
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from moderncnn.data.augment import denormalize
 from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.errors import ModernCNNError
 from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import grad_cam, image_grid
@@ -109,7 +110,8 @@ class RunFacts(L.Callback):
             size = (preprocess.in_chans, preprocess.image_size, preprocess.image_size)
             try:
                 table = summary(network, size, depth=2)
-            except (RuntimeError, ValueError):  # a network the table cannot trace
+            except Exception:  # noqa: BLE001 -- a network the table cannot trace (compiled,
+                # custom): the facts go without it; a report never stops a finished run
                 return facts
             facts |= {"input_size": list(size), "macs": table.macs, "summary": str(table)}
         return facts
@@ -212,7 +214,11 @@ class TopLossesReport(L.Callback):
         names = card.names() if card is not None else [str(i) for i in range(probs_.shape[1])]
         network = getattr(pl_module, "model", pl_module)
         device = next(iter(network.parameters()), torch.empty(0)).device
-        maps, _ = grad_cam(network, inputs.to(device), predicted)
+        try:
+            maps, _ = grad_cam(network, inputs.to(device), predicted)
+        except (ModernCNNError, RuntimeError) as err:  # e.g. a network with no conv to map
+            rank_zero_warn(f"top losses drawn without Grad-CAM: {err}")
+            maps = None
         preprocess = getattr(card, "preprocess", None)
         display = inputs
         if preprocess is not None and len(preprocess.mean) == inputs.shape[1]:
