@@ -212,7 +212,8 @@ def check_resume_checkpoint(
 
 
 # Settings a resumed run may change: speed switches, and what the data module gives the model.
-RESUMABLE_CHANGES = frozenset({"compile", "channels_last", "class_names", "preprocess"})
+# Settings of speed or of evaluation only: a resumed run may change them.
+RESUMABLE_CHANGES = frozenset({"compile", "channels_last", "class_names", "preprocess", "tta"})
 
 
 def _comparable(key: str, value: Any) -> Any:
