@@ -26,9 +26,10 @@ from torch import Tensor
 from moderncnn.data.augment import denormalize
 from moderncnn.io.atomic import atomic_write_text
 from moderncnn.io.errors import ModernCNNError
-from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
+from moderncnn.io.safe_text import spreadsheet_safe
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import grad_cam, image_grid
+from moderncnn.viz.images import loss_titles
 
 from .callbacks import run_dir
 
@@ -223,13 +224,9 @@ class TopLossesReport(L.Callback):
         display = inputs
         if preprocess is not None and len(preprocess.mean) == inputs.shape[1]:
             display = denormalize(inputs, preprocess.mean, preprocess.std)
-        short = [plain_text_label(name, 16) for name in names]
-        titles = [
-            f"{short[p]} / {short[t]}\nloss {loss:.2f}, p {prob[t]:.2f}"
-            for p, t, loss, prob in zip(predicted.tolist(), labels, losses, probs_, strict=True)
-        ]
-        right = [p == t for p, t in zip(predicted.tolist(), labels, strict=True)]
-        colors = ["#1a7f37" if ok else "#cf222e" for ok in right]
+        titles, colors = loss_titles(
+            names, predicted, torch.tensor(labels), torch.tensor(losses), probs_
+        )
         title = (
             f"top {len(losses)} losses of {self._seen} test images, with Grad-CAM of the "
             "prediction\npredicted / true, loss, p(true)"

@@ -14,7 +14,8 @@ writes one PNG per image.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,16 @@ from ._figure import finish, new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Explanation", "explain", "grad_cam", "overlay", "plot_explanation", "target_layer"]
+__all__ = [
+    "Explanation",
+    "eval_mode",
+    "explain",
+    "grad_cam",
+    "network_and_card",
+    "overlay",
+    "plot_explanation",
+    "target_layer",
+]
 
 Images = str | Path | Tensor | Sequence[str | Path]
 
@@ -108,21 +118,14 @@ def grad_cam(
         out = network(x)
         return (out[0] if isinstance(out, tuple) else out).float()
 
-    modes = {m: m.training for m in network.modules()}
-    network.eval()
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            x = inputs.detach().clone()
-            with torch.no_grad():
-                logits = logits_of(x)
-            chosen = logits.argmax(1) if targets is None else targets.to(logits.device).clone()
-            cams = LayerGradCam(logits_of, layer).attribute(
-                x, target=chosen, relu_attributions=True
-            )
-            cams = LayerAttribution.interpolate(cams, tuple(x.shape[-2:]), "bilinear")
-    finally:
-        for module, training in modes.items():
-            module.train(training)
+    # Clones: tensors made under inference mode (Lightning's test loop) cannot enter autograd.
+    with eval_mode(network), torch.inference_mode(False), torch.enable_grad():
+        x = inputs.detach().clone()
+        with torch.no_grad():
+            logits = logits_of(x)
+        chosen = logits.argmax(1) if targets is None else targets.to(logits.device).clone()
+        cams = LayerGradCam(logits_of, layer).attribute(x, target=chosen, relu_attributions=True)
+        cams = LayerAttribution.interpolate(cams, tuple(x.shape[-2:]), "bilinear")
     cams = cams.detach()[:, 0].float()
     peak = cams.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
     return (cams / peak).clamp(0, 1).cpu(), logits.detach().cpu()
@@ -131,7 +134,22 @@ def grad_cam(
 # -- images, models and the picture --------------------------------------------------------
 
 
-def _network_and_card(model: Any) -> tuple[nn.Module, ModelCard | None]:
+@contextmanager
+def eval_mode(network: nn.Module) -> Iterator[None]:
+    """Eval mode (auxiliary heads off, batch-norm statistics fixed); every module's own
+    train/eval mode is put back afterwards."""
+    modes = {m: m.training for m in network.modules()}
+    network.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+def network_and_card(model: Any) -> tuple[nn.Module, ModelCard | None]:
+    """The torch network Grad-CAM runs, and its card where known, of a model file's path, a
+    :class:`LoadedModel`, an ``ImageClassifier`` (its ``.model``) or any ``nn.Module``."""
     if isinstance(model, str | Path):
         model = load_model(model)
     if isinstance(model, LoadedModel):
@@ -215,11 +233,13 @@ def explain(
     """
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ConfigError(f"topk must be a positive int, got {topk!r}")
-    network, card = _network_and_card(model)
+    network, card = network_and_card(model)
     inputs, display, files, skipped = _read_images(images, card)
     device = next(iter(network.parameters()), torch.empty(0)).device
-    probe = _logits(network, inputs[:1].to(device))
-    names = card.names() if card is not None else [str(i) for i in range(probe.shape[1])]
+    if card is not None:
+        names = card.names()
+    else:
+        names = [str(i) for i in range(_class_count(network, inputs[:1].to(device)))]
     index = _class_index(target, names)
     targets = None if index is None else torch.full((len(inputs),), index)
     maps, logits = grad_cam(network, inputs.to(device), targets, stage)
@@ -246,16 +266,11 @@ def explain(
     return results
 
 
-def _logits(network: nn.Module, x: Tensor) -> Tensor:
-    modes = {m: m.training for m in network.modules()}
-    network.eval()
-    try:
-        with torch.no_grad():
-            out = network(x)
-    finally:
-        for module, training in modes.items():
-            module.train(training)
-    return out[0] if isinstance(out, tuple) else out
+def _class_count(network: nn.Module, x: Tensor) -> int:
+    """Classes of a network that has no card: the width of its logits on one image."""
+    with eval_mode(network), torch.no_grad():
+        out = network(x)
+    return (out[0] if isinstance(out, tuple) else out).shape[1]
 
 
 def _write_pictures(results: list[Explanation], folder: Path) -> list[Path]:

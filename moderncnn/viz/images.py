@@ -20,14 +20,15 @@ from torch import Tensor, nn
 from moderncnn.data.augment import denormalize
 from moderncnn.inference import load_model
 from moderncnn.io.errors import ConfigError, DataError
+from moderncnn.io.safe_text import plain_text_label
 
 from ._figure import finish, new_figure
-from .gradcam import grad_cam, overlay
+from .gradcam import eval_mode, grad_cam, network_and_card, overlay
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "plot_top_losses", "show_batch", "show_results"]
+__all__ = ["image_grid", "loss_titles", "plot_top_losses", "show_batch", "show_results"]
 
 SPLITS = ("train", "val", "test")
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # title colours of a right and a wrong prediction
@@ -154,11 +155,7 @@ def plot_top_losses(
     predicted = probs.argmax(1)
     maps = _gradcam_maps(model, inputs, predicted, datamodule) if gradcam else None
     names = _class_names(model_names, datamodule, torch.cat([labels, predicted]))
-    titles = [
-        f"{names[p]} / {names[t]}\nloss {loss:.2f}, p {prob[t]:.2f}"
-        for p, t, loss, prob in zip(predicted.tolist(), labels.tolist(), losses, probs, strict=True)
-    ]
-    colors = [RIGHT if t == p else WRONG for t, p in zip(labels, predicted, strict=True)]
+    titles, colors = loss_titles(names, predicted, labels, losses, probs)
     title = f"top {len(kept)} losses of {seen} {split} images\npredicted / true, loss, p(true)"
     return image_grid(images, titles, colors, title, save, cols, heatmaps=maps)
 
@@ -167,19 +164,28 @@ def _gradcam_maps(
     model: nn.Module | str | Path, inputs: Tensor, classes: Tensor, data: Any
 ) -> Tensor:
     """Grad-CAM maps of ``classes`` for the data module's ``inputs``."""
-    if isinstance(model, str | Path):
-        loaded = load_model(model)
-        if loaded.network is None:
-            raise DataError(f"{model} is an exported model: gradcam=True needs the checkpoint")
-        network = loaded.network
-        if loaded.card.preprocess is not None:  # the model's normalisation, as in _file_predictor
-            inputs = loaded.card.preprocess.normalize(_display(inputs, data))
-    else:
-        inner = getattr(model, "model", None)
-        network = inner if isinstance(inner, nn.Module) and hasattr(model, "card") else model
+    network, card = network_and_card(model)
+    if isinstance(model, str | Path) and card is not None and card.preprocess is not None:
+        inputs = card.preprocess.normalize(_display(inputs, data))  # as in _file_predictor
     device = next(iter(network.parameters()), torch.empty(0)).device
     maps, _ = grad_cam(network, inputs.to(device), classes)
     return maps
+
+
+def loss_titles(
+    names: Sequence[str], predicted: Tensor, labels: Tensor, losses: Tensor, probs: Tensor
+) -> tuple[list[str], list[str]]:
+    """Titles ("predicted / true", loss, p(true)) and colours of a top-loss grid; class names
+    drawn as written (no mathtext) and cut to fit a cell."""
+    short = [plain_text_label(name, 16) for name in names]
+    titles = [
+        f"{short[p]} / {short[t]}\nloss {float(loss):.2f}, p {float(prob[t]):.2f}"
+        for p, t, loss, prob in zip(predicted.tolist(), labels.tolist(), losses, probs, strict=True)
+    ]
+    colors = [
+        RIGHT if t == p else WRONG for t, p in zip(labels.tolist(), predicted.tolist(), strict=True)
+    ]
+    return titles, colors
 
 
 # -- data --------------------------------------------------------------------------------
@@ -292,11 +298,5 @@ def _file_predictor(path: Path) -> tuple[Predictor, list[str] | None]:
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and no autograd for a prediction; every module's mode restored afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for module, training in modes.items():
-            module.train(training)
+    with eval_mode(model), torch.inference_mode():
+        yield
