@@ -19,7 +19,8 @@ from moderncnn.models import list_models
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("moderncnn.cli", "list_models_main", "list the registered model names"),
     "summary": ("moderncnn.viz.diagram", "summary_main", "layer table; --diagram PNG: picture"),
-    "fit": ("moderncnn.training.cli", "main", "train from a YAML config (LightningCLI)"),
+    "fit": ("moderncnn.training.cli", "main", "train from a YAML config; --seeds N: N runs"),
+    "lr-find": ("moderncnn.training.lr_find", "main", "learning-rate range test: PNG + value"),
     "validate": ("moderncnn.training.cli", "main", "validate a checkpoint"),
     "test": ("moderncnn.training.cli", "main", "test a checkpoint; writes a confusion matrix"),
     "predict": ("moderncnn.training.cli", "main", "-c CONFIG, or --checkpoint CKPT FILES: top-k"),

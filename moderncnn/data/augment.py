@@ -7,7 +7,8 @@ torchvision's documentation does.
 
 For the in-memory tensor datasets, :class:`BatchAugment` applies the list to a whole uint8 batch
 (N x C x H x W) on the model's device, airbench-style: ``RandomCrop`` and the random flips are
-batched tensor ops that still draw their random parameters per image. Any other v2 transform
+batched tensor ops that still draw their random parameters per image, and so is
+``RandomErasing`` with a fill value. Any other v2 transform
 falls back to running the torchvision transform on each image of the batch in turn: correct,
 with per-image randomness, but a Python loop over the batch, so slower.
 """
@@ -33,7 +34,11 @@ _NOT_AUGMENTATIONS: dict[str, str] = {
     **dict.fromkeys(
         ["ConvertImageDtype", "ToPureTensor"], "the data module converts images itself"
     ),
-    **dict.fromkeys(["MixUp", "CutMix"], "it mixes labels too; apply it in the training step"),
+    **dict.fromkeys(
+        ["MixUp", "CutMix"],
+        "it mixes labels too; set model.mixup_alpha / model.cutmix_alpha (the training step "
+        "mixes each batch)",
+    ),
     **dict.fromkeys(
         ["Compose", "RandomApply", "RandomChoice", "RandomOrder", "Lambda"],
         "it wraps other transforms or code; list the transforms directly",
@@ -206,6 +211,60 @@ class BatchRandomFlip(nn.Module):
         return f"p={self.p}, dim={self.dim}"
 
 
+class BatchRandomErasing(nn.Module):
+    """v2.RandomErasing on a batch: each image draws its own rectangle, as torchvision does.
+
+    torchvision tries up to 10 (area, aspect ratio) pairs per image and erases the first that
+    fits, or nothing; here the 10 tries of every image are drawn at once and the first fitting
+    one is picked, then the rectangles are one mask over the batch.
+    """
+
+    TRIES = 10
+
+    def __init__(self, erasing: v2.RandomErasing) -> None:
+        super().__init__()
+        self.p = float(erasing.p)
+        self.scale: tuple[float, float] = tuple(erasing.scale)
+        self.ratio: tuple[float, float] = tuple(erasing.ratio)
+        self.value: tuple[float, ...] = tuple(float(v) for v in erasing.value)
+
+    @staticmethod
+    def supports(erasing: v2.RandomErasing) -> bool:
+        """Whether the batched version draws as ``erasing`` does (a fill value, not "random")."""
+        value = erasing.value  # None for "random" (noise per pixel): left to torchvision
+        return isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, channels, height, width = x.shape
+        if len(self.value) not in (1, channels):
+            raise ValueError(
+                f"RandomErasing value {list(self.value)} has {len(self.value)} entries for "
+                f"images of {channels} channels; give 1 or {channels}"
+            )
+        device = x.device
+        area = height * width * torch.empty(n, self.TRIES, device=device).uniform_(*self.scale)
+        log_ratio = torch.tensor(self.ratio, device=device).log()
+        aspect = torch.empty(n, self.TRIES, device=device).uniform_(*log_ratio.tolist()).exp()
+        h = (area * aspect).sqrt().round().long()
+        w = (area / aspect).sqrt().round().long()
+        fits = (h < height) & (w < width)
+        first = fits.int().argmax(1, keepdim=True)  # the first try that fits (0 if none does)
+        h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
+        top = (torch.rand(n, device=device) * (height - h + 1)).long()
+        left = (torch.rand(n, device=device) * (width - w + 1)).long()
+        erase = fits.any(1) & (torch.rand(n, device=device) < self.p)
+        rows = torch.arange(height, device=device)
+        cols = torch.arange(width, device=device)
+        in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])  # N x H
+        in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])  # N x W
+        mask = in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None]
+        fill = torch.tensor(self.value, device=device).to(x.dtype).view(1, -1, 1, 1)
+        return torch.where(mask[:, None], fill, x)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, scale={self.scale}, ratio={self.ratio}, value={list(self.value)}"
+
+
 class PerImage(nn.Module):
     """Fallback: runs a v2 transform on each image of the batch in turn (slower, but exact)."""
 
@@ -231,6 +290,8 @@ def _batched(name: str, transform: v2.Transform) -> nn.Module:
         return BatchRandomFlip(transform.p, dim=-1)
     if name == "RandomVerticalFlip":
         return BatchRandomFlip(transform.p, dim=-2)
+    if name == "RandomErasing" and BatchRandomErasing.supports(transform):
+        return BatchRandomErasing(transform)
     return PerImage(transform)
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moderncnn.io.checkpoint import paths_as_text
+
 from . import stats
 from ._tensor import TensorDataModule
 from .augment import AugmentationSpec
@@ -181,6 +183,7 @@ class CIFAR10DataModule(TensorDataModule):
             train_subset=train_subset,
         )
         self.save_hyperparameters()
+        paths_as_text(self.hparams)  # a checkpoint must not hold pickled Path objects
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
 

@@ -56,6 +56,7 @@ from .runtimes import (
     run_exported,
     sidecar_path,
 )
+from .tta import check_tta, tta_logits
 
 __all__ = [
     "LoadedModel",
@@ -153,12 +154,19 @@ class LoadedModel:
         batch_size: int = 32,
         transform: Callable[[Any], Tensor] | None = None,
         device: str | torch.device = "cpu",
+        tta: Sequence[str] | None = None,
     ) -> list[Prediction]:
         """Top-k classes and probabilities of image files (folders are searched for images).
 
-        A file that cannot be decoded gets a :class:`Prediction` with its ``error``; the
-        others are still classified.
+        ``tta``: test-time augmentation, the mean probabilities over each image and its views
+        (``["hflip"]``, ``["hflip", "shift"]``: :mod:`~moderncnn.inference.tta`). A file that
+        cannot be decoded gets a :class:`Prediction` with its ``error``; the others are still
+        classified.
         """
+        try:
+            tta = check_tta(tta)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if not isinstance(topk, int) or topk < 1:
             raise ConfigError(f"topk must be a positive int, got {topk!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -177,7 +185,11 @@ class LoadedModel:
                 results[index] = Prediction(str(files[index]), error=error)
             if batch.images is None:
                 continue
-            probs = self(batch.images.to(device)).float().softmax(1).cpu()
+            images = batch.images.to(device)
+            if tta:
+                probs = tta_logits(self, images, tta).exp().cpu()
+            else:
+                probs = self(images).float().softmax(1).cpu()
             top = probs.topk(k, dim=1)
             for row, index in enumerate(batch.indices.tolist()):
                 names = [self.class_names[i] for i in top.indices[row].tolist()]

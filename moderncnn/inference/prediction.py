@@ -42,6 +42,7 @@ def predict(
     runtime: str = "auto",
     precision: str = "fp32",
     threads: int | None = None,
+    tta: Sequence[str] | None = None,
 ) -> list[Prediction]:
     """Top-k classes and probabilities of image files (folders are searched for images).
 
@@ -57,12 +58,14 @@ def predict(
             (:mod:`~moderncnn.inference.runtimes`).
         precision: ``fp32``, ``bf16`` or ``int8``.
         threads: intra-op threads (default $MODERNCNN_THREADS, else the usable cores).
+        tta: test-time augmentation views (``["hflip"]``, ``["hflip", "shift"]``): the mean
+            probabilities over each image and its views.
     """
     model = load_model(
         checkpoint, backbone=backbone, runtime=runtime, precision=precision, threads=threads
     )
     return model.predict(
-        inputs, topk=topk, batch_size=batch_size, transform=transform, device=device
+        inputs, topk=topk, batch_size=batch_size, transform=transform, device=device, tta=tta
     )
 
 
@@ -104,10 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help=f"intra-op threads (default ${THREADS_ENV})"
     )
+    parser.add_argument(
+        "--tta", default="", metavar="VIEWS",
+        help="test-time augmentation: hflip, shift or hflip,shift (mean over the views)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     predictions = predict(
         args.files, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
         device=args.device, runtime=args.runtime, precision=args.precision, threads=args.threads,
+        tta=[view for view in args.tta.split(",") if view],
     )  # fmt: skip
     failed = [p for p in predictions if p.error is not None]
     for p in predictions:

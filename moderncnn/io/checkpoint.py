@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -129,3 +129,24 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             raise MissingFileError(f"weights file {str(path)!r} does not exist")
         return _strip_common_prefix(_read_safetensors(path))
     return unwrap_state_dict(read_checkpoint(path), source=str(path))
+
+
+def paths_as_text(hparams: Any) -> None:
+    """Turns ``pathlib`` paths among saved hyperparameters into strings, in place.
+
+    A checkpoint holds the data module's and model's hyperparameters; a ``Path`` there is a
+    pickled object, which ``weights_only=True`` loading (ours, everywhere) refuses: a
+    ``FashionMNISTDataModule(data_dir=Path(...))`` run would make checkpoints nothing can read.
+    """
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, PurePath):
+            return str(value)
+        if isinstance(value, list | tuple):
+            return type(value)(plain(v) for v in value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    for key in list(hparams):
+        hparams[key] = plain(hparams[key])

@@ -1,17 +1,16 @@
-"""Two batch-level tools of the training step: MixUp / CutMix of a training batch (soft targets,
-torchvision's transforms v2) and test-time augmentation (the mean prediction over views)."""
+"""Batch-level tools of the training step: MixUp / CutMix of a training batch (soft targets,
+torchvision's transforms v2); test-time augmentation lives in :mod:`moderncnn.inference.tta`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
-TTA_VIEWS = ("hflip", "shift")
-SHIFT_PX = 2  # "shift": the image moved 2 px down-right and 2 px up-left (edges replicated)
+from moderncnn.inference.tta import TTA_VIEWS, tta_logits, views
+
+__all__ = ["TTA_VIEWS", "Mixer", "batch_mixer", "tta_logits", "views"]
 
 Mixer = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -28,24 +27,3 @@ def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Mi
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-
-
-def views(images: Tensor, tta: Sequence[str]) -> list[Tensor]:
-    """The batch itself, then its ``tta`` views: ``hflip`` (mirrored), ``shift`` (two)."""
-    out = [images]
-    if "hflip" in tta:
-        out.append(images.flip(-1))
-    if "shift" in tta:
-        h, w = images.shape[-2:]
-        padded = F.pad(images, [SHIFT_PX] * 4, mode="replicate")
-        out.append(padded[..., :h, :w])
-        out.append(padded[..., 2 * SHIFT_PX :, 2 * SHIFT_PX :])
-    return out
-
-
-def tta_logits(run: Callable[[Tensor], Tensor], images: Tensor, tta: Sequence[str]) -> Tensor:
-    """Log of the mean class probabilities over the views: logits for the loss, the metrics
-    and ``argmax`` (averaging probabilities, not logits, keeps one confident view from
-    dominating)."""
-    probs = torch.stack([run(view).float().softmax(1) for view in views(images, tta)])
-    return probs.mean(0).clamp_min(1e-12).log()

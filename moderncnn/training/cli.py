@@ -46,6 +46,7 @@ from .callbacks import (
 from .divergence import DivergenceWarning
 from .interpretation import RunFacts, TopLossesReport
 from .module import ImageClassifier, preprocess_of
+from .precision import PrecisionTrainer
 from .preflight import (
     LOG_MARGIN_BYTES,
     OutputFolderError,
@@ -58,6 +59,7 @@ from .preflight import (
     run_folders,
 )
 from .run_report import RunReport
+from .seeds import pop_seeds, print_summary, run_seeds, write_summary
 
 LOG_ROOT = "lightning_logs"
 # --ckpt_path values that Lightning resolves itself ("last"/"best" are resolved here first).
@@ -398,7 +400,7 @@ def _root_dir(logger_config: Any) -> Path | None:
 
 
 def build_cli(
-    argv: list[str], run: bool = True, trainer_class: type[Trainer] = Trainer
+    argv: list[str], run: bool = True, trainer_class: type[Trainer] = PrecisionTrainer
 ) -> ModernCNNCLI:
     """The CLI for ``argv`` (with the sub-command first when ``run``); ``trainer_class``: a
     ``Trainer`` subclass with the same arguments (``from_config`` passes one)."""
@@ -408,7 +410,7 @@ def build_cli(
         return _cli(argv, run, trainer_class)
 
 
-def _cli(argv: list[str], run: bool, trainer_class: type[Trainer] = Trainer) -> ModernCNNCLI:
+def _cli(argv: list[str], run: bool, trainer_class: type[Trainer]) -> ModernCNNCLI:
     return ModernCNNCLI(
         ImageClassifier,
         LightningDataModule,
@@ -435,11 +437,17 @@ def _prog(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``fit``, ``validate``, ``test`` or ``predict``; returns the exit status."""
+    """Run ``fit`` (``--seeds N``: once per seed), ``validate``, ``test`` or ``predict``;
+    returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        seeds, argv = pop_seeds(argv) if argv[:1] == ["fit"] else (None, argv)
         check_config_files(argv)
-        build_cli(argv)
+        if seeds is None:
+            build_cli(argv)
+        else:  # `fit --seeds N`: one run per seed, then seeds_K.csv/.md beside the runs
+            runs = run_seeds(argv, seeds, build_cli)
+            print_summary(runs, write_summary(runs, argv))
     except RunStopped as stop:
         print(stop.message(argv), file=sys.stderr)
         return 143

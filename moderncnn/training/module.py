@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -22,14 +23,21 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from moderncnn.inference.tta import TTA_VIEWS, tta_logits
 from moderncnn.io.card import ModelCard, Preprocess
-from moderncnn.io.checkpoint import read_checkpoint
+from moderncnn.io.checkpoint import paths_as_text, read_checkpoint
 from moderncnn.io.download import cached_download
 from moderncnn.io.errors import ConfigError
 from moderncnn.models import check_model_name, create_model
 
-from .batch_tools import TTA_VIEWS, batch_mixer, tta_logits
+from .batch_tools import batch_mixer
 from .preflight import channels_last_is_safe, check_model_kwargs
+
+# Lightning's EMAWeightAveraging warns about any model with a configure_model hook (it cannot
+# shard layers made there); ours only compiles the network, so the warning does not apply.
+warnings.filterwarnings(
+    "ignore", message=r"You're using the WeightAveraging callback with a model that overrides"
+)
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["onecycle", "cosine", "step", "none"]
@@ -160,6 +168,7 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        paths_as_text(self.hparams)  # a weights=Path(...) must not make an unreadable checkpoint
         _choice("optimizer", optimizer, ("sgd", "adam", "adamw"))
         _choice("scheduler", scheduler, ("onecycle", "cosine", "step", "none"))
         _choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
@@ -271,8 +280,10 @@ class ImageClassifier(L.LightningModule):
         if self.hparams.channels_last == "auto":
             self._set_memory_format(device == "cuda")
         elif self.hparams.channels_last is True and device == "cpu":
-            # A crash (not an error) in some torch builds' CPU kernels: checked in a subprocess.
-            self._set_memory_format(channels_last_is_safe())
+            # A crash (not an error) in some torch builds' CPU kernels: checked in a subprocess,
+            # for the kernels this run's precision uses.
+            bf16 = "bf16" in str(self.trainer.precision)
+            self._set_memory_format(channels_last_is_safe(bf16=bf16))
         data = self.trainer.datamodule
         if data is None:
             return

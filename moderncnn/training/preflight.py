@@ -280,6 +280,30 @@ for cin, cout, k, stride in ((8, 16, 1, 2), (16, 32, 1, 2), (4, 8, 3, 1), (8, 16
     assert torch.allclose(conv.weight.grad, fast.weight.grad, rtol=1e-3, atol=1e-3)
 print("channels-last ok")
 """
+# The same under bf16 autocast (bf16-mixed training), which runs other convolution kernels:
+# torch 2.14.1 on a 2-core AMD EPYC crashes in the fp32 probe at 2 threads but passes this one.
+CHANNELS_LAST_PROBE_BF16 = """
+import torch
+torch.manual_seed(0)
+for cin, cout, k, stride in ((8, 16, 1, 2), (16, 32, 1, 2), (4, 8, 3, 1), (8, 16, 3, 2)):
+    conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+    fast = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+    fast.load_state_dict(conv.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    for n in (1, 2, 3, 5, 8):
+        for size in (7, 14):
+            x = torch.randn(n, cin, size, size)
+            x_cl = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+            x.requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                plain = conv(x).float().square().sum()
+                channels_last = fast(x_cl).float().square().sum()
+            plain.backward()
+            channels_last.backward()
+            assert torch.allclose(x.grad, x_cl.grad, rtol=5e-2, atol=5e-2), (cin, k, n, size)
+    assert torch.allclose(conv.weight.grad, fast.weight.grad, rtol=5e-2, atol=5e-1)
+print("channels-last ok")
+"""
 _PROBE_TIMEOUT_S = 300
 _channels_last_verdicts: dict[str, bool] = {}
 
@@ -289,26 +313,28 @@ def _cache_dir() -> Path:
     return Path(root) / "moderncnn" if root else Path.home() / ".cache" / "moderncnn"
 
 
-def _probe_key() -> str:
+def _probe_key(probe_code: str) -> str:
     cpu = platform.processor() or platform.machine()
     try:  # the model name: the same torch may crash on one CPU and not another
         with open("/proc/cpuinfo", encoding="utf-8") as file:
             cpu = next((ln.split(":", 1)[1].strip() for ln in file if "model name" in ln), cpu)
     except OSError:
         pass
-    probe = hashlib.sha256(CHANNELS_LAST_PROBE.encode()).hexdigest()[:12]
+    probe = hashlib.sha256(probe_code.encode()).hexdigest()[:12]
     return f"torch {torch.__version__} | {cpu} | {torch.get_num_threads()} threads | {probe}"
 
 
-def channels_last_is_safe() -> bool:
+def channels_last_is_safe(bf16: bool = False) -> bool:
     """Whether channels-last training runs correctly on this CPU with this torch.
 
-    Decided by :data:`CHANNELS_LAST_PROBE` in a subprocess (a crash there cannot take the run
-    down), once per torch version, CPU and thread count: the verdict is kept in
+    Decided by :data:`CHANNELS_LAST_PROBE` (``bf16``: :data:`CHANNELS_LAST_PROBE_BF16`, for
+    bf16-mixed training) in a subprocess (a crash there cannot take the run down), once per
+    torch version, CPU, thread count and probe: the verdict is kept in
     ``~/.cache/moderncnn/channels_last.json`` (``$MODERNCNN_CACHE_DIR`` to move it). When it
     fails, a warning says so and training uses the default memory format (same numbers).
     """
-    key = _probe_key()
+    code = CHANNELS_LAST_PROBE_BF16 if bf16 else CHANNELS_LAST_PROBE
+    key = _probe_key(code)
     if key in _channels_last_verdicts:
         return _channels_last_verdicts[key]
     cache = _cache_dir() / "channels_last.json"
@@ -323,7 +349,7 @@ def channels_last_is_safe() -> bool:
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         try:
             done = subprocess.run(
-                [sys.executable, "-c", CHANNELS_LAST_PROBE],
+                [sys.executable, "-c", code],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -340,7 +366,8 @@ def channels_last_is_safe() -> bool:
             _write_json_atomically(cache, verdicts)
         if not safe:
             rank_zero_warn(
-                f"model.channels_last: a channels-last training step on this CPU with torch "
+                f"model.channels_last: a channels-last {'bf16 ' if bf16 else ''}training step on "
+                f"this CPU with torch "
                 f"{torch.__version__} failed in a check run in a subprocess ({outcome}), so this "
                 "run trains in the default memory format (slower, same results). Set "
                 "model.channels_last: false to skip the check; a newer torch may fix it"

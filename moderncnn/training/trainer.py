@@ -36,6 +36,7 @@ from .cli import (
     fix_logger_versions,
     prepare_run_folder,
 )
+from .precision import PrecisionTrainer
 
 __all__ = ["Results", "RunTrainer", "SaveRunConfig", "Trainer"]
 
@@ -43,11 +44,12 @@ __all__ = ["Results", "RunTrainer", "SaveRunConfig", "Trainer"]
 LINKED_MODEL_KEYS = ("num_classes", "in_chans", "class_names", "preprocess")
 
 
-class RunTrainer(L.Trainer):
+class RunTrainer(PrecisionTrainer):
     """``lightning.Trainer`` that checks and opens its run folder before each run, as
     ``moderncnn fit`` does (:func:`~moderncnn.training.cli.prepare_run_folder`): before Lightning
     creates the loggers' folders, so a refused run writes nothing and two runs started at once
-    get two ``version_N`` folders. Its arguments are exactly Lightning's (``from_config``)."""
+    get two ``version_N`` folders. Its arguments are exactly Lightning's (``from_config``), and
+    ``precision="auto"`` (bf16-mixed where the chip has bf16 units, else fp32)."""
 
     def fit(self, model: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         self._prepare("fit", model, args, kwargs)

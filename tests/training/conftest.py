@@ -45,3 +45,9 @@ def write_tiny_config(path: Path, train_subset: int, **trainer: Any) -> Path:
 def tiny_config(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """``tmp_path/base.yaml``: :func:`write_tiny_config` with the test module's ``TINY_CONFIG``."""
     return write_tiny_config(tmp_path / "base.yaml", **request.module.TINY_CONFIG)
+
+
+@pytest.fixture
+def make_tiny_config() -> Any:
+    """:func:`write_tiny_config` itself, for tests that write several tiny configs."""
+    return write_tiny_config

@@ -87,8 +87,9 @@ def test_a_crashing_probe_turns_channels_last_off_with_a_warning(
     assert fresh_verdicts.is_file() and False in yaml.safe_load(fresh_verdicts.read_text()).values()
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 def test_the_probe_decides_as_a_direct_run_does_and_is_run_once(
-    fresh_verdicts: Path, monkeypatch, recwarn
+    bf16: bool, fresh_verdicts: Path, monkeypatch, recwarn
 ) -> None:
     probes = []
     real_run = subprocess.run
@@ -99,27 +100,33 @@ def test_the_probe_decides_as_a_direct_run_does_and_is_run_once(
         return real_run(args, *rest, **kwargs)
 
     monkeypatch.setattr(preflight.subprocess, "run", counting_run)
-    first = preflight.channels_last_is_safe()
-    second = preflight.channels_last_is_safe()
+    first = preflight.channels_last_is_safe(bf16=bf16)
+    second = preflight.channels_last_is_safe(bf16=bf16)
     assert first == second and len(probes) == 1
     # The verdict is this machine's and thread count's: where the kernels crash (torch 2.14.1 on
     # some EPYC CPUs at 2 threads) it is False and a warning says so; where they run, True, and
-    # channels-last keeps its speed.
+    # channels-last keeps its speed. bf16-mixed training has a probe (and a verdict) of its own:
+    # there the same torch and CPU passed.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as the guard's
     direct = real_run(
-        [sys.executable, "-c", preflight.CHANNELS_LAST_PROBE],
+        [
+            sys.executable,
+            "-c",
+            preflight.CHANNELS_LAST_PROBE_BF16 if bf16 else preflight.CHANNELS_LAST_PROBE,
+        ],
         env=env,
         capture_output=True,
         text=True,
     )
     assert first is (direct.returncode == 0 and "channels-last ok" in direct.stdout)
-    warned = any("channels-last training step" in str(w.message) for w in recwarn)
+    said = "channels-last bf16 training step" if bf16 else "channels-last training step"
+    warned = any(said in str(w.message) for w in recwarn)
     assert warned is (not first)
 
 
 @pytest.mark.parametrize("safe", [True, False])
 def test_setup_on_a_cpu_follows_the_probe(safe: bool, monkeypatch) -> None:
-    monkeypatch.setattr("moderncnn.training.module.channels_last_is_safe", lambda: safe)
+    monkeypatch.setattr("moderncnn.training.module.channels_last_is_safe", lambda bf16=False: safe)
     module = ImageClassifier(
         "resnet18_cifar",
         in_chans=1,

@@ -1,0 +1,136 @@
+"""``moderncnn lr-find -c CONFIG``: Lightning's learning-rate range test on a training config.
+
+Trains the config's model for ``--steps`` steps while the learning rate grows exponentially from
+``--min-lr`` to ``--max-lr`` (Smith 2017; fastai's ``lr_find``), using Lightning's
+``Tuner.lr_find``. Writes the loss-vs-learning-rate curve with the suggestion marked (the
+steepest fall of the smoothed loss) and prints the suggestion as a config line. Nothing else is
+written: no run folder, no checkpoint; the model's weights are not kept.
+
+    moderncnn lr-find -c configs/quickstart.yaml              # lr_find.png, "model.lr: ..."
+    moderncnn lr-find -c configs/quickstart.yaml --steps 50 -o lr.png --model.optimizer=adam
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from jsonargparse import ArgumentError
+from lightning.pytorch.tuner import Tuner
+
+from moderncnn.io.errors import ConfigError, MissingFileError, ModernCNNError
+from moderncnn.viz._figure import finish, new_figure
+
+from .cli import build_cli
+from .precision import PrecisionTrainer
+
+__all__ = ["LRFindResult", "lr_find", "main"]
+
+
+@dataclass
+class LRFindResult:
+    """The range test's curve and its suggested learning rate (None: the loss never fell)."""
+
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float | None
+    config_lr: float
+    plot: Path | None
+
+
+def lr_find(
+    config: str | Path,
+    *overrides: str,
+    min_lr: float = 1e-5,
+    max_lr: float = 10.0,
+    steps: int = 100,
+    plot: str | Path | None = "lr_find.png",
+) -> LRFindResult:
+    """Runs the range test on ``config`` (with ``--key=value`` ``overrides`` as on the CLI)."""
+    if not (0 < min_lr < max_lr) or not math.isfinite(max_lr):
+        raise ConfigError(f"lr-find: need 0 < min_lr < max_lr, got {min_lr:g} and {max_lr:g}")
+    if not isinstance(steps, int) or steps < 2:
+        raise ConfigError(f"lr-find: steps must be an int >= 2, got {steps!r}")
+    path = Path(config)
+    if not path.is_file():
+        raise MissingFileError(f"config {path} does not exist; give the path of a YAML config")
+    try:
+        cli = build_cli(["-c", str(path), *overrides], run=False, trainer_class=PrecisionTrainer)
+    except ArgumentError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    model, data, settings = cli.model, cli.datamodule, cli.config["trainer"]
+    with tempfile.TemporaryDirectory(prefix="moderncnn-lr-find-") as scratch:
+        # A trainer of its own: no loggers, checkpoints or report callbacks, so no run folder;
+        # Lightning's temporary checkpoint of the initial weights goes into `scratch`.
+        trainer = PrecisionTrainer(
+            accelerator=settings.get("accelerator", "auto"),
+            devices=1,
+            precision=settings.get("precision"),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=scratch,
+            max_steps=steps,
+        )
+        finder = Tuner(trainer).lr_find(
+            model,
+            datamodule=data,
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_training=steps,
+            update_attr=False,
+        )
+    if finder is None or not finder.results.get("lr"):
+        raise ModernCNNError(f"lr-find: {path}: the range test ran no training step")
+    suggestion = finder.suggestion()
+    written = None
+    if plot is not None:
+        figure = new_figure(figsize=(6, 4))
+        ax = figure.add_subplot()
+        finder.plot(suggest=suggestion is not None, ax=ax)
+        ax.set_title(f"{path.name}: loss while the learning rate grows")
+        finish(figure, plot)
+        written = Path(plot)
+    return LRFindResult(
+        lrs=[float(v) for v in finder.results["lr"]],
+        losses=[float(v) for v in finder.results["loss"]],
+        suggestion=None if suggestion is None else float(suggestion),
+        config_lr=float(model.hparams.lr),
+        plot=written,
+    )
+
+
+def main(argv: list[str]) -> int:
+    """``moderncnn lr-find -c CONFIG [--min-lr A] [--max-lr B] [--steps N] [-o PNG] [--k=v]``."""
+    parser = argparse.ArgumentParser(prog="moderncnn lr-find", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", required=True, help="training YAML (moderncnn fit -c)")
+    parser.add_argument("-o", "--output", default="lr_find.png", help="PNG of the curve")
+    parser.add_argument("--min-lr", type=float, default=1e-5, help="first learning rate")
+    parser.add_argument("--max-lr", type=float, default=10.0, help="last learning rate")
+    parser.add_argument("--steps", type=int, default=100, help="training steps of the test")
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [arg for arg in overrides if not arg.startswith("--")]
+    if unknown:
+        parser.error(f"unexpected {unknown[0]!r}: config overrides are --key=value")
+    result = lr_find(
+        args.config,
+        *overrides,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        steps=args.steps,
+        plot=args.output,
+    )
+    print(f"lr-find: {len(result.lrs)} steps, lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}")
+    print(f"curve: {result.plot}")
+    if result.suggestion is None:
+        print("no suggestion: the loss did not fall; try a larger --max-lr or more --steps")
+        return 1
+    print(
+        f"\nmodel.lr: {result.suggestion:.3g}   # suggested (steepest fall of the loss); ", end=""
+    )
+    print(f"{Path(args.config).name} has {result.config_lr:g}")
+    return 0

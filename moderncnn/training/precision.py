@@ -1,0 +1,60 @@
+"""``precision: auto``: bf16 autocast where the chip has bf16 units, full fp32 elsewhere.
+
+bf16-mixed keeps fp32 weights and runs the convolutions and matrix products in bfloat16. It
+pays where the hardware multiplies bf16 natively: NVIDIA GPUs from Ampere on, and CPUs with
+AVX-512 BF16 or AMX (a ResNet-18 training step ran 1.8-1.9x faster on a 2-core Zen 4). Without
+such units bf16 is emulated and slower than fp32, so ``auto`` falls back to ``32-true`` there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.pytorch.utilities import rank_zero_info
+
+__all__ = ["PrecisionTrainer", "auto_precision", "has_bf16_units"]
+
+AUTO = "auto"
+
+
+def has_bf16_units(device: str) -> bool:
+    """Whether ``device`` (``"cpu"`` or ``"cuda"``) multiplies bfloat16 natively."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device == "cpu":
+        cpu = torch.cpu
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    return False
+
+
+def _device_of(accelerator: Any) -> str:
+    """The device type a Trainer's ``accelerator`` argument will train on."""
+    if accelerator is None:
+        accelerator = "auto"
+    name = (accelerator if isinstance(accelerator, str) else type(accelerator).__name__).lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "gpu" or "cuda" in name:
+        return "cuda"
+    return "cpu" if "cpu" in name else name
+
+
+def auto_precision(accelerator: Any = "auto") -> str:
+    """``"bf16-mixed"`` where the device ``accelerator`` picks has bf16 units, else fp32."""
+    device = _device_of(accelerator)
+    return "bf16-mixed" if has_bf16_units(device) else "32-true"
+
+
+class PrecisionTrainer(L.Trainer):
+    """``lightning.Trainer`` that also takes ``precision="auto"`` (:func:`auto_precision`)."""
+
+    def __init__(
+        self, *, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs: Any
+    ) -> None:
+        if precision == AUTO:
+            precision = auto_precision(kwargs.get("accelerator", "auto"))
+            rank_zero_info(f"precision auto: {precision}")
+        super().__init__(precision=precision, **kwargs)
