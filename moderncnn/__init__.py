@@ -27,6 +27,7 @@ _LAZY = {
     "from_config": "moderncnn.training.config",
     "compare": "moderncnn.training.compare",
     "tune": "moderncnn.training.tune",
+    "lr_find": "moderncnn.training.lr_find",
     "plot_curves": "moderncnn.viz",
     "plot_confusion_matrix": "moderncnn.viz",
     "show_batch": "moderncnn.viz",

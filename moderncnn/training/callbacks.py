@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,30 @@ class LearningRateLog(LearningRateMonitor):
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:
             super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+class FitClock(L.Callback):
+    """Logs ``fit_seconds``, the wall time since ``fit`` started, with each validation: with
+    it, ``metrics.csv`` tells the time to an accuracy (the first row whose ``val_acc`` reaches
+    it). Add it where that is measured (``benchmarks/gpu_time_to_accuracy.py``)::
+
+        trainer:
+          callbacks+:
+            - moderncnn.training.callbacks.FitClock
+    """
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.start is None or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # the epoch's kernels have finished
+        pl_module.log("fit_seconds", time.perf_counter() - self.start, on_epoch=True)
 
 
 class LearningCurvesPlot(L.Callback):

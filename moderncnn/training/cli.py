@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         MisconfigurationException,
     ) as err:
         # A bad value, a missing file, an unwritable run folder: one message, no traceback.
-        print(f"{_prog(argv)}: error: {_one_message(err)}", file=sys.stderr)
+        print(f"{_prog(argv)}: error: {one_message(err)}", file=sys.stderr)
         return 1
     return 0
 
@@ -530,7 +530,7 @@ def _check_yaml_expansion(path: Path) -> None:
         )
 
 
-def _one_message(err: Exception) -> str:
+def one_message(err: Exception) -> str:
     """The error itself, without jsonargparse's account of the data module's ``class_path`` union.
 
     A data module's ValueError (``batch_size must be a positive integer, got 0``) reaches us

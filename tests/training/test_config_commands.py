@@ -115,7 +115,8 @@ def finetune_files(root: Path) -> list[str]:
 def test_header_command_runs(config: Path, command: str, tmp_path: Path, monkeypatch) -> None:
     argv = shlex.split(command)[1:]
     argv = [str(REPO / a) if a.startswith("configs/") else a for a in argv]  # run elsewhere
-    text = config.read_text()
+    # The data section may come from any of the -c files (a preset adds to a recipe).
+    text = config.read_text() + "".join(Path(a).read_text() for a in argv if a.endswith(".yaml"))
     extra = list(CPU_SIZED)
     if "CIFAR10DataModule" in text:
         fake_cifar(tmp_path)
@@ -128,5 +129,10 @@ def test_header_command_runs(config: Path, command: str, tmp_path: Path, monkeyp
         extra += finetune_files(tmp_path / "user")
     monkeypatch.chdir(tmp_path)
     assert main([*argv, *extra]) == 0
-    (run,) = (tmp_path / "lightning_logs").iterdir()
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "curves.png").is_file()
+    runs = sorted((tmp_path / "lightning_logs").glob("version_*"))
+    seeds = argv[argv.index("--seeds") + 1] if "--seeds" in argv else None
+    assert len(runs) == (1 if seeds is None else int(seeds))  # `--seeds N`: one run per seed
+    for run in runs:
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "curves.png").is_file()
+    if seeds is not None:
+        assert (tmp_path / "lightning_logs" / "seeds_0.md").is_file()

@@ -21,7 +21,7 @@ from moderncnn.data.augment import BatchRandomErasing, PerImage
 from moderncnn.io.checkpoint import read_checkpoint
 from moderncnn.io.errors import ConfigError, MissingFileError
 from moderncnn.training import precision as precision_module
-from moderncnn.training.lr_find import lr_find
+from moderncnn.training.lr_find import lr_find, steepest_fall
 from moderncnn.training.module import ImageClassifier, preprocess_of
 from moderncnn.training.precision import PrecisionTrainer, auto_precision
 from moderncnn.training.seeds import parse_seeds, pop_seeds
@@ -63,7 +63,10 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_the_ones_evaluated(tmp_pat
     trainer.fit(model, datamodule=data)
     folder = tmp_path / "lightning_logs" / "version_0"
     last = folder / "checkpoints" / "last.ckpt"
-    checkpoint = read_checkpoint(last)  # weights_only=True, as every reader of ours
+    # weights_only=True, as every reader of ours: data_dir was given as a Path, which the saved
+    # hyperparameters keep as a string (a pickled PosixPath there made the file unreadable).
+    checkpoint = read_checkpoint(last)
+    assert checkpoint["datamodule_hyper_parameters"]["data_dir"] == str(FASHION_MNIST_DIR)
     ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     weights = [key for key in ema if key.endswith(".weight")]
     assert weights and sorted(ema) == sorted(raw)
@@ -177,19 +180,31 @@ def test_lr_find_writes_its_plot_and_a_value_and_no_run_folder(
     (line,) = [line for line in out.splitlines() if line.startswith("model.lr: ")]
     suggested = float(line.split()[1])
     assert 1e-5 < suggested < 10
+    assert "the loss is lowest at lr" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "lr.png"])
 
     result = lr_find(config, "--model.optimizer=adam", steps=20, plot=None)
     assert len(result.lrs) == len(result.losses) <= 20 and result.plot is None
     assert result.lrs == sorted(result.lrs) and result.lrs[0] < 1e-3  # the range, growing
+    if result.suggestion is not None:
+        assert result.suggestion <= result.lowest
     assert result.config_lr == 0.1
 
 
-def test_lr_find_names_a_bad_setting(tmp_path: Path) -> None:
+def test_lr_find_names_a_bad_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture, make_tiny_config
+) -> None:
     with pytest.raises(ConfigError, match="need 0 < min_lr < max_lr"):
         lr_find(tmp_path / "c.yaml", min_lr=1.0, max_lr=0.1)
     with pytest.raises(MissingFileError, match="missing.yaml does not exist"):
         lr_find(tmp_path / "missing.yaml")
+    config = make_tiny_config(tmp_path / "c.yaml", train_subset=256)
+    bad = ["lr-find", "-c", str(config), "--data.init_args.batch_size=0"]
+    bad += ["-o", str(tmp_path / "x.png")]
+    assert moderncnn_main(bad) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("moderncnn lr-find: error: ") and "batch_size" in line
+    assert not (tmp_path / "x.png").exists()
 
 
 # -- early stopping preset -----------------------------------------------------------------------
@@ -309,3 +324,39 @@ def _checkpoint(module: ImageClassifier, path: Path) -> Path:
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, path)
     return path
+
+
+# -- time to accuracy: the fit clock -------------------------------------------------------------
+
+
+@needs_data
+def test_fit_clock_logs_the_seconds_since_fit_started_with_each_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_tiny_config
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = make_tiny_config(tmp_path / "c.yaml", train_subset=256, max_epochs=3)
+    clock = "--trainer.callbacks+=moderncnn.training.callbacks.FitClock"
+    assert moderncnn_main(["fit", "-c", str(config), clock, "--test_after_fit=true"]) == 0
+    rows = metrics_rows(tmp_path / "lightning_logs" / "version_0")
+    clocked = [(float(r["fit_seconds"]), r["epoch"]) for r in rows if r.get("fit_seconds")]
+    assert [epoch for _, epoch in clocked] == ["0", "1", "2"]  # one per epoch, not the test's
+    seconds = [s for s, _ in clocked]
+    assert 0 < seconds[0] < seconds[1] < seconds[2] < 600
+    assert all(r.get("val_acc") for r in rows if r.get("fit_seconds"))  # beside its val_acc
+
+
+def test_the_suggestion_is_the_steepest_fall_per_decade_not_per_unit_of_lr() -> None:
+    # A loss that falls fastest around lr = 0.1 (per decade) on an exponential sweep, lowest at
+    # 1, and drifts down slowly before that (as a real one does while the rate is small).
+    lrs = [10 ** (-5 + 6 * i / 99) for i in range(100)]
+    losses = [
+        2.3 - 0.01 * (math.log10(lr) + 5) - 1.0 / (1 + math.exp(-3 * (math.log10(lr) + 1)))
+        for lr in lrs
+    ]
+    losses = [loss if lr < 1 else loss + 5 * (lr - 1) for loss, lr in zip(losses, lrs, strict=True)]
+    steepest, lowest = steepest_fall(lrs, losses)
+    assert 0.07 < lrs[steepest] < 0.15 and 0.5 < lrs[lowest] <= 1.0
+    # Per unit of lr (Lightning's suggestion()) the same curve points at the small-lr end.
+    per_unit = torch.gradient(torch.tensor(losses[10:-1]), spacing=[torch.tensor(lrs[10:-1])])[0]
+    assert lrs[10 + int(per_unit.argmin())] < 0.01
+    assert steepest_fall(lrs, [2.3] * 100) == (None, None)  # flat: no suggestion
