@@ -9,9 +9,13 @@ tests/transfer/test_weights.py.)
 from __future__ import annotations
 
 import ast
+import pickle
 from pathlib import Path
 
 import pytest
+import torch
+
+from moderncnn.training.callbacks import AtomicCheckpointIO
 
 PACKAGE = Path(__file__).resolve().parents[1] / "moderncnn"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
@@ -102,3 +106,23 @@ def test_no_plain_http_urls_are_fetched() -> None:
         ]
     # pretrained.py names "http://" only to refuse it (tests/transfer/test_weights.py).
     assert all(b.startswith("pretrained.py:") for b in bad), bad
+
+
+def test_lightnings_checkpoint_reads_are_weights_only_even_when_asked_otherwise(
+    tmp_path: Path,
+) -> None:
+    """The run's checkpoint I/O (and lr-find's) refuses pickled objects whatever Lightning
+    passes: Lightning's learning-rate finder restores its checkpoint without saying."""
+    path = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "note": Path("x")}, path)
+    io = AtomicCheckpointIO()
+    for call in (
+        lambda: io.load_checkpoint(path),
+        lambda: io.load_checkpoint(path, weights_only=False),
+        lambda: io.load_checkpoint(path, None, False),
+    ):
+        with pytest.raises(pickle.UnpicklingError):
+            call()
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, plain)
+    assert torch.equal(io.load_checkpoint(plain)["state_dict"]["w"], torch.ones(2))

@@ -98,7 +98,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     filesystem, the rename fails and it copies into the open destination instead, which a kill
     leaves half-written. A full disk (or any failed write) removes the temporary file, keeps
     the earlier checkpoint, and raises :class:`~moderncnn.io.errors.OutputError` saying so.
+
+    Every checkpoint Lightning reads through it is read with ``weights_only=True``, also where
+    Lightning passes nothing (its learning-rate finder's restore of the weights it saved).
     """
+
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop("weights_only", None)
+        if len(args) > 1:  # (map_location, weights_only) given by position
+            args = args[:1]
+        return super().load_checkpoint(path, *args, weights_only=True, **kwargs)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None

@@ -360,3 +360,14 @@ def test_the_suggestion_is_the_steepest_fall_per_decade_not_per_unit_of_lr() -> 
     per_unit = torch.gradient(torch.tensor(losses[10:-1]), spacing=[torch.tensor(lrs[10:-1])])[0]
     assert lrs[10 + int(per_unit.argmin())] < 0.01
     assert steepest_fall(lrs, [2.3] * 100) == (None, None)  # flat: no suggestion
+
+
+@needs_data
+def test_lr_find_curve_starts_at_the_real_loss(tmp_path: Path, make_tiny_config) -> None:
+    """With rates too small to move the weights, the loss stays at its first value: the curve
+    must be flat from its first point (Lightning's own smoothing starts at about half)."""
+    config = make_tiny_config(tmp_path / "c.yaml", train_subset=2000)
+    result = lr_find(config, min_lr=1e-10, max_lr=1e-9, steps=30, plot=None)
+    later = sum(result.losses[10:]) / len(result.losses[10:])
+    assert result.losses[0] == pytest.approx(later, rel=0.1)
+    assert all(loss == pytest.approx(later, rel=0.1) for loss in result.losses)
