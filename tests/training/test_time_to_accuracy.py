@@ -143,7 +143,7 @@ def test_precision_auto_is_bf16_only_with_bf16_units(monkeypatch: pytest.MonkeyP
 
 @needs_data
 def test_bf16_and_fp32_runs_of_one_config_agree_on_accuracy(
-    tmp_path: Path, make_tiny_config
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_tiny_config
 ) -> None:
     """Tolerance: 3 points of test accuracy on 1,024 test images after 2 short epochs (seed
     noise of this config is about 1 point); both must have learned (> 60%, chance is 10%)."""
@@ -154,9 +154,9 @@ def test_bf16_and_fp32_runs_of_one_config_agree_on_accuracy(
     for precision in ("32-true", "bf16-mixed"):
         run = tmp_path / precision
         run.mkdir()
+        monkeypatch.chdir(run)  # each run's lightning_logs/ in its own folder
         args = ["fit", "-c", str(config), "--test_after_fit=true"]
-        args += [f"--trainer.precision={precision}", f"--trainer.default_root_dir={run}"]
-        args += [f"--trainer.logger.init_args.save_dir={run}"]
+        args += [f"--trainer.precision={precision}"]
         assert moderncnn_main(args) == 0
         (folder,) = (run / "lightning_logs").glob("version_*")
         accuracy[precision] = last_logged(folder, "test_acc")
