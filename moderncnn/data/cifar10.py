@@ -17,8 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moderncnn.io.checkpoint import paths_as_text
-
 from . import stats
 from ._tensor import TensorDataModule
 from .augment import AugmentationSpec
@@ -183,7 +181,6 @@ class CIFAR10DataModule(TensorDataModule):
             train_subset=train_subset,
         )
         self.save_hyperparameters()
-        paths_as_text(self.hparams)  # a checkpoint must not hold pickled Path objects
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
 

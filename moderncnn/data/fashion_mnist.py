@@ -13,8 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from moderncnn.io.checkpoint import paths_as_text
-
 from . import stats
 from ._tensor import TensorDataModule
 from .augment import AugmentationSpec
@@ -106,7 +104,6 @@ class FashionMNISTDataModule(TensorDataModule):
             classes=classes,
         )
         self.save_hyperparameters()
-        paths_as_text(self.hparams)  # a checkpoint must not hold pickled Path objects
         self.data_dir = data_dir
         self.download = download
 

@@ -26,15 +26,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from moderncnn.io.checkpoint import paths_as_text
 from moderncnn.io.errors import DataError
 
-from ._checks import (
-    check_fraction,
-    check_non_negative_int,
-    check_positive_int,
-    check_seed,
-)
+from ._checks import check_fraction, check_non_negative_int, check_positive_int, check_seed
 from .augment import AugmentationSpec, build_transforms, denormalize
 from .images import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -255,7 +249,6 @@ class ImageFolderDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        paths_as_text(self.hparams)  # a checkpoint must not hold pickled Path objects
         self.val_fraction = check_fraction("val_fraction", val_fraction)
         self.test_fraction = check_fraction("test_fraction", test_fraction)
         if self.val_fraction + self.test_fraction >= 1:

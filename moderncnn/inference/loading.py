@@ -163,10 +163,7 @@ class LoadedModel:
         cannot be decoded gets a :class:`Prediction` with its ``error``; the others are still
         classified.
         """
-        try:
-            tta = check_tta(tta)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
+        tta = check_tta(tta)
         if not isinstance(topk, int) or topk < 1:
             raise ConfigError(f"topk must be a positive int, got {topk!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

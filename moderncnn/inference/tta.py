@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from moderncnn.io.errors import ConfigError
+
 __all__ = ["SHIFT_PX", "TTA_VIEWS", "check_tta", "tta_logits", "views"]
 
 TTA_VIEWS = ("hflip", "shift")
@@ -19,14 +21,11 @@ SHIFT_PX = 2  # "shift": the image moved 2 px down-right and 2 px up-left (edges
 
 
 def check_tta(tta: Sequence[str] | None, what: str = "tta") -> list[str]:
-    """``tta`` as a list of known view names; a ValueError naming ``what`` otherwise."""
+    """``tta`` as a list of known view names; a ConfigError naming ``what`` otherwise."""
     if tta is None:
         return []
-    if isinstance(tta, str) or not all(isinstance(view, str) for view in tta):
-        raise ValueError(f"{what} must be a list of {', '.join(TTA_VIEWS)}, got {tta!r}")
-    unknown = [view for view in tta if view not in TTA_VIEWS]
-    if unknown:
-        raise ValueError(f"{what} must be a list of {', '.join(TTA_VIEWS)}, got {tta!r}")
+    if isinstance(tta, str) or any(view not in TTA_VIEWS for view in tta):
+        raise ConfigError(f"{what} must be a list of {', '.join(TTA_VIEWS)}, got {tta!r}")
     return list(tta)
 
 

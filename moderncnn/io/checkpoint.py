@@ -131,22 +131,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return unwrap_state_dict(read_checkpoint(path), source=str(path))
 
 
-def paths_as_text(hparams: Any) -> None:
-    """Turns ``pathlib`` paths among saved hyperparameters into strings, in place.
+def paths_as_text(value: Any) -> Any:
+    """``value`` with every ``pathlib`` path in it (in lists, tuples, dicts) as a string.
 
-    A checkpoint holds the data module's and model's hyperparameters; a ``Path`` there is a
+    A checkpoint holds the model's and the data module's hyperparameters; a ``Path`` there is a
     pickled object, which ``weights_only=True`` loading (ours, everywhere) refuses: a
     ``FashionMNISTDataModule(data_dir=Path(...))`` run would make checkpoints nothing can read.
     """
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, PurePath):
-            return str(value)
-        if isinstance(value, list | tuple):
-            return type(value)(plain(v) for v in value)
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    for key in list(hparams):
-        hparams[key] = plain(hparams[key])
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return type(value)(paths_as_text(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: paths_as_text(v) for k, v in value.items()}
+    return value

@@ -8,9 +8,7 @@ from collections.abc import Callable
 from torch import Tensor
 from torchvision.transforms import v2
 
-from moderncnn.inference.tta import TTA_VIEWS, tta_logits, views
-
-__all__ = ["TTA_VIEWS", "Mixer", "batch_mixer", "tta_logits", "views"]
+__all__ = ["Mixer", "batch_mixer"]
 
 Mixer = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 

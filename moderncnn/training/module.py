@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from moderncnn.inference.tta import TTA_VIEWS, tta_logits
+from moderncnn.inference.tta import check_tta, tta_logits
 from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.checkpoint import paths_as_text, read_checkpoint
 from moderncnn.io.download import cached_download
@@ -168,7 +168,6 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        paths_as_text(self.hparams)  # a weights=Path(...) must not make an unreadable checkpoint
         _choice("optimizer", optimizer, ("sgd", "adam", "adamw"))
         _choice("scheduler", scheduler, ("onecycle", "cosine", "step", "none"))
         _choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
@@ -191,8 +190,7 @@ class ImageClassifier(L.LightningModule):
         _check(aux_loss_weight >= 0, "aux_loss_weight", aux_loss_weight, ">= 0")
         _check(mixup_alpha >= 0, "mixup_alpha", mixup_alpha, ">= 0 (0: off)")
         _check(cutmix_alpha >= 0, "cutmix_alpha", cutmix_alpha, ">= 0 (0: off)")
-        for view in tta or []:
-            _check(view in TTA_VIEWS, "tta", tta, f"a list of {', '.join(TTA_VIEWS)}")
+        check_tta(tta, "model.tta")
         _check(num_classes >= 2, "num_classes", num_classes, ">= 2")
         _check(in_chans >= 1, "in_chans", in_chans, ">= 1")
         cl_ok = isinstance(channels_last, bool) or channels_last == "auto"
@@ -226,6 +224,11 @@ class ImageClassifier(L.LightningModule):
         return ModelCard.from_hparams(self.hparams, "ImageClassifier")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A Path among the model's or the data module's arguments (weights=, data_dir=) would be
+        # a pickled object in the file, which weights_only=True reading refuses: keep text.
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = paths_as_text(checkpoint[key])
         if isinstance(self.hparams.get("model"), str):  # a Python module has no card to write
             checkpoint["model_card"] = self.card.to_dict()
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from moderncnn.inference.tta import tta_logits, views
 from moderncnn.io.errors import ConfigError
-from moderncnn.training.batch_tools import batch_mixer, tta_logits, views
+from moderncnn.training.batch_tools import batch_mixer
 from moderncnn.training.module import ImageClassifier
 
 TINY = {"channels": [8, 16], "layers": [1, 1]}
