@@ -204,7 +204,7 @@ def test_cli_exports_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert cli_main(["export", str(weights), "--format", "torchscript"]) == 1
     assert "--model NAME --num-classes N" in capsys.readouterr().err
 
-    out = tmp_path / "out" / "r.pt"
+    out = tmp_path / "out" / "r.torchscript"
     argv = ["export", str(weights), "--format", "torchscript", "-o", str(out)]
     argv += ["--model", "resnet18_cifar", "--num-classes", "4", "--input-size", "3", "8", "8"]
     assert cli_main(argv) == 0

@@ -91,6 +91,13 @@ def export_model(
     """
     if format not in SUFFIXES:
         raise ConfigError(f"format must be one of {list(SUFFIXES)}, got {format!r}")
+    if Path(out).suffix.lower() != SUFFIXES[format]:
+        # The extension is what tells a reader the file's kind (TorchScript is code and loads
+        # only from a file named so), and it keeps an export from replacing a checkpoint.
+        raise ConfigError(
+            f"{out}: a {format} export is written to a file ending in {SUFFIXES[format]}, "
+            f"not {Path(out).suffix or 'no extension'!r}"
+        )
     if input_size is None and card is not None and card.preprocess is not None:
         side = card.preprocess.image_size
         input_size = (card.in_chans, side, side)

@@ -48,9 +48,11 @@ from .heads import ProbeClassifier, ProbeHead
 from .optimize import optimize_for_inference
 from .quantize import int8_path
 from .runtimes import (
+    EXPORT_FORMATS,
     PRECISIONS,
     RUNTIMES,
     choose_runtime,
+    format_of,
     read_sidecar,
     resolve_threads,
     run_exported,
@@ -73,7 +75,6 @@ __all__ = [
 
 CARD_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 PROBE_INFO, PROBE_HEAD = "probe.json", "probe_head.safetensors"
-EXPORTED_SUFFIXES = (".onnx", ".torchscript")
 
 
 @dataclass
@@ -470,7 +471,7 @@ def _from_export(path: Path, runtime: str, precision: str, threads: int | None) 
     if "card" not in meta:
         raise DataError(f"{side} has no model card: export the checkpoint again")
     card = ModelCard.from_dict(meta["card"], str(side))
-    format = meta.get("format", "onnx")
+    format = format_of(path)  # the extension's, checked against the sidecar and the bytes
     if meta.get("precision") == "int8":
         precision = "int8"
     elif precision == "int8":
@@ -528,7 +529,9 @@ def load_model(
         )
     if runtime not in RUNTIMES or precision not in PRECISIONS:  # checked early, in one line
         choose_runtime(runtime, precision)
-    if path.suffix in EXPORTED_SUFFIXES or (path.is_file() and sidecar_path(path).is_file()):
+    # By the file's own extension only: a sidecar never makes a file an export (TorchScript
+    # is code; a `model.ckpt.json` saying "torchscript" must not send a checkpoint to jit.load).
+    if path.suffix.lower() in EXPORT_FORMATS:
         return _from_export(path, runtime, precision, threads)
     if path.is_dir():
         loaded = _from_saved(path) if (path / CARD_FILE).is_file() else _from_probe(path, backbone)

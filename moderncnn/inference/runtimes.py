@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,10 +46,13 @@ __all__ = [
     "PRECISIONS",
     "RUNTIMES",
     "THREADS_ENV",
+    "EXPORT_FORMATS",
     "ExportedModel",
     "check_precision",
     "choose_runtime",
+    "check_torchscript_archive",
     "cpu_has_bf16",
+    "format_of",
     "installed_runtimes",
     "load_exported",
     "quiet_deprecation",
@@ -271,8 +275,11 @@ def run_exported(
         if runtime == "openvino":
             return _openvino_runner(path, threads, precision)
         return _onnxruntime_runner(path, threads)
+    if format != "torchscript":
+        raise ConfigError(f"{path}: unknown export format {format!r}; use 'onnx' or 'torchscript'")
     if precision != "fp32":
         raise ConfigError(f"{path} is a TorchScript file: it runs at precision 'fp32' only")
+    check_torchscript_archive(path)
     if threads is not None:
         torch.set_num_threads(resolve_threads(threads))
     with quiet_deprecation():
@@ -285,11 +292,52 @@ def run_exported(
     return run_torchscript
 
 
+# An export's format is its file's own: the extension the user gave it, never a side file.
+# TorchScript is code (a scripted forward can write files), so it loads only from a file named
+# ``.torchscript`` that is a TorchScript archive; a sidecar saying otherwise is refused.
+EXPORT_FORMATS: dict[str, str] = {".onnx": "onnx", ".torchscript": "torchscript"}
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def format_of(path: Path) -> str:
+    """``"onnx"`` or ``"torchscript"``, from ``path``'s extension alone (checked against its
+    sidecar and, for TorchScript, its bytes); anything else is refused in one line."""
+    format = EXPORT_FORMATS.get(path.suffix.lower())
+    if format is None:
+        raise ConfigError(
+            f"{path}: not an exported model; exports end in .onnx or .torchscript, got "
+            f"{path.suffix or 'no extension'!r}"
+        )
     side = sidecar_path(path)
     if side.is_file():
-        return read_sidecar(side).get("format", "onnx" if path.suffix == ".onnx" else "torchscript")
-    return "onnx" if path.suffix == ".onnx" else "torchscript"
+        claimed = read_sidecar(side).get("format", format)
+        if claimed != format:
+            raise DataError(
+                f"{side} says format {claimed!r} but {path.name} is a {format} file by its "
+                "extension; the sidecar does not belong to this file: export the model again"
+            )
+    if format == "torchscript":
+        check_torchscript_archive(path)
+    return format
+
+
+def check_torchscript_archive(path: Path) -> None:
+    """Refuse ``path`` unless its bytes are a TorchScript archive (a zip with a ``code/``
+    folder and ``constants.pkl``), so a checkpoint or other file never reaches ``jit.load``."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        names = zipfile.ZipFile(path).namelist() if magic == _ZIP_MAGIC else []
+    except (OSError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a TorchScript archive ({err})") from err
+    scripted = any("/code/" in n for n in names) and any(
+        n.endswith("/constants.pkl") for n in names
+    )
+    if not scripted:
+        raise DataError(
+            f"{path}: not a TorchScript archive (no code/ and constants.pkl inside); only files "
+            "written by `moderncnn export --format torchscript` or torch.jit.save load as TorchScript"
+        )
 
 
 @dataclass
@@ -318,7 +366,7 @@ def load_exported(
     side = sidecar_path(path)
     meta = read_sidecar(side) if side.is_file() else {}
     precision = "int8" if meta.get("precision") == "int8" else precision
-    run = run_exported(path, meta.get("format") or format_of(path), runtime, precision, threads)
+    run = run_exported(path, format_of(path), runtime, precision, threads)
     return ExportedModel(path, list(meta.get("class_names") or []), run, meta)
 
 

@@ -108,9 +108,9 @@ def test_five_artifact_kinds_load_with_identical_predictions(
         cli_main(["export", str(checkpoint), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
         == 0
     )
-    argv = ["export", str(checkpoint), "--format", "torchscript", "-o", str(tmp_path / "m.ts")]
+    argv = ["export", str(checkpoint), "--format", "torchscript", "-o", str(tmp_path / "m.torchscript")]
     assert cli_main([*argv, "--dynamic-batch"]) == 0
-    for artifact in (saved, tmp_path / "m.onnx", tmp_path / "m.ts"):
+    for artifact in (saved, tmp_path / "m.onnx", tmp_path / "m.torchscript"):
         loaded = load_model(artifact)
         assert loaded.card.class_names == from_ckpt.card.class_names
         assert loaded.card.preprocess == from_ckpt.card.preprocess
