@@ -28,7 +28,6 @@ import importlib.util
 import json
 import os
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor
 
 from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.checkpoint import is_torchscript_archive
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 
 __all__ = [
@@ -296,7 +296,6 @@ def run_exported(
 # TorchScript is code (a scripted forward can write files), so it loads only from a file named
 # ``.torchscript`` that is a TorchScript archive; a sidecar saying otherwise is refused.
 EXPORT_FORMATS: dict[str, str] = {".onnx": "onnx", ".torchscript": "torchscript"}
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def format_of(path: Path) -> str:
@@ -322,18 +321,9 @@ def format_of(path: Path) -> str:
 
 
 def check_torchscript_archive(path: Path) -> None:
-    """Refuse ``path`` unless its bytes are a TorchScript archive (a zip with a ``code/``
-    folder and ``constants.pkl``), so a checkpoint or other file never reaches ``jit.load``."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-        names = zipfile.ZipFile(path).namelist() if magic == _ZIP_MAGIC else []
-    except (OSError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a TorchScript archive ({err})") from err
-    scripted = any("/code/" in n for n in names) and any(
-        n.endswith("/constants.pkl") for n in names
-    )
-    if not scripted:
+    """Refuse ``path`` unless its bytes are a TorchScript archive, so that a checkpoint or any
+    other file never reaches ``torch.jit.load``."""
+    if not is_torchscript_archive(path):
         raise DataError(
             f"{path}: not a TorchScript archive (no code/ and constants.pkl inside); only files "
             "written by `moderncnn export --format torchscript` or torch.jit.save load as TorchScript"

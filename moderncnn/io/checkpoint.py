@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
@@ -20,7 +21,13 @@ from torch import Tensor
 
 from .errors import DataError, MissingFileError
 
-__all__ = ["CheckpointError", "read_checkpoint", "read_state_dict", "unwrap_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "is_torchscript_archive",
+    "read_checkpoint",
+    "read_state_dict",
+    "unwrap_state_dict",
+]
 
 # Keys under which training scripts commonly nest the state dict, in the order we look.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -46,6 +53,20 @@ def _unpickling_reason(err: Exception) -> str:
     return "it is not a readable PyTorch checkpoint (corrupt or truncated?); get the file again"
 
 
+def is_torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path``'s bytes are a TorchScript archive: a zip holding a ``code/`` folder and
+    ``constants.pkl``. ``torch.jit.save`` writes these; ``torch.save`` checkpoints have neither."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return False
+        names = zipfile.ZipFile(path).namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    has_code = any("/code/" in name for name in names)
+    return has_code and any(name.endswith("/constants.pkl") for name in names)
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """The object stored in a ``.pth``/``.pt``/``.ckpt`` file, loaded with ``weights_only=True``.
 
@@ -60,6 +81,13 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(
             f"cannot load {path}: the file is empty (0 bytes); delete it and download or save "
             "it again"
+        )
+    if is_torchscript_archive(path):
+        # torch.load hands such a file to torch.jit.load even with weights_only=True, and
+        # TorchScript is code: it loads only as an export the user named `.torchscript`.
+        raise CheckpointError(
+            f"cannot load {path}: it is a TorchScript archive (code), not a checkpoint; "
+            "TorchScript loads only from a file named .torchscript, and only if you trust it"
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

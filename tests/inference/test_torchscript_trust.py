@@ -34,8 +34,8 @@ class Overwriter(nn.Module):
         self.victim = victim
 
     def forward(self, x: Tensor) -> Tensor:
-        torch.from_file(self.victim, shared=True, size=4, dtype=torch.uint8).fill_(0)
-        return x.flatten(1)[:, :10]
+        written = torch.from_file(self.victim, shared=True, size=4, dtype=torch.uint8).fill_(0)
+        return x.flatten(1)[:, :10] + written[0].float()  # used, so the graph keeps the write
 
 
 @pytest.fixture
@@ -131,3 +131,17 @@ def test_an_export_is_named_for_its_format(tmp_path: Path) -> None:
         with pytest.raises(ModernCNNError, match="ending in"):
             export_model(model, tmp_path / out, format, (3, 32, 32))
         assert not (tmp_path / out).exists()
+
+
+def test_the_checkpoint_reader_never_hands_a_torchscript_archive_to_jit_load(
+    hostile: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """``torch.load(weights_only=True)`` dispatches a TorchScript zip to ``torch.jit.load``
+    (which runs a scripted ``__setstate__``): our reader refuses it first."""
+    from moderncnn.io.checkpoint import read_checkpoint
+
+    _, payload, _ = hostile
+    for name in ("model.ckpt", "weights.pth"):
+        shutil.copy(payload, tmp_path / name)
+        with pytest.raises(ModernCNNError, match="TorchScript archive"):
+            read_checkpoint(tmp_path / name)
