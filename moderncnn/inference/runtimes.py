@@ -325,8 +325,8 @@ def check_torchscript_archive(path: Path) -> None:
     other file never reaches ``torch.jit.load``."""
     if not is_torchscript_archive(path):
         raise DataError(
-            f"{path}: not a TorchScript archive (no code/ and constants.pkl inside); only files "
-            "written by `moderncnn export --format torchscript` or torch.jit.save load as TorchScript"
+            f"{path}: not a TorchScript archive (no code/ and constants.pkl inside); only a file "
+            "written by `moderncnn export --format torchscript` or torch.jit.save loads so"
         )
 
 

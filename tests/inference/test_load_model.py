@@ -108,7 +108,8 @@ def test_five_artifact_kinds_load_with_identical_predictions(
         cli_main(["export", str(checkpoint), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
         == 0
     )
-    argv = ["export", str(checkpoint), "--format", "torchscript", "-o", str(tmp_path / "m.torchscript")]
+    scripted = tmp_path / "m.torchscript"
+    argv = ["export", str(checkpoint), "--format", "torchscript", "-o", str(scripted)]
     assert cli_main([*argv, "--dynamic-batch"]) == 0
     for artifact in (saved, tmp_path / "m.onnx", tmp_path / "m.torchscript"):
         loaded = load_model(artifact)
