@@ -2,7 +2,7 @@
 # Install, lint, run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 ruff check .
 ruff format --check .
 lint-imports  # the layer contract in pyproject.toml: dependencies point one way

@@ -199,7 +199,7 @@ def check_config(config: dict) -> None:
 @pytest.fixture(scope="module")
 def fashion_mnist() -> Path:
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh)")
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh --test)")
     return FASHION_MNIST_DIR
 
 

@@ -42,7 +42,7 @@ def _image_folder(root: Path) -> Path:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """lightning_logs/version_0 of a two-epoch fit with a test at the end (~15 s)."""
     if not FASHION_MNIST.is_file():
-        pytest.skip("needs Debian's dataset-fashion-mnist (bash scripts/setup.sh)")
+        pytest.skip("needs Debian's dataset-fashion-mnist (bash scripts/setup.sh --test)")
     where = tmp_path_factory.mktemp("report")
     config = {
         "seed_everything": 0,
@@ -159,7 +159,7 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 @pytest.mark.skipif(
     CHROMIUM is None or DRIVER is None,
     reason="needs Debian's chromium and chromium-driver: sudo apt-get install chromium "
-    "chromium-driver (scripts/setup.sh installs them)",
+    "chromium-driver (scripts/setup.sh --test installs them)",
 )
 def test_the_report_in_headless_chromium(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from selenium import webdriver
