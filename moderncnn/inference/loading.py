@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -39,7 +39,7 @@ from moderncnn.io.checkpoint import read_checkpoint, read_state_dict, unwrap_sta
 from moderncnn.io.download import cache_dir
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 from moderncnn.models import create_model, is_model
-from moderncnn.models.factory import check_model_kwargs
+from moderncnn.models.factory import check_model_kwargs, check_parameter_count
 from moderncnn.models.pretrained import find_pretrained, load_pretrained
 
 from .backbone import headless, under_bf16, weights_sha256
@@ -356,6 +356,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: unreadable ({err})") from err
+    except (RecursionError, ValueError) as err:  # nested 100k deep; an int of 5000 digits
+        raise DataError(f"{path}: not a card moderncnn writes ({type(err).__name__})") from None
     if not isinstance(value, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
@@ -384,16 +386,51 @@ def load_probe(folder: str | Path) -> tuple[ProbeHead, ModelCard]:
             f"{folder} is not a probe folder (needs {PROBE_INFO} and {PROBE_HEAD}); make one with "
             "`moderncnn probe CACHE --out DIR`"
         )
+    card = _probe_card(folder)
+    _check_backbone_chain(folder, card)
+    features, hidden = card.head["num_features"], card.head.get("hidden")
+    weights = (
+        features * hidden + hidden * card.num_classes if hidden else features * card.num_classes
+    )
+    check_parameter_count(weights, f"{folder / PROBE_INFO}'s head")
+    head = _probe_head(card)
+    state = read_state_dict(folder / PROBE_HEAD)  # CheckpointError for crafted bytes
+    try:
+        head.load_state_dict(state)
+    except (RuntimeError, OSError) as err:
+        raise DataError(f"{folder / PROBE_HEAD} does not fit {PROBE_INFO}: {err}") from err
+    return head.eval(), card
+
+
+def _probe_card(folder: Path) -> ModelCard:
     info = _read_json(folder / PROBE_INFO)
     card = ModelCard.from_dict(info.get("card"), str(folder / PROBE_INFO))
     if card.kind != "probe" or card.parent is None:
         raise DataError(f"{folder / PROBE_INFO}: its card is not a probe's (kind {card.kind!r})")
-    head = _probe_head(card)
-    try:
-        head.load_state_dict(load_file(folder / PROBE_HEAD))
-    except (RuntimeError, OSError) as err:
-        raise DataError(f"{folder / PROBE_HEAD} does not fit {PROBE_INFO}: {err}") from err
-    return head.eval(), card
+    return card
+
+
+# A probe's backbone may be another probe folder; a chain longer than this is a crafted one.
+MAX_PROBE_CHAIN = 8
+
+
+def _check_backbone_chain(folder: Path, card: ModelCard) -> None:
+    """Refuses a probe whose backbone is, through other probe folders, the probe itself (its
+    loading would recurse until Python stops it)."""
+    seen = [folder.resolve()]
+    while True:
+        weights = card.parent.source.get("weights") if card.parent is not None else None
+        if not isinstance(weights, str) or not (Path(weights) / PROBE_INFO).is_file():
+            return
+        parent = Path(weights).resolve()
+        if parent in seen or len(seen) >= MAX_PROBE_CHAIN:
+            chain = " -> ".join(str(path) for path in [*seen, parent])
+            raise DataError(
+                f"{folder / PROBE_INFO}: its backbone leads back to a probe already in the chain "
+                f"or goes on too long ({chain}); point source.weights at the backbone's checkpoint"
+            )
+        seen.append(parent)
+        card = _probe_card(parent)
 
 
 def _offline_weights(weights: str, architecture: str) -> str:

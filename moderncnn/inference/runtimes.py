@@ -366,6 +366,8 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: unreadable sidecar ({err}); export the model again") from err
+    except (RecursionError, ValueError) as err:  # nested 100k deep; an int of 5000 digits
+        raise DataError(f"{path}: not a sidecar moderncnn writes ({type(err).__name__})") from None
     if not isinstance(meta, dict):
         raise DataError(f"{path}: a sidecar is a JSON object, got {type(meta).__name__}")
     return meta

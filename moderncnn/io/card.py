@@ -34,6 +34,12 @@ KINDS = ("classifier", "backbone", "probe")
 # ImageNet evaluation recipe: resize the short side to size / 0.875, centre-crop.
 SMALL_IMAGE = 64
 CROP_FRACTION = 0.875
+# Bounds on what a card (a JSON file from anywhere) may ask for: an image side (a 4096 x 4096
+# RGB input is 200 MB in float32 before the first layer), nesting (a real card is < 10 deep;
+# Python's recursion stops near 1000) and a probe head's sizes.
+MAX_IMAGE_SIZE = 4096
+MAX_CARD_DEPTH = 64
+MAX_HEAD_SIZE = 2**20
 
 
 class ToGrey:
@@ -71,16 +77,18 @@ class Preprocess:
     std: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.image_size, int) or self.image_size < 1:
+        if not isinstance(self.image_size, int) or not 1 <= self.image_size <= MAX_IMAGE_SIZE:
             raise DataError(
-                f"preprocess image_size must be a positive int, got {self.image_size!r}"
+                f"preprocess image_size must be an int from 1 to {MAX_IMAGE_SIZE}, got "
+                f"{self.image_size!r}"
             )
         if self.resize_size is not None and (
-            not isinstance(self.resize_size, int) or self.resize_size < self.image_size
+            not isinstance(self.resize_size, int)
+            or not self.image_size <= self.resize_size <= 2 * MAX_IMAGE_SIZE
         ):
             raise DataError(
-                f"preprocess resize_size must be None or an int >= image_size "
-                f"({self.image_size}), got {self.resize_size!r}"
+                f"preprocess resize_size must be None or an int from image_size "
+                f"({self.image_size}) to {2 * MAX_IMAGE_SIZE}, got {self.resize_size!r}"
             )
         if len(self.mean) not in (1, 3) or len(self.std) != len(self.mean):
             raise DataError(
@@ -114,6 +122,8 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "preprocess") -> Preprocess:
+        if not isinstance(values, Mapping):
+            raise DataError(f"{where}: preprocess must be a mapping, got {values!r:.80}")
         try:
             resize = values.get("resize_size")
             return cls(
@@ -122,7 +132,7 @@ class Preprocess:
                 _floats(values["mean"]),
                 _floats(values["std"]),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             if isinstance(err, DataError):
                 raise DataError(f"{where}: {err}") from None
             raise DataError(
@@ -156,7 +166,10 @@ class Preprocess:
 def _floats(values: Any) -> tuple[float, ...]:
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         raise DataError(f"expected a list of numbers, got {values!r}")
-    out = tuple(float(v) for v in values)
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"expected a list of numbers, got {list(values)!r:.80}") from None
     if not all(math.isfinite(v) for v in out):
         raise DataError(f"expected finite numbers, got {list(values)}")
     return out
@@ -201,8 +214,12 @@ class ModelCard:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise DataError(f"card {key} must be an int >= 0, got {value!r}")
-        if self.kind not in KINDS:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise DataError(f"card kind must be one of {KINDS}, got {self.kind!r}")
+        if self.parent is not None and not isinstance(self.parent, ModelCard):
+            raise DataError(f"card parent must be a card, got {type(self.parent).__name__}")
+        if self.kind == "probe":
+            _check_head(self.head)
         if "weights" in self.model_kwargs:
             # The trained weights are in the file the card travels with; a `weights` source
             # here would make loading download or read the file the training started from.
@@ -281,6 +298,11 @@ class ModelCard:
         """The card ``to_dict`` wrote; ``where`` (a file name) is named in every error."""
         if not isinstance(values, Mapping):
             raise DataError(f"{where}: a model card is a mapping, got {type(values).__name__}")
+        if _depth(values) > MAX_CARD_DEPTH:
+            raise DataError(
+                f"{where}: nested more than {MAX_CARD_DEPTH} levels deep, far beyond any model "
+                "card; the file was crafted or damaged: save the model again"
+            )
         if values.get("format", CARD_FORMAT) != CARD_FORMAT:
             raise DataError(
                 f"{where}: card format {values.get('format')!r} is not {CARD_FORMAT!r}; it was "
@@ -308,6 +330,38 @@ class ModelCard:
         except DataError as err:
             text = str(err)
             raise DataError(text if text.startswith(where) else f"{where}: {text}") from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s mappings and lists nest (iteratively: a crafted value may nest
+    deeper than Python's recursion reaches); stops counting past :data:`MAX_CARD_DEPTH`."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_CARD_DEPTH:
+            break
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def _size(value: Any, key: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_HEAD_SIZE:
+        raise DataError(f"card head {key} must be an int from 1 to {MAX_HEAD_SIZE}, got {value!r}")
+
+
+def _check_head(head: Mapping[str, Any]) -> None:
+    """A probe's head: ``num_features`` (and ``hidden``, the MLP width or None) are sizes."""
+    _size(head.get("num_features"), "num_features")
+    _size(head.get("hidden"), "hidden", optional=True)
+    stage = head.get("stage")
+    if stage is not None and not isinstance(stage, str | int):
+        raise DataError(f"card head stage must be a stage name or index, got {stage!r}")
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:

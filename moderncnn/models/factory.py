@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from moderncnn.io.errors import ConfigError
@@ -14,7 +15,7 @@ from moderncnn.io.errors import ConfigError
 from ._registry import model_entrypoint
 from .pretrained import load_pretrained
 
-__all__ = ["check_model_kwargs", "create_model"]
+__all__ = ["MAX_PARAMETERS", "check_model_kwargs", "check_parameter_count", "create_model"]
 
 
 def create_model(
@@ -36,13 +37,44 @@ def create_model(
             see :func:`get_variant_config`), an ``https://`` URL or a ``.pth``/``.safetensors``
             file; see :mod:`moderncnn.models.pretrained`.
         **kwargs: passed to the model's constructor (widths, depths, growth rate, ...).
+
+    Raises:
+        ConfigError: the network would have more than :data:`MAX_PARAMETERS` weights (counted
+            on the meta device, before any memory is allocated).
     """
-    model = model_entrypoint(name)(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    entrypoint = model_entrypoint(name)
+    if torch.get_default_device().type != "meta":
+        # Sizes multiply (4 widths of 20000: 59 billion weights): count them before allocating.
+        with torch.device("meta"):
+            network = entrypoint(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        settings = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        what = f"{name}(num_classes={num_classes}, in_chans={in_chans}, {settings[:200]})"
+        check_parameter_count(network, what)
+    model = entrypoint(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if weights is not None:
         load_pretrained(
             model, weights, model_name=name, transform_input=kwargs.get("transform_input")
         )
     return model
+
+
+# A billion weights, 4 GiB in float32: the largest CNNs published (BiT-L's ResNet-152x4, 0.9 B)
+# fit; a crafted config or card asking for more is refused before any memory is allocated.
+MAX_PARAMETERS = 10**9
+
+
+def check_parameter_count(network: nn.Module | int, what: str) -> None:
+    """Refuses a network (or a count) of more than :data:`MAX_PARAMETERS` weights, naming it."""
+    if isinstance(network, int):
+        count = network
+    else:
+        count = sum(t.numel() for t in (*network.parameters(), *network.buffers()))
+    if count > MAX_PARAMETERS:
+        raise ConfigError(
+            f"{what} would have {count / 1e9:,.1f} billion weights ({count * 4 / 2**30:,.0f} GiB "
+            f"in float32), above the {MAX_PARAMETERS / 1e9:g} billion this library builds; "
+            "use smaller widths, width_multiplier, num_classes or in_chans"
+        )
 
 
 # Bounds on model_kwargs: the deepest published ResNet (ResNet-1202) has 600 residual units.

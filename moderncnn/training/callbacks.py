@@ -52,6 +52,16 @@ def run_dir(trainer: L.Trainer) -> Path | None:
     return None if folder is None else Path(folder)
 
 
+# The checkpoint entry that records the run's seed_everything (None: the run was not seeded).
+SEED_KEY = "seed_everything"
+
+
+def global_seed() -> int | None:
+    """The seed Lightning's ``seed_everything`` set in this process (None: none was set)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return None if seed is None else int(seed)
+
+
 class SeedEachEpoch(L.Callback):
     """Re-seeds the random generators at the start of every training epoch from (seed, epoch).
 
@@ -70,6 +80,13 @@ class SeedEachEpoch(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._first_epoch = trainer.current_epoch  # > 0 when resumed
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The run's seed_everything, which a resume must keep (preflight.check_resume_settings)
+        # and by which `fit --seeds N --ckpt_path last` finds each seed's own run.
+        checkpoint[SEED_KEY] = global_seed()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seed = self.seed if self.seed is not None else os.environ.get("PL_GLOBAL_SEED")

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from .module import ImageClassifier, preprocess_of
 from .precision import PrecisionTrainer
 from .preflight import (
     LOG_MARGIN_BYTES,
+    UNKNOWN,
     OutputFolderError,
     check_devices,
     check_fit_limits,
@@ -56,6 +58,7 @@ from .preflight import (
     check_resume_checkpoint,
     checkpoint_folders,
     min_free_bytes,
+    recorded_seed,
     run_folders,
 )
 from .run_report import RunReport
@@ -111,11 +114,14 @@ def default_callbacks() -> list[Callback]:
     ]
 
 
-def prepare_run_folder(trainer: Trainer, model: Any, fitting: bool, ckpt_path: str | None) -> None:
+def prepare_run_folder(
+    trainer: Trainer, model: Any, fitting: bool, ckpt_path: str | None, seed: Any = UNKNOWN
+) -> None:
     """Fails now, naming the setting, on what would fail later or lose an earlier run's files:
     an unwritable or full output folder, a fit of zero epochs, a checkpoint that is unsafe
-    or made for another model. Then opens the CSV log, so it starts in an empty folder (the CSV
-    logger deletes the metrics.csv of a folder that already has files)."""
+    or made for another model, a resume with another ``seed`` (seed_everything). Then opens
+    the CSV log, so it starts in an empty folder (the CSV logger deletes the metrics.csv of a
+    folder that already has files)."""
     if fitting:
         check_fit_limits(trainer, model)
     check_devices(trainer)
@@ -126,7 +132,7 @@ def prepare_run_folder(trainer: Trainer, model: Any, fitting: bool, ckpt_path: s
         check_output_folder(folder, needed, what="checkpoint.dirpath")
     if ckpt_path and "://" not in ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
         # A resumed fit must also keep the checkpoint's settings (lr, optimizer, ...).
-        check_resume_checkpoint(ckpt_path, model, resume=fitting)
+        check_resume_checkpoint(ckpt_path, model, resume=fitting, seed=seed)
     claim_run_folder(trainer)
     for logger in trainer.loggers:
         if isinstance(logger, CSVLogger):
@@ -231,7 +237,15 @@ class RunStopped(SystemExit):
 
 
 class ModernCNNCLI(LightningCLI):
-    """LightningCLI with moderncnn's links, checkpointing, run folder and reports."""
+    """LightningCLI with moderncnn's links, checkpointing, run folder and reports.
+
+    ``seed_series``: the run is one seed of ``fit --seeds N``, so ``--ckpt_path last`` means
+    the newest ``last.ckpt`` of a run with this seed (each seed resumes its own run).
+    """
+
+    def __init__(self, *args: Any, seed_series: bool = False, **kwargs: Any) -> None:
+        self.seed_series = seed_series
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data module knows its classes and channels; the model needs them.
@@ -278,6 +292,11 @@ class ModernCNNCLI(LightningCLI):
         logs into a new ``version_N`` folder; its learning curves include the earlier epochs.
         """
         wanted = config.get("ckpt_path")
+        if self.seed_series and wanted not in (None, "last"):
+            raise ConfigError(
+                f"--ckpt_path {wanted} with --seeds: one checkpoint cannot continue every seed's "
+                "run; use --ckpt_path last (each seed resumes its own run's last.ckpt)"
+            )
         if wanted not in ("last", "best") or config.get("checkpoint.dirpath"):
             return
         if wanted == "best" and subcommand == "fit":
@@ -288,6 +307,10 @@ class ModernCNNCLI(LightningCLI):
             key=lambda path: path.stat().st_mtime,
         )
         where = " or ".join(str(root / "*" / "checkpoints" / "last.ckpt") for root in sorted(roots))
+        if self.seed_series:  # the newest run of this seed; none: this seed starts afresh
+            seed = config.get("seed_everything")
+            found = [path for path in found if _seed_of(path) == seed][-1:]
+            where = f"{where} of a run with seed_everything {seed}"
         if not found and subcommand == "fit":
             rank_zero_warn(f"--ckpt_path last: no {where}; training starts from scratch")
             config.ckpt_path = None
@@ -328,8 +351,10 @@ class ModernCNNCLI(LightningCLI):
         raise RunStopped(subcommand, where, last)
 
     def _open_run_folder(self) -> None:
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        prepare_run_folder(self.trainer, self.model, self.subcommand == "fit", ckpt_path)
+        config = self.config[self.subcommand]
+        fitting = self.subcommand == "fit"
+        seed = config.get("seed_everything")  # an int by now (LightningCLI set it), or False
+        prepare_run_folder(self.trainer, self.model, fitting, config.get("ckpt_path"), seed)
 
     before_fit = before_validate = before_test = before_predict = _open_run_folder
 
@@ -390,6 +415,15 @@ def _best_checkpoint(last: Path) -> Path:
     raise FileNotFoundError(f"{last} records no best checkpoint that still exists; use its path")
 
 
+def _seed_of(last: Path) -> Any:
+    """The seed_everything of the run that wrote ``last`` (None if unknown or unreadable)."""
+    try:
+        seed = recorded_seed(read_checkpoint(last), last)
+    except CheckpointError:
+        return None
+    return None if seed is UNKNOWN else seed
+
+
 def _root_dir(logger_config: Any) -> Path | None:
     """``save_dir/name`` of a TensorBoard or CSV logger entry of a config (None for others)."""
     init = getattr(logger_config, "init_args", None)
@@ -400,17 +434,23 @@ def _root_dir(logger_config: Any) -> Path | None:
 
 
 def build_cli(
-    argv: list[str], run: bool = True, trainer_class: type[Trainer] = PrecisionTrainer
+    argv: list[str],
+    run: bool = True,
+    trainer_class: type[Trainer] = PrecisionTrainer,
+    seed_series: bool = False,
 ) -> ModernCNNCLI:
     """The CLI for ``argv`` (with the sub-command first when ``run``); ``trainer_class``: a
-    ``Trainer`` subclass with the same arguments (``from_config`` passes one)."""
+    ``Trainer`` subclass with the same arguments (``from_config`` passes one); ``seed_series``:
+    one seed of ``fit --seeds N`` (see :class:`ModernCNNCLI`)."""
     with warnings.catch_warnings():
         # `moderncnn fit ...` hands LightningCLI its argv explicitly, which Lightning warns about.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return _cli(argv, run, trainer_class)
+        return _cli(argv, run, trainer_class, seed_series)
 
 
-def _cli(argv: list[str], run: bool, trainer_class: type[Trainer]) -> ModernCNNCLI:
+def _cli(
+    argv: list[str], run: bool, trainer_class: type[Trainer], seed_series: bool = False
+) -> ModernCNNCLI:
     return ModernCNNCLI(
         ImageClassifier,
         LightningDataModule,
@@ -429,6 +469,7 @@ def _cli(argv: list[str], run: bool, trainer_class: type[Trainer]) -> ModernCNNC
         load_from_checkpoint_support=False,
         args=argv,
         run=run,
+        seed_series=seed_series,
     )
 
 
@@ -446,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if seeds is None:
             build_cli(argv)
         else:  # `fit --seeds N`: one run per seed, then seeds_K.csv/.md beside the runs
-            runs = run_seeds(argv, seeds, build_cli)
+            runs = run_seeds(argv, seeds, partial(build_cli, seed_series=True))
             print_summary(runs, write_summary(runs, argv))
     except RunStopped as stop:
         print(stop.message(argv), file=sys.stderr)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from moderncnn.io.errors import ModernCNNError
 from moderncnn.io.safe_text import spreadsheet_safe
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import grad_cam, image_grid
+from moderncnn.viz._run_folder import LinkOutsideError, read_text, run_file
 from moderncnn.viz.images import loss_titles
 
 from .callbacks import run_dir
@@ -38,12 +41,70 @@ TOP_LOSSES_CSV = "top_losses.csv"
 
 
 def read_run_facts(folder: str | Path) -> dict[str, Any]:
-    """``run.json`` of a run folder, or {} where there is none (or it cannot be read)."""
+    """``run.json`` of a run folder, or {} where there is none, it cannot be read, or it is a
+    link leading out of the folder. The values are as written: see :func:`valid_facts`."""
     try:
-        facts = json.loads((Path(folder) / RUN_FACTS).read_text())
-    except (OSError, ValueError):
+        path = run_file(folder, RUN_FACTS)
+        facts = json.loads(read_text(path)) if path is not None else {}
+    except (OSError, ValueError, RecursionError, LinkOutsideError):
         return {}
     return facts if isinstance(facts, dict) else {}
+
+
+# The facts of run.json and what each must be to be shown; a hand-edited value of another type,
+# or NaN, or 1e300 seconds, is left out by valid_facts (the report shows the rest).
+_TEXT_FACTS = ("model", "data", "precision", "best_monitor", "tested_checkpoint", "summary")
+_COUNT_FACTS = ("parameters", "train_images", "val_images", "test_images", "epochs", "steps")
+_HARDWARE_TEXT, _HARDWARE_COUNTS = ("gpu", "cpu", "torch"), ("cpu_cores", "torch_threads")
+MAX_SECONDS = 10**9  # 30 years: more is no wall time (timedelta itself stops at 10**14)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any, limit: float = math.inf) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value < limit
+    )
+
+
+def valid_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts of a ``run.json`` that have the type and range :class:`RunFacts` writes."""
+    valid: dict[str, Any] = {}
+    for key in _TEXT_FACTS:
+        if isinstance(facts.get(key), str):
+            valid[key] = facts[key]
+    for key in _COUNT_FACTS:
+        if _count(facts.get(key)):
+            valid[key] = facts[key]
+    for key in ("fit_seconds", "test_seconds"):
+        if _number(facts.get(key), MAX_SECONDS):
+            valid[key] = facts[key]
+    if _number(facts.get("best_val"), 1e6):
+        valid["best_val"] = facts["best_val"]
+    size = facts.get("input_size")
+    if _number(facts.get("macs")) and isinstance(size, list) and size and all(map(_count, size)):
+        valid |= {"macs": facts["macs"], "input_size": size}
+    names = facts.get("class_names")
+    if isinstance(names, list) and all(isinstance(name, str) for name in names):
+        valid["class_names"] = names
+    if isinstance(facts.get("model_kwargs"), dict):
+        valid["model_kwargs"] = facts["model_kwargs"]
+    hardware = facts.get("hardware")
+    if isinstance(hardware, dict):
+        text = {k: hardware[k] for k in _HARDWARE_TEXT if isinstance(hardware.get(k), str)}
+        counts = {k: hardware[k] for k in _HARDWARE_COUNTS if _count(hardware.get(k))}
+        valid["hardware"] = text | counts
+    metrics = facts.get("test_metrics")
+    if isinstance(metrics, dict):
+        valid["test_metrics"] = {
+            k: v for k, v in metrics.items() if isinstance(k, str) and _number(v, 1e6)
+        }
+    return valid
 
 
 def _cpu_name() -> str:

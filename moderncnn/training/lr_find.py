@@ -31,7 +31,7 @@ from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from moderncnn.io.errors import ConfigError, MissingFileError, ModernCNNError
-from moderncnn.viz._figure import finish, new_figure
+from moderncnn.viz._figure import figure_format, finish, new_figure
 
 from .callbacks import AtomicCheckpointIO
 from .cli import build_cli, one_message
@@ -83,6 +83,8 @@ def lr_find(
     path = Path(config)
     if not path.is_file():
         raise MissingFileError(f"config {path} does not exist; give the path of a YAML config")
+    if plot is not None:
+        figure_format(plot)  # a folder or an unknown suffix: refused before the test runs
     try:
         cli = build_cli(["-c", str(path), *overrides], run=False, trainer_class=PrecisionTrainer)
     except (ArgumentError, ValueError, MisconfigurationException) as err:

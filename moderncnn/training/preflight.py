@@ -28,12 +28,15 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+import yaml
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from moderncnn.io.checkpoint import CheckpointError, read_checkpoint
 from moderncnn.io.errors import ConfigError
 from moderncnn.models.factory import check_model_kwargs
+
+from .callbacks import SEED_KEY
 
 __all__ = [
     "OutputFolderError",
@@ -44,8 +47,18 @@ __all__ = [
     "check_output_folder",
     "check_resume_checkpoint",
     "min_free_bytes",
+    "recorded_seed",
     "run_folders",
 ]
+
+
+# "No value to compare": a seed that neither the checkpoint nor its run folder records.
+class _Unknown:
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Any = _Unknown()
 
 # Room left for TensorBoard events, metrics.csv, plots and the config, on top of checkpoints.
 LOG_MARGIN_BYTES = 16 * 2**20
@@ -164,14 +177,14 @@ def check_fit_limits(trainer: L.Trainer, module: L.LightningModule) -> None:
 
 
 def check_resume_checkpoint(
-    path: str | Path, module: L.LightningModule, resume: bool = False
+    path: str | Path, module: L.LightningModule, resume: bool = False, seed: Any = UNKNOWN
 ) -> None:
     """Refuses a checkpoint that is unreadable, unsafe, or made for another network.
 
     Read with ``weights_only=True`` (no pickled code runs); its ``state_dict`` must have the
     same keys and tensor shapes as ``module``'s, else the message names what differs. With
-    ``resume`` (``fit --ckpt_path``), the model's settings must also be the checkpoint's
-    (:func:`check_resume_settings`).
+    ``resume`` (``fit --ckpt_path``), the model's settings and the ``seed`` (this run's
+    ``seed_everything``) must also be the checkpoint's (:func:`check_resume_settings`).
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"--ckpt_path {str(path)!r} does not exist; give a .ckpt file")
@@ -192,7 +205,7 @@ def check_resume_checkpoint(
     ]
     if not (missing or unexpected or mismatched):
         if resume:
-            check_resume_settings(path, checkpoint, module)
+            check_resume_settings(path, checkpoint, module, seed)
         return
     saved = checkpoint.get("hyper_parameters") or {}
     differs = [
@@ -227,12 +240,37 @@ def _comparable(key: str, value: Any) -> Any:
     return value
 
 
-def check_resume_settings(path: str | Path, checkpoint: Any, module: L.LightningModule) -> None:
-    """Refuses to resume with settings other than the checkpoint's ``hyper_parameters``.
+def recorded_seed(checkpoint: Any, path: str | Path) -> Any:
+    """The ``seed_everything`` of the run that wrote ``checkpoint`` (an int, or None for an
+    unseeded run): its own record (``SeedEachEpoch``), else, for a checkpoint written before
+    runs recorded it, the run folder's ``config.yaml``; :data:`UNKNOWN` when neither says."""
+    if isinstance(checkpoint, Mapping) and SEED_KEY in checkpoint:
+        seed = checkpoint[SEED_KEY]
+        return seed if seed is None or _is_int(seed) else UNKNOWN
+    config = Path(path).parent.parent / "config.yaml"  # version_N/checkpoints/last.ckpt
+    if Path(path).parent.name != "checkpoints" or not config.is_file():
+        return UNKNOWN
+    try:
+        seed = yaml.safe_load(config.read_text(encoding="utf-8")).get(SEED_KEY, UNKNOWN)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return UNKNOWN
+    return seed if seed is False or _is_int(seed) else UNKNOWN
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_resume_settings(
+    path: str | Path, checkpoint: Any, module: L.LightningModule, seed: Any = UNKNOWN
+) -> None:
+    """Refuses to resume with settings other than the checkpoint's ``hyper_parameters``, or
+    with another ``seed`` (``seed_everything``; :data:`UNKNOWN`: not checked).
 
     A resumed run restores the checkpoint's optimizer state and schedule: a new ``lr`` would be
     recorded in the new ``config.yaml`` yet not used, and another optimizer or scheduler has
-    state of another shape. Raises :class:`ConfigError` listing every key that differs.
+    state of another shape; a new seed would make its epochs those of neither run. Raises
+    :class:`ConfigError` listing every key that differs.
     """
     saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
     own = getattr(module, "hparams", None)
@@ -245,6 +283,11 @@ def check_resume_settings(path: str | Path, checkpoint: Any, module: L.Lightning
         and key not in RESUMABLE_CHANGES
         and _comparable(key, saved[key]) != _comparable(key, own[key])
     ]
+    was = recorded_seed(checkpoint, path)
+    was = None if was is False else was  # `seed_everything: false` in a config.yaml: unseeded
+    now = None if seed is False else seed
+    if seed is not UNKNOWN and was is not UNKNOWN and was != now:
+        differs.append(f"{SEED_KEY}: {was!r} in the checkpoint, {now!r} now")
     if differs:
         raise ConfigError(
             f"--ckpt_path {path}: this config differs from the run it would resume in "

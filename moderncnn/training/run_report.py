@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import csv
 import datetime
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,14 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from moderncnn.io.atomic import atomic_write_text
-from moderncnn.io.errors import DataError, MissingFileError
+from moderncnn.io.errors import DataError, MissingFileError, OutputError
 from moderncnn.viz import read_confusion_matrix
+from moderncnn.viz._run_folder import LinkOutsideError, read_csv_rows, read_text, run_file
+from moderncnn.viz.confusion import CONFUSION_CSV
 from moderncnn.viz.interpret import most_confused
 
 from .callbacks import run_dir
-from .interpretation import TOP_LOSSES_CSV, read_run_facts
+from .interpretation import MAX_SECONDS, RUN_FACTS, TOP_LOSSES_CSV, read_run_facts, valid_facts
 
 REPORT = "report.html"
 FIGURES = {
@@ -49,39 +51,55 @@ def _environment() -> Environment:
     )
 
 
-def _data_uri(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+class _RunFiles:
+    """The run folder's files as the report may read them: a file that is a link leading out of
+    the folder is left out (and noted on the page), never embedded."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.skipped: list[str] = []
+
+    def get(self, name: str) -> Path | None:
+        try:
+            return run_file(self.folder, name)
+        except LinkOutsideError as err:
+            self.skipped.append(str(err))
+            return None
+
+    def data_uri(self, name: str) -> str | None:
+        path = self.get(name)
+        if path is None:
+            return None
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+    def csv_rows(self, name: str) -> list[dict[str, str]]:
+        path = self.get(name)
+        return [] if path is None else read_csv_rows(path)
 
 
-def _best_val(folder: Path, facts: dict[str, Any]) -> float | None:
+def _best_val(files: _RunFiles, facts: dict[str, Any]) -> float | None:
     """The run's best validation accuracy: the checkpoint's record, else metrics.csv's."""
     if facts.get("best_val") is not None and facts.get("best_monitor") == "val_acc":
         return float(facts["best_val"])
     values = []
-    for row in _csv_rows(folder / "metrics.csv"):
+    for row in files.csv_rows("metrics.csv"):
         try:
             values.append(float(row.get("val_acc") or "nan"))
-        except ValueError:
+        except (TypeError, ValueError):
             continue
-    values = [v for v in values if v == v]
+    values = [v for v in values if math.isfinite(v)]
     return max(values) if values else None
 
 
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def _per_class(folder: Path, names: list[str] | None) -> tuple[list[dict[str, Any]], list]:
+def _per_class(files: _RunFiles, names: list[str] | None) -> tuple[list[dict[str, Any]], list]:
     """Per-class rows (class, images, correct, accuracy) and the most confused pairs, from
     ``confusion_matrix.csv``; the class names as the model holds them (the CSV's are made
     spreadsheet-safe)."""
+    path = files.get(CONFUSION_CSV)
+    if path is None:
+        return [], []
     try:
-        counts, csv_names = read_confusion_matrix(folder)
+        counts, csv_names = read_confusion_matrix(path)
     except (MissingFileError, DataError):
         return [], []
     names = names if names and len(names) == len(csv_names) else csv_names
@@ -97,12 +115,12 @@ def _per_class(folder: Path, names: list[str] | None) -> tuple[list[dict[str, An
 
 
 def _duration(seconds: Any) -> str | None:
-    if not isinstance(seconds, int | float):
+    if not isinstance(seconds, int | float) or not 0 <= seconds < MAX_SECONDS:
         return None
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
-def _glance(folder: Path, facts: dict[str, Any], per_class: list[dict[str, Any]]) -> list:
+def _glance(files: _RunFiles, facts: dict[str, Any], per_class: list[dict[str, Any]]) -> list:
     """(label, value) rows of the "at a glance" table; facts not recorded are left out."""
     test = facts.get("test_metrics") or {}
     hw = facts.get("hardware") or {}
@@ -144,7 +162,7 @@ def _glance(folder: Path, facts: dict[str, Any], per_class: list[dict[str, Any]]
             or None,
         ),
     ]
-    best = _best_val(folder, facts)
+    best = _best_val(files, facts)
     rows.append(("best val accuracy", None if best is None else f"{best:.2%}"))
     if "test_acc" in test:
         rows.append(("test accuracy", f"{test['test_acc']:.2%}"))
@@ -167,35 +185,46 @@ def render_report(run: str | Path) -> str:
             f"{folder} is not a run folder (it has no metrics.csv or run.json); give a "
             "lightning_logs/version_N folder"
         )
-    facts = read_run_facts(folder)
-    per_class, confused = _per_class(folder, facts.get("class_names"))
-    config = folder / "config.yaml"
+    files = _RunFiles(folder)
+    files.get(RUN_FACTS)  # notes a link out of the folder; read_run_facts leaves it unread
+    facts = valid_facts(read_run_facts(folder))
+    per_class, confused = _per_class(files, facts.get("class_names"))
+    config = files.get("config.yaml")
     figures = {
-        key: {"src": _data_uri(folder / name), "title": title, "file": name}
+        key: {"src": files.data_uri(name), "title": title, "file": name}
         for key, (name, title) in FIGURES.items()
     }
+    top_losses = files.csv_rows(TOP_LOSSES_CSV)
     return (
         _environment()
         .get_template("report.html.j2")
         .render(
             title=f"{facts.get('model', 'run')}: {folder.resolve().name}",
             folder=str(folder),
-            glance=_glance(folder, facts, per_class),
+            glance=_glance(files, facts, per_class),
             figures=figures,
             per_class=per_class,
             confused=confused,
-            top_losses=_csv_rows(folder / TOP_LOSSES_CSV),
+            top_losses=top_losses,
             summary=facts.get("summary"),
-            config=config.read_text(errors="replace") if config.is_file() else None,
+            config=None if config is None else read_text(config),
+            skipped=files.skipped,
         )
     )
 
 
-def write_report(run: str | Path) -> Path:
-    """Writes ``RUN/report.html`` (atomically: a reader never sees half a page); its path."""
+def write_report(run: str | Path, out: str | Path | None = None) -> Path:
+    """Writes the page to ``out`` (default ``RUN/report.html``) atomically: a reader never sees
+    half a page; returns its path. An unwritable place is an :class:`OutputError` naming it."""
     html = render_report(run)
-    path = Path(run) / REPORT
-    atomic_write_text(path, html)
+    path = Path(out) if out is not None else Path(run) / REPORT
+    try:
+        atomic_write_text(path, html)
+    except OSError as err:
+        raise OutputError(
+            f"cannot write the report {path}: {err.strerror or err}; give another file with "
+            "--out (a read-only run folder can still be reported elsewhere)"
+        ) from err
     return path
 
 
@@ -227,6 +256,7 @@ def main(argv: list[str]) -> int:
         description="One self-contained HTML page of a run: RUN_DIR/report.html.",
     )
     parser.add_argument("run", help="a run folder, e.g. lightning_logs/version_0")
+    parser.add_argument("-o", "--out", help="HTML file to write (default: RUN/report.html)")
     args = parser.parse_args(argv)
-    print(f"run report: {write_report(args.run)}")
+    print(f"run report: {write_report(args.run, args.out)}")
     return 0

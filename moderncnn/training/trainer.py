@@ -27,7 +27,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .callbacks import ResumableModelCheckpoint, run_dir
+from .callbacks import ResumableModelCheckpoint, global_seed, run_dir
 from .cli import (
     CHECKPOINT_DEFAULTS,
     LOG_ROOT,
@@ -37,6 +37,7 @@ from .cli import (
     prepare_run_folder,
 )
 from .precision import PrecisionTrainer
+from .preflight import UNKNOWN
 
 __all__ = ["Results", "RunTrainer", "SaveRunConfig", "Trainer"]
 
@@ -73,8 +74,10 @@ class RunTrainer(PrecisionTrainer):
         bound = inspect.signature(getattr(L.Trainer, stage)).bind(self, model, *args, **kwargs)
         ckpt_path = bound.arguments.get("ckpt_path")
         module = model if model is not None else self.lightning_module
+        ckpt_path = None if ckpt_path is None else str(ckpt_path)
+        seed = global_seed()  # a resume keeps its run's seed; not checked where none was set
         prepare_run_folder(
-            self, module, stage == "fit", None if ckpt_path is None else str(ckpt_path)
+            self, module, stage == "fit", ckpt_path, UNKNOWN if seed is None else seed
         )
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moderncnn.io.atomic import atomic_write
 from moderncnn.io.errors import OutputError
 
 if TYPE_CHECKING:  # matplotlib itself loads on first use
@@ -35,14 +36,42 @@ def new_figure(**kwargs: Any) -> Figure:
     return Figure(**kwargs)
 
 
+def figure_format(save: str | Path) -> str:
+    """The file format of a figure written to ``save``: its suffix's (``.pdf``), else PNG.
+
+    Raises :class:`OutputError` for a folder or a suffix matplotlib cannot write, so a command
+    can check its output before it computes the figure.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(save)
+    if path.is_dir():
+        raise OutputError(
+            f"cannot write the figure to {path}: it is a folder; give a file name such as "
+            f"{path / 'figure.png'}"
+        )
+    kind = path.suffix[1:].lower() or "png"
+    if kind not in FigureCanvasBase.get_supported_filetypes():
+        raise OutputError(
+            f"cannot write the figure to {path}: {path.suffix!r} is not an image format "
+            "matplotlib writes; use .png, .pdf or .svg"
+        )
+    return kind
+
+
 def finish(figure: Figure, save: str | Path | None, dpi: int = 100) -> Figure:
-    """Lays ``figure`` out and, when ``save`` names a file (``.png``, ``.pdf``, ...), writes it."""
+    """Lays ``figure`` out and, when ``save`` names a file (``.png``, ``.pdf``, ...), writes it.
+
+    The file is exactly ``save`` (matplotlib alone would write ``save.png`` for a name without
+    a suffix), written atomically: a ``save`` that is a symlink is replaced, its target never
+    written through (a run folder from elsewhere may hold ``curves.png -> ~/.bashrc``).
+    """
     figure.tight_layout()
     if save is not None:
         path = Path(save)
+        kind = figure_format(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path, dpi=dpi)
+            atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format=kind))
         except OSError as err:
             raise OutputError(f"cannot write the figure to {path}: {err.strerror or err}") from err
     return figure

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from torch import Tensor
 from moderncnn.io.errors import DataError, MissingFileError
 
 from ._figure import finish, new_figure
+from ._run_folder import read_text, run_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,14 +29,18 @@ MAX_ANNOTATED_CLASSES = 30  # counts stay legible up to about this many classes
 def read_confusion_matrix(path: str | Path) -> tuple[Tensor, list[str]]:
     """The counts (true x predicted) and class names of a run's ``confusion_matrix.csv``."""
     path = Path(path)
-    path = path / CONFUSION_CSV if path.is_dir() else path
+    if path.is_dir():
+        run_file(path, CONFUSION_CSV)  # the run's own file: a link leading out of it is refused
+        path = path / CONFUSION_CSV
     if not path.is_file():
         raise MissingFileError(
             f"{path} does not exist; test the run first (`trainer.test(...)` or "
             "`moderncnn test`), which writes it"
         )
-    with path.open(newline="") as file:
-        header, *rows = list(csv.reader(file))
+    try:
+        header, *rows = list(csv.reader(io.StringIO(read_text(path), newline="")))
+    except (csv.Error, ValueError) as err:  # not CSV, or empty
+        raise DataError(f"{path}: not a confusion matrix CSV ({err or 'empty'})") from err
     names = header[1:]
     try:
         counts = torch.tensor([[int(v) for v in row[1:]] for row in rows], dtype=torch.long)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import io
 import math
 import re
 import sys
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from moderncnn.io.errors import DataError, MissingFileError, ModernCNNError
 
 from ._figure import finish, new_figure
+from ._run_folder import LinkOutsideError, read_text, run_file
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -39,7 +41,10 @@ PANELS = [
 def metrics_file(run: str | Path) -> Path:
     """``run`` itself if it is a ``.csv`` file, else ``run/metrics.csv``; it must exist."""
     path = Path(run)
-    path = path if path.suffix == ".csv" else path / "metrics.csv"
+    if path.suffix != ".csv":
+        if path.is_dir():
+            run_file(path, "metrics.csv")  # its own file: a link leading out of it is refused
+        path = path / "metrics.csv"
     if not path.is_file():
         raise MissingFileError(
             f"{path} does not exist; give a run folder that has metrics.csv "
@@ -51,9 +56,11 @@ def metrics_file(run: str | Path) -> Path:
 def _rows(path: Path) -> list[dict[str, str]]:
     """The rows of a metrics.csv, each cell checked to be a number (epoch and step finite),
     so a hand-edited or cut file is one message naming its line, not a traceback."""
-    with path.open(newline="") as file:
-        reader = csv.DictReader(file)
+    try:
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
         rows = list(reader)
+    except csv.Error as err:
+        raise DataError(f"{path}: not a readable CSV file ({err})") from err
     for line, row in enumerate(rows, start=2):
         if None in row:
             raise DataError(
@@ -197,10 +204,13 @@ def _plot_rates(ax: Axes, rates: dict[str, list[tuple[float, float]]]) -> None:
 
 def _model_name(run_dir: Path) -> str | None:
     """The ``model:`` name in the run's ``hparams.yaml`` (None for a model passed as a module)."""
-    hparams = run_dir / "hparams.yaml"
-    if not hparams.is_file():
+    try:
+        hparams = run_file(run_dir, "hparams.yaml")
+    except LinkOutsideError:
         return None
-    found = re.search(r"^model: *([\w.-]+) *$", hparams.read_text(errors="replace"), re.M)
+    if hparams is None:
+        return None
+    found = re.search(r"^model: *([\w.-]+) *$", read_text(hparams), re.M)
     return found.group(1) if found else None
 
 

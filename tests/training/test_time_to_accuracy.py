@@ -266,6 +266,56 @@ def test_fit_seeds_runs_each_seed_and_writes_the_spread(
     assert (root / "seeds_1.csv").read_text().splitlines()[1].startswith("3,")
 
 
+@pytest.mark.slow
+@needs_data
+def test_fit_seeds_resumes_each_seed_from_its_own_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, make_tiny_config
+) -> None:
+    # issue 23 H4: every seed resumed the newest last.ckpt (one run), giving "± 0.00%".
+    monkeypatch.chdir(tmp_path)
+    config = make_tiny_config(tmp_path / "c.yaml", train_subset=192, max_epochs=1)
+    args = ["fit", "-c", str(config), "--model.scheduler=step", "--seeds", "2"]
+    assert moderncnn_main(args) == 0
+    root = tmp_path / "lightning_logs"
+    assert moderncnn_main([*args, "--ckpt_path", "last", "--trainer.max_epochs=2"]) == 0
+    for seed, version in ((0, 2), (1, 3)):
+        resumed = yaml.safe_load((root / f"version_{version}" / "config.yaml").read_text())
+        assert resumed["seed_everything"] == seed
+        assert Path(resumed["ckpt_path"]).parts[-3] == f"version_{seed}"  # its own run
+    # One file for every seed cannot be right; a changed seed is refused like a changed lr.
+    own = root / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    assert moderncnn_main([*args, "--ckpt_path", str(own)]) == 1
+    assert (
+        "with --seeds: one checkpoint cannot continue every seed's run" in capsys.readouterr().err
+    )
+    single = ["fit", "-c", str(config), "--model.scheduler=step", "--trainer.max_epochs=2"]
+    assert moderncnn_main([*single, "--seed_everything=1", "--ckpt_path", str(own)]) == 1
+    assert "seed_everything: 0 in the checkpoint, 1 now" in capsys.readouterr().err
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
+        f"version_{i}" for i in range(4)
+    ]
+
+
+def test_resume_check_compares_the_seed_also_of_older_checkpoints(tmp_path: Path) -> None:
+    from moderncnn.training.preflight import UNKNOWN, check_resume_settings, recorded_seed
+
+    module = ImageClassifier("resnet18_cifar", num_classes=10, in_chans=1, model_kwargs=TINY)
+    saved = {"hyper_parameters": dict(module.hparams), "state_dict": {}}
+    path = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
+    check_resume_settings(path, {**saved, "seed_everything": 3}, module, 3)
+    with pytest.raises(ConfigError, match="seed_everything: 3 in the checkpoint, 4 now"):
+        check_resume_settings(path, {**saved, "seed_everything": 3}, module, 4)
+    # Written before checkpoints recorded it: the run folder's config.yaml says.
+    assert recorded_seed(saved, path) is UNKNOWN
+    check_resume_settings(path, saved, module, 4)
+    path.parent.mkdir(parents=True)
+    (path.parent.parent / "config.yaml").write_text("seed_everything: 7\nmodel: {}\n")
+    assert recorded_seed(saved, path) == 7
+    with pytest.raises(ConfigError, match="seed_everything: 7 in the checkpoint, 4 now"):
+        check_resume_settings(path, saved, module, 4)
+
+
 def test_seeds_arguments_are_checked() -> None:
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("5,7,9") == [5, 7, 9]
     assert pop_seeds(["fit", "-c", "x.yaml", "--seeds=2"]) == ([0, 1], ["fit", "-c", "x.yaml"])
