@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader
 
 from moderncnn.data.files import DecodedImageFiles, collate_images, find_images
 from moderncnn.io.atomic import atomic_write, atomic_write_text
-from moderncnn.io.card import ModelCard
+from moderncnn.io.card import CARD_FORMAT, ModelCard
 from moderncnn.io.checkpoint import read_checkpoint, read_state_dict, unwrap_state_dict
 from moderncnn.io.download import cache_dir
-from moderncnn.io.errors import ConfigError, DataError, MissingFileError
+from moderncnn.io.errors import ConfigError, DataError, MissingFileError, OutputError
 from moderncnn.models import create_model, is_model
 from moderncnn.models.factory import check_model_kwargs
 from moderncnn.models.pretrained import find_pretrained, load_pretrained
@@ -646,9 +646,30 @@ def save_model(model: Any, out: str | Path, card: ModelCard | None = None) -> Pa
     if not isinstance(network, nn.Module) or not isinstance(card, ModelCard):
         raise ConfigError("save_model needs a network and its ModelCard (card=...)")
     out = Path(out)
+    _check_saved_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
     card = card.replace(source={**card.source, "artifact": "saved"})
     atomic_write_text(out / CARD_FILE, json.dumps(card.to_dict(), indent=1) + "\n")
     return out
+
+
+def _check_saved_folder(out: Path) -> None:
+    """Refuse to write into a file, or into a folder of other files (a project whose own
+    ``config.json`` would be replaced): only a new, empty or saved model folder is ours."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file; a saved model is a folder: choose another --output")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    card = out / CARD_FILE
+    try:
+        ours = json.loads(card.read_text(encoding="utf-8")).get("format") == CARD_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
+        ours = False
+    if not ours:
+        raise OutputError(
+            f"{out} is a folder of other files, not a saved model (no {CARD_FILE} model card); "
+            f"writing it would replace its {CARD_FILE} and {WEIGHTS_FILE}: choose a new or "
+            "empty folder"
+        )
