@@ -469,3 +469,46 @@ def test_predict_csv_quotes_class_names_a_spreadsheet_would_run(
     cells = [cell for row in rows[1:] for cell in row]
     assert not any(cell.startswith(("=", "+", "-", "@")) for cell in cells), cells
     assert {row[2] for row in rows[1:]} >= {'\'=HYPERLINK("http://evil","x")', "'+1", "$x$"}
+
+
+# -- weights that load but are not numbers a network can use (issue 23, L7, L8) ---------------
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda t: t.fill_(float("nan")), "'fc.bias' holds NaN or infinite values"),
+        (lambda t: t.fill_(float("inf")), "'fc.bias' holds NaN or infinite values"),
+        (lambda t: t.long(), "'fc.bias' is torch.int64, not floating point"),
+        (lambda t: t > 0, "'fc.bias' is torch.bool, not floating point"),
+    ],
+    ids=["nan", "inf", "int64", "bool"],
+)
+def test_non_finite_or_integer_weights_are_refused_naming_the_key(
+    files, tmp_path: Path, capsys, spoil, message: str
+) -> None:
+    # load_state_dict casts them silently: predictions read `nan%` and the exit status is 0.
+    checkpoint = torch.load(files["good"], weights_only=True)
+    checkpoint["state_dict"]["model.fc.bias"] = spoil(checkpoint["state_dict"]["model.fc.bias"])
+    torch.save(checkpoint, tmp_path / "spoilt.ckpt")
+    args = ["export", str(tmp_path / "spoilt.ckpt"), "--format", "onnx"]
+    assert moderncnn_main([*args, "-o", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert f"spoilt.ckpt: weight {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_state_dict_of_thousands_of_other_keys_is_named_in_a_short_line(
+    files, tmp_path: Path, capsys
+) -> None:
+    checkpoint = torch.load(files["good"], weights_only=True)
+    # A deep network's state dict under a small network's card: load_state_dict's message
+    # lists every key (266 KB in one line for an Inception).
+    checkpoint["state_dict"] = {f"model.block{i}.conv.weight": torch.zeros(1) for i in range(3000)}
+    torch.save(checkpoint, tmp_path / "deep.ckpt")
+    args = ["export", str(tmp_path / "deep.ckpt"), "--format", "onnx"]
+    assert moderncnn_main([*args, "-o", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "deep.ckpt: its weights do not fit the resnet18_cifar" in err
+    assert "unexpected keys 'block0.conv.weight'," in err and "and 2995 more" in err
+    assert len(err) < 1500 and len(err.strip().splitlines()) == 1

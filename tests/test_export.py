@@ -86,7 +86,8 @@ def test_export_matches_eager(name: str, fmt: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dynamic_batch(fmt: str, tmp_path: Path) -> None:
     model = calibrate_batch_norms(create_model("resnet18_cifar", num_classes=5), (3, 16, 16))
-    dynamic = load_exported(export_model(model, tmp_path / "d", fmt, (3, 16, 16), True))
+    out = tmp_path / ("d.onnx" if fmt == "onnx" else "d.torchscript")
+    dynamic = load_exported(export_model(model, out, fmt, (3, 16, 16), True))
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         expected = model(x)
@@ -130,7 +131,7 @@ class TracesDifferently(nn.Module):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_mismatching_export_is_refused_and_deleted(fmt: str, tmp_path: Path) -> None:
-    out = tmp_path / "bad"
+    out = tmp_path / ("bad.onnx" if fmt == "onnx" else "bad.torchscript")
     with pytest.raises(ExportError, match="differs from the eager model by"):
         export_model(TracesDifferently(), out, fmt, optimize=False)
     assert not out.exists() and not sidecar_path(out).exists()
@@ -291,3 +292,147 @@ def test_exported_model_without_its_sidecar_is_named(cifar_samples_dir: Path, tm
         FileNotFoundError, match=r"m\.onnx\.json not found: m\.onnx's card \(class names"
     ):
         predict(cifar_samples_dir, out)
+
+
+# -- `moderncnn export` checks everything before it writes anything (issue 23) -------------------
+
+TINY = {"channels": [8, 16], "layers": [1, 1]}
+GREY28 = {"image_size": 28, "resize_size": None, "mean": [0.286], "std": [0.353]}
+RGB28 = {"image_size": 28, "resize_size": None, "mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def tiny_checkpoint(path: Path, in_chans: int = 1) -> Path:
+    from moderncnn.training.module import ImageClassifier
+
+    module = ImageClassifier(
+        "resnet18_cifar", num_classes=10, in_chans=in_chans, model_kwargs=TINY,
+        preprocess=GREY28 if in_chans == 1 else RGB28,
+    )  # fmt: skip
+    saved = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(saved)
+    torch.save(saved, path)
+    return path
+
+
+def fashion_config(tmp_path: Path, fashion_mnist_dir: Path, val_size: int = 256) -> Path:
+    import yaml
+
+    data = {
+        "class_path": "moderncnn.data.FashionMNISTDataModule",
+        "init_args": {"data_dir": str(fashion_mnist_dir), "batch_size": 64,
+                      "train_subset": 512, "val_size": val_size},
+    }  # fmt: skip
+    path = tmp_path / f"fashion{val_size}.yaml"
+    path.write_text(yaml.safe_dump({"data": data}))
+    return path
+
+
+def test_an_export_named_like_its_checkpoint_is_refused_and_the_checkpoint_kept(
+    tmp_path: Path, capsys
+) -> None:
+    # H8: `export CK --format onnx -o CK` replaced the training checkpoint with an ONNX file.
+    ckpt = tiny_checkpoint(tmp_path / "run.ckpt")
+    before = ckpt.read_bytes()
+    for fmt in FORMATS:
+        assert cli_main(["export", str(ckpt), "--format", fmt, "-o", str(ckpt)]) == 1
+        err = capsys.readouterr().err
+        assert "export is written to a file ending in" in err and "Traceback" not in err
+    assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt"]
+
+
+def test_safetensors_export_never_writes_into_a_folder_of_other_files(
+    tmp_path: Path, capsys
+) -> None:
+    # L2: `export --format safetensors -o proj/` replaced the project's own config.json.
+    ckpt = tiny_checkpoint(tmp_path / "run.ckpt")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "config.json").write_text('{"name": "my project"}')
+    argv = ["export", str(ckpt), "--format", "safetensors", "-o"]
+    assert cli_main([*argv, str(project)]) == 1
+    err = capsys.readouterr().err
+    assert "proj is a folder of other files, not a saved model" in err
+    assert (project / "config.json").read_text() == '{"name": "my project"}'
+    assert sorted(p.name for p in project.iterdir()) == ["config.json"]
+    assert cli_main([*argv, str(ckpt)]) == 1  # a file
+    assert "is a file; a saved model is a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    for folder in ("empty", "new", "new"):  # an empty folder, a new one, our own again
+        assert cli_main([*argv, str(tmp_path / folder)]) == 0
+    assert (tmp_path / "new" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_a_non_finite_max_drop_is_refused_before_anything_is_written(
+    tmp_path: Path, bad: str, capsys
+) -> None:
+    # L3: NaN compares false with everything, so the accuracy guard let any int8 model pass.
+    from moderncnn.inference.quantize import quantize_export
+
+    ckpt = tiny_checkpoint(tmp_path / "run.ckpt")
+    argv = ["export", str(ckpt), "--format", "onnx", "--int8", "--calibrate", "c.yaml"]
+    assert cli_main([*argv, f"--max-drop={bad}"]) == 1
+    assert "--max-drop must be a finite number of accuracy points" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt"]
+    with pytest.raises(ValueError, match="finite number"):
+        quantize_export(tmp_path / "x.onnx", tmp_path / "y.onnx", [], list, max_drop=float(bad))
+
+
+def test_int8_calibration_refusals_leave_the_earlier_export_as_it_was(
+    tmp_path: Path, fashion_mnist_dir: Path, capsys
+) -> None:
+    # M10, L10: the fp32 run.onnx was overwritten before the config was read and checked.
+    config = fashion_config(tmp_path, fashion_mnist_dir)
+    for in_chans, calibrate, message in [
+        (1, str(tmp_path / "missing.yaml"), "missing.yaml does not exist"),
+        (3, str(config), "its train images are (1, 28, 28) but "),
+        (1, str(fashion_config(tmp_path, fashion_mnist_dir, val_size=5000)), "leaves no training"),
+    ]:
+        ckpt = tiny_checkpoint(tmp_path / "run.ckpt", in_chans)
+        earlier = ckpt.with_suffix(".onnx")
+        earlier.write_bytes(b"an earlier export")
+        argv = ["export", str(ckpt), "--format", "onnx", "--int8", "--calibrate", calibrate]
+        assert cli_main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert earlier.read_bytes() == b"an earlier export"
+        assert not sidecar_path(earlier).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_calibration_batches_are_the_same_every_run(fashion_mnist_dir: Path) -> None:
+    # L3: the shuffled training split gave other calibration images, so another int8 accuracy,
+    # on every run.
+    from moderncnn.inference.quantize import datamodule_batches
+
+    data = FashionMNISTDataModule(
+        str(fashion_mnist_dir), batch_size=32, train_subset=256, val_size=64
+    )
+    state = torch.random.get_rng_state()
+    first, second = (next(datamodule_batches(data, "train", seed=0))[1] for _ in range(2))
+    assert torch.equal(first, second)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG untouched
+    other = next(datamodule_batches(data, "train", seed=1))[1]
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.slow
+def test_int8_export_writes_both_files_and_the_same_model_every_run(
+    tmp_path: Path, fashion_mnist_dir: Path, capsys
+) -> None:
+    from moderncnn.inference import load_model
+
+    pytest.importorskip("onnxruntime")
+    ckpt = tiny_checkpoint(tmp_path / "run.ckpt")
+    argv = ["export", str(ckpt), "--format", "onnx", "--int8", "--calibrate"]
+    argv += [str(fashion_config(tmp_path, fashion_mnist_dir)), "--force"]
+    metrics = []
+    for _ in range(2):
+        assert cli_main(argv) == 0, capsys.readouterr().err
+        assert "run.int8.onnx: int8 val accuracy" in capsys.readouterr().out
+        metrics.append(json.loads(sidecar_path(tmp_path / "run.int8.onnx").read_text())["card"])
+    assert metrics[0]["metrics"] == metrics[1]["metrics"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    int8 = load_model(ckpt, runtime="onnxruntime", precision="int8")
+    assert int8(torch.randn(2, 1, 28, 28)).shape == (2, 10)

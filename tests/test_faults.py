@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -582,3 +583,68 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_pa
     (tmp_path / ".best.ckpt.x.tmp").write_bytes(b"another file's")
     AtomicCheckpointIO().save_checkpoint({"epoch": 3}, tmp_path / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".best.ckpt.x.tmp", "last.ckpt"]
+
+
+# -- permissions and swapped files (issue 23, L1, H7) ------------------------------------------
+
+
+@pytest.fixture
+def umask_027() -> Iterator[None]:
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_atomic_writes_keep_the_replaced_files_mode_or_follow_the_umask(
+    tmp_path: Path, umask_027
+) -> None:
+    from moderncnn.inference.export import export_model
+    from moderncnn.io.atomic import atomic_write_text
+    from moderncnn.models import create_model
+
+    # mkstemp makes 0600: a replaced 0644 model.onnx became private to its writer.
+    model = create_model("resnet18_cifar", num_classes=3, channels=(8, 8), layers=(1, 1))
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"an earlier export")
+    onnx.chmod(0o644)
+    export_model(model, onnx, "onnx", input_size=(3, 16, 16))
+    assert mode(onnx) == 0o644
+    assert mode(tmp_path / "model.onnx.json") == 0o640  # new: 0666 less the umask 027
+    atomic_write_text(tmp_path / "notes.txt", "new")
+    assert mode(tmp_path / "notes.txt") == 0o640
+    (tmp_path / "notes.txt").chmod(0o604)
+    atomic_write_text(tmp_path / "notes.txt", "again")
+    assert mode(tmp_path / "notes.txt") == 0o604
+    AtomicCheckpointIO().save_checkpoint({"epoch": 0}, tmp_path / "last.ckpt")
+    assert mode(tmp_path / "last.ckpt") == 0o640
+
+
+def test_a_swapped_cached_export_is_never_run(tmp_path: Path) -> None:
+    """Another checkpoint's cached ONNX export copied over this one's (same name, same sidecar):
+    predictions must still be this checkpoint's."""
+    pytest.importorskip("onnxruntime")
+    from moderncnn.inference import load_model, save_model
+    from moderncnn.io.card import ModelCard, Preprocess
+    from moderncnn.models import create_model
+
+    card = ModelCard(
+        "resnet18_cifar", 4, 1, {"channels": [8], "layers": [1]},
+        preprocess=Preprocess(16, None, (0.5,), (0.25,)),
+    )  # fmt: skip
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model("resnet18_cifar", num_classes=4, in_chans=1, channels=[8], layers=[1])
+        folders.append(save_model(model.eval(), tmp_path / f"m{seed}", card))
+    x = torch.randn(2, 1, 16, 16)
+    for folder in folders:
+        load_model(folder, runtime="onnxruntime")(x)
+    (ours,), (theirs,) = (list(f.glob("model.*.onnx")) for f in folders)
+    shutil.copyfile(theirs, ours)
+    expected = load_model(folders[0], runtime="torch")(x)
+    got = load_model(folders[0], runtime="onnxruntime")(x)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)

@@ -22,8 +22,8 @@ from moderncnn.io.download import cache_dir
 from moderncnn.io.errors import ConfigError, ModernCNNError
 
 from .backbone import feature_fn, under_bf16, weights_sha256
-from .export import export_model
-from .runtimes import choose_runtime, resolve_threads, run_exported, sidecar_path
+from .onnx_cache import cached_export
+from .runtimes import choose_runtime, resolve_threads, run_exported
 
 __all__ = ["backbone_features"]
 
@@ -100,16 +100,11 @@ def _cached_backbone_export(backbone: nn.Module, card: ModelCard, folder: Path, 
     """The backbone's verified ONNX export, kept in the user cache (beside torchvision's
     weights, ``$TORCH_HOME/hub/checkpoints/onnx``) by the hash of its weights, card and input
     size: feature caches stay features only, and every folder a backbone reads shares one
-    export. Where that cache is read-only, the export goes beside the features."""
+    export, used again only while its sidecar's key and hash match it (:mod:`.onnx_cache`).
+    Where that cache cannot be written, the export goes beside the features."""
     digest = hashlib.sha256(weights_sha256(backbone).encode())
     digest.update(json.dumps([card.replace(metrics={}).to_dict(), list(size)]).encode())
     name = f"backbone-{card.architecture}.{digest.hexdigest()[:16]}.onnx"
     shared, local = cache_dir() / "onnx" / name, folder / name
-    for out in (shared, local):
-        if out.is_file() and sidecar_path(out).is_file():
-            return out
     card = card.replace(class_names=None, num_classes=0, kind="backbone")
-    try:
-        return export_model(backbone, shared, "onnx", size, dynamic_batch=True, card=card)
-    except PermissionError:
-        return export_model(backbone, local, "onnx", size, dynamic_batch=True, card=card)
+    return cached_export(backbone, card, (shared, local), digest.hexdigest()[:16], size)

@@ -34,17 +34,17 @@ from torch.utils.data import DataLoader
 
 from moderncnn.data.files import DecodedImageFiles, collate_images, find_images
 from moderncnn.io.atomic import atomic_write, atomic_write_text
-from moderncnn.io.card import ModelCard
+from moderncnn.io.card import CARD_FORMAT, ModelCard
 from moderncnn.io.checkpoint import read_checkpoint, read_state_dict, unwrap_state_dict
 from moderncnn.io.download import cache_dir
-from moderncnn.io.errors import ConfigError, DataError, MissingFileError
+from moderncnn.io.errors import ConfigError, DataError, MissingFileError, OutputError
 from moderncnn.models import create_model, is_model
 from moderncnn.models.factory import check_model_kwargs, check_parameter_count
 from moderncnn.models.pretrained import find_pretrained, load_pretrained
 
 from .backbone import headless, under_bf16, weights_sha256
-from .export import export_model
 from .heads import ProbeClassifier, ProbeHead
+from .onnx_cache import cached_export
 from .optimize import optimize_for_inference
 from .quantize import int8_path
 from .runtimes import (
@@ -188,6 +188,7 @@ class LoadedModel:
                 probs = tta_logits(self, images, tta).exp().cpu()
             else:
                 probs = self(images).float().softmax(1).cpu()
+            _check_width(probs, len(self.class_names), self.path)
             top = probs.topk(k, dim=1)
             for row, index in enumerate(batch.indices.tolist()):
                 names = [self.class_names[i] for i in top.indices[row].tolist()]
@@ -246,20 +247,18 @@ def _export_stem(path: Path) -> Path:
 
 def _cached_export(network: nn.Module, card: ModelCard, path: Path, key: str) -> Path:
     """The verified dynamic-batch fp32 ONNX export of ``network``, cached as ``run.KEY.onnx``
-    beside ``run.ckpt`` (or in the user cache where that folder is read-only)."""
+    beside ``run.ckpt`` (or in the user cache where that folder cannot be written), and used
+    again only while its sidecar's key and hash match it (:mod:`.onnx_cache`)."""
     stem = _export_stem(path)
     out = stem.with_name(f"{stem.name}.{key}.onnx")
-    fallback = cache_dir() / "onnx" / f"{stem.name}.{key}.onnx"
-    for candidate in (out, fallback):
-        if candidate.is_file() and sidecar_path(candidate).is_file():
-            return candidate
+    # In the user cache, by the artifact's full path too: two read-only runs' `last.ckpt`
+    # must not evict each other's exports.
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    fallback = cache_dir() / "onnx" / f"{stem.name}-{where}.{key}.onnx"
     size = None
     if card.preprocess is not None:
         size = (card.in_chans, card.preprocess.image_size, card.preprocess.image_size)
-    try:
-        written = export_model(network, out, "onnx", size, dynamic_batch=True, card=card)
-    except PermissionError:
-        written = export_model(network, fallback, "onnx", size, dynamic_batch=True, card=card)
+    written = cached_export(network, card, (out, fallback), key, size)
     _remove_stale_exports(written, key)
     return written
 
@@ -309,16 +308,69 @@ def build_network(card: ModelCard, where: str = "model card") -> nn.Module:
 
 
 def _load_state(network: nn.Module, state: Mapping[str, Tensor], card: ModelCard, where: str):
+    _check_values(network, state, where)
     try:
         network.load_state_dict(state)
     except RuntimeError as err:  # a state dict edited or saved for another network
+        mismatch = _state_mismatch(network, state) or str(err).splitlines()[-1].strip()[:300]
         raise DataError(
             f"{where}: its weights do not fit the {card.architecture}"
             f"(num_classes={card.num_classes}, in_chans={card.in_chans}, "
-            f"{dict(card.model_kwargs)}) its card describes "
-            f"({str(err).splitlines()[-1].strip()}); the file is inconsistent, save it again"
+            f"{_shown(dict(card.model_kwargs))}) its card describes ({mismatch}); the file is "
+            "inconsistent, save it again"
         ) from err
     return network.eval()
+
+
+# How many keys an error lists: a deep network's thousand missing keys made a 266 KB line.
+SHOWN_KEYS = 5
+
+
+def _keys(keys: Sequence[str]) -> str:
+    more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(repr(k) for k in keys[:SHOWN_KEYS]) + more
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _state_mismatch(network: nn.Module, state: Mapping[str, Tensor]) -> str:
+    """What keeps ``state`` from loading into ``network``, briefly; "" when it fits."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k!r}: {tuple(state[k].shape)} for {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    parts = [f"missing keys {_keys(missing)}"] if missing else []
+    parts += [f"unexpected keys {_keys(unexpected)}"] if unexpected else []
+    if shapes:
+        more = f" and {len(shapes) - SHOWN_KEYS} more" if len(shapes) > SHOWN_KEYS else ""
+        parts.append(f"other shapes {', '.join(shapes[:SHOWN_KEYS])}{more}")
+    return "; ".join(parts)
+
+
+def _check_values(network: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    """Refuse NaN/inf weights and integer or bool tensors where the network has floats:
+    ``load_state_dict`` would cast them silently and every prediction read ``nan%``."""
+    for key, own in network.state_dict().items():
+        value = state.get(key)
+        if value is None:
+            continue  # named by load_state_dict's check
+        if own.is_floating_point() and not value.is_floating_point():
+            raise DataError(
+                f"{where}: weight {key!r} is {value.dtype}, not floating point; the file was "
+                "edited or is not this model's: save it again"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DataError(
+                f"{where}: weight {key!r} holds NaN or infinite values (training diverged, or "
+                "the file is corrupt); use an earlier checkpoint"
+            )
 
 
 def card_from_checkpoint(checkpoint: Any, where: str) -> ModelCard:
@@ -515,14 +567,49 @@ def _from_export(path: Path, runtime: str, precision: str, threads: int | None) 
         raise ConfigError(f"{path} is an fp32 export; precision 'int8' runs a .int8.onnx file")
     runtime = runtime if format == "onnx" else "torch"
     engine = choose_runtime(runtime, precision) if format == "onnx" else "torchscript"
-    run = run_exported(path, format, engine if format == "onnx" else runtime, precision, threads)
+    expect = _export_signature(meta, card, side)
+    run = run_exported(
+        path, format, engine if format == "onnx" else runtime, precision, threads, expect
+    )
 
     def logits(images: Tensor) -> Tensor:
-        if meta.get("dynamic_batch"):
-            return run(images.cpu())
-        return torch.cat([run(image[None].cpu()) for image in images])  # batch size 1 only
+        if expect["dynamic_batch"]:
+            out = run(images.cpu())
+        else:
+            out = torch.cat([run(image[None].cpu()) for image in images])  # batch size 1 only
+        _check_width(out, expect["outputs"], path)  # TorchScript's graph is not read at load
+        return out
 
     return LoadedModel(card, path, None, runtime, logits, precision, threads, engine)
+
+
+def _export_signature(meta: Mapping[str, Any], card: ModelCard, side: Path) -> dict[str, Any]:
+    """What an export's sidecar says its graph takes and gives, checked against its own card:
+    the input size (C, H, W), whether any batch size runs, and the number of classes."""
+    size, dynamic = meta.get("input_size"), meta.get("dynamic_batch", False)
+    if not (isinstance(size, list) and len(size) == 3) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
+    ):
+        raise DataError(f"{side}: input_size must be three positive ints (C, H, W), got {size!r}")
+    if not isinstance(dynamic, bool):
+        raise DataError(f"{side}: dynamic_batch must be true or false, got {dynamic!r}")
+    pre = card.preprocess
+    if size[0] != card.in_chans or (pre is not None and size[1:] != [pre.image_size] * 2):
+        shown = "?" if pre is None else pre.image_size
+        raise DataError(
+            f"{side}: input_size {size} disagrees with its card (in_chans {card.in_chans}, image "
+            f"size {shown}); the sidecar was edited: export the model again"
+        )
+    outputs = card.num_classes if card.kind != "backbone" else None
+    return {"input_size": tuple(size), "dynamic_batch": dynamic, "outputs": outputs}
+
+
+def _check_width(logits: Tensor, outputs: int | None, path: Path) -> None:
+    if outputs is not None and (logits.ndim != 2 or logits.shape[1] != outputs):
+        raise DataError(
+            f"{path} gives {tuple(logits.shape)} logits but its card names {outputs} classes; "
+            "the sidecar belongs to another export: export the model again"
+        )
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -566,6 +653,8 @@ def load_model(
         )
     if runtime not in RUNTIMES or precision not in PRECISIONS:  # checked early, in one line
         choose_runtime(runtime, precision)
+    if threads is not None:
+        resolve_threads(threads)
     # By the file's own extension only: a sidecar never makes a file an export (TorchScript
     # is code; a `model.ckpt.json` saying "torchscript" must not send a checkpoint to jit.load).
     if path.suffix.lower() in EXPORT_FORMATS:
@@ -594,9 +683,30 @@ def save_model(model: Any, out: str | Path, card: ModelCard | None = None) -> Pa
     if not isinstance(network, nn.Module) or not isinstance(card, ModelCard):
         raise ConfigError("save_model needs a network and its ModelCard (card=...)")
     out = Path(out)
+    _check_saved_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
     card = card.replace(source={**card.source, "artifact": "saved"})
     atomic_write_text(out / CARD_FILE, json.dumps(card.to_dict(), indent=1) + "\n")
     return out
+
+
+def _check_saved_folder(out: Path) -> None:
+    """Refuse to write into a file, or into a folder of other files (a project whose own
+    ``config.json`` would be replaced): only a new, empty or saved model folder is ours."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file; a saved model is a folder: choose another --output")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    card = out / CARD_FILE
+    try:
+        ours = json.loads(card.read_text(encoding="utf-8")).get("format") == CARD_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
+        ours = False
+    if not ours:
+        raise OutputError(
+            f"{out} is a folder of other files, not a saved model (no {CARD_FILE} model card); "
+            f"writing it would replace its {CARD_FILE} and {WEIGHTS_FILE}: choose a new or "
+            "empty folder"
+        )

@@ -11,6 +11,8 @@ export's: both go into its card's ``metrics``, and a drop larger than ``max_drop
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from moderncnn.io.atomic import temporary_sibling
 from moderncnn.io.card import ModelCard
-from moderncnn.io.errors import DataError, ModernCNNError
+from moderncnn.io.errors import ConfigError, DataError, ModernCNNError
 
 from .runtimes import read_sidecar, run_exported, sidecar_path, update_sidecar
 
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_DROP",
     "QuantizationError",
     "accuracy",
+    "check_max_drop",
     "datamodule_batches",
     "int8_path",
     "quantize_export",
@@ -52,15 +55,27 @@ def int8_path(fp32_path: str | Path) -> Path:
     return path.with_name(path.stem + ".int8.onnx")
 
 
-def datamodule_batches(data: Any, split: str) -> Iterator[tuple[Tensor, Tensor]]:
+def datamodule_batches(
+    data: Any, split: str, seed: int | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
     """(normalised images, labels) batches of a data module's ``train``/``val``/``test`` split.
 
     moderncnn's tensor data modules normalise in their batch hooks (and augment only while a
-    trainer is training, which this is not).
+    trainer is training, which this is not). ``seed`` fixes the order of a shuffled split, so
+    that int8 calibration sees the same images every run, without touching the global RNG.
     """
     data.prepare_data()
     data.setup("test" if split == "test" else "fit")
-    for batch in getattr(data, f"{split}_dataloader")():
+    loader = getattr(data, f"{split}_dataloader")()
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        # A shuffling sampler draws its order when the first batches are asked for.
+        batches = iter(loader)
+        first = next(batches, None)
+    if first is None:
+        return
+    for batch in itertools.chain([first], batches):
         images, labels = data.on_after_batch_transfer(data.on_before_batch_transfer(batch, 0), 0)
         yield images.float(), labels.long()
 
@@ -113,6 +128,14 @@ def quantize_onnx(
     return out
 
 
+def check_max_drop(max_drop: float) -> None:
+    """Refuse a budget that is not a number of points: NaN would let every int8 model pass."""
+    if isinstance(max_drop, bool) or not isinstance(max_drop, int | float):
+        raise ConfigError(f"max_drop must be a number of accuracy points, got {max_drop!r}")
+    if not math.isfinite(max_drop):
+        raise ConfigError(f"--max-drop must be a finite number of accuracy points, got {max_drop}")
+
+
 def accuracy(
     run: Callable[[Tensor], Tensor], batches: Iterable[tuple[Tensor, Tensor]], size: tuple[int, int]
 ) -> tuple[float, int]:
@@ -157,6 +180,7 @@ def quantize_export(
     ``int8_<split>_acc`` and ``int8_drop_points``).
     """
     fp32_path, out = Path(fp32_path), Path(out)
+    check_max_drop(max_drop)
     meta = read_sidecar(sidecar_path(fp32_path))
     if not meta.get("dynamic_batch"):
         raise DataError(f"{fp32_path}: quantize a dynamic-batch export (--dynamic-batch)")

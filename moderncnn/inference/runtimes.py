@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "ExportedModel",
     "check_precision",
+    "check_signature",
     "choose_runtime",
     "check_torchscript_archive",
     "cpu_has_bf16",
@@ -67,6 +69,9 @@ Precision = Literal["fp32", "bf16", "int8"]
 RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 THREADS_ENV = "MODERNCNN_THREADS"
+# More threads than this many per core only queue up; tens of thousands made ONNX Runtime spend
+# minutes creating them (and torch fail with "Thread creation failed").
+THREADS_PER_CORE = 4
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # The Python package each runtime lives in (torch is always there).
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -180,6 +185,12 @@ def resolve_threads(threads: int | None = None) -> int:
             raise ConfigError(f"${THREADS_ENV} must be a positive int, got {text!r}") from None
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be a positive int, got {threads!r}")
+    cores = os.cpu_count() or 1
+    if threads > THREADS_PER_CORE * cores:
+        raise ConfigError(
+            f"threads must be at most {THREADS_PER_CORE * cores} ({THREADS_PER_CORE} per core, "
+            f"{cores} cores here), got {threads}"
+        )
     return threads
 
 
@@ -207,16 +218,81 @@ def onnxruntime_session(path: Path, threads: int | None = None) -> Any:
     options.intra_op_num_threads = resolve_threads(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except _onnxruntime_errors() as err:  # a cut file, not ONNX, external data outside its folder
+        raise DataError(
+            f"ONNX Runtime cannot load {path} ({_engine_reason(err)}); the file is not a usable "
+            "export: export the model again"
+        ) from err
 
 
-def _onnxruntime_runner(path: Path, threads: int | None) -> Callable[[Tensor], Tensor]:
+def _onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """ONNX Runtime's exception classes (Fail, InvalidArgument, ...: they share no base but
+    Exception), with RuntimeError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    found = [v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)]
+    return (RuntimeError, *found)
+
+
+def _engine_reason(err: BaseException) -> str:
+    """An engine's error in one line: its own words, without the source-file locations that
+    OpenVINO stacks above them ("Exception from src/...", "Check 'false' failed at ...")."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    kept = [x for x in lines if x and not x.startswith(("Exception from ", "Check '"))]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", ": ".join(kept))
+    return (text or type(err).__name__)[:400]
+
+
+def _graph_dims(shape: Any) -> list[int | None]:
+    """An input's or output's dims, None where symbolic (a dynamic batch)."""
+    return [d if isinstance(d, int) and not isinstance(d, bool) else None for d in shape]
+
+
+def check_signature(
+    path: Path, inputs: list[int | None], outputs: list[int | None], expect: dict[str, Any]
+) -> None:
+    """Refuse, in one line, a graph whose input or output shape is not the one its sidecar
+    and card describe (``expect``: ``input_size`` (C, H, W), ``dynamic_batch``, ``outputs``);
+    dims are None where the graph leaves them free."""
+    found: list[str] = []
+    size = expect.get("input_size")
+    if size is not None and (
+        len(inputs) != 4 or any(d not in (None, s) for d, s in zip(inputs[1:], size, strict=True))
+    ):
+        found.append(f"input size {list(size)} but the graph takes {inputs[1:]}")
+    if expect.get("dynamic_batch") and inputs and inputs[0] is not None:
+        found.append(f"dynamic_batch but the graph takes batches of {inputs[0]} only")
+    width = expect.get("outputs")
+    if width is not None and outputs and outputs[-1] is not None and outputs[-1] != width:
+        found.append(f"{width} classes but the graph has {outputs[-1]} outputs")
+    if found:
+        raise DataError(
+            f"{path}: its sidecar says {'; '.join(found)}; the sidecar belongs to another "
+            "export: export the model again"
+        )
+
+
+def _onnxruntime_runner(
+    path: Path, threads: int | None, expect: dict[str, Any] | None = None
+) -> Callable[[Tensor], Tensor]:
     session = onnxruntime_session(path, threads)
-    name = session.get_inputs()[0].name
+    first = session.get_inputs()[0]
+    if expect:
+        outputs = _graph_dims(session.get_outputs()[0].shape)
+        check_signature(path, _graph_dims(first.shape), outputs, expect)
+    errors = _onnxruntime_errors()
 
     def run_onnxruntime(x: Tensor) -> Tensor:
         images = _as_numpy(x)
-        return torch.from_numpy(session.run(None, {name: images})[0])
+        try:
+            return torch.from_numpy(session.run(None, {first.name: images})[0])
+        except errors as err:
+            raise DataError(
+                f"ONNX Runtime cannot run {path} on a {list(images.shape)} batch "
+                f"({_engine_reason(err)})"
+            ) from err
 
     return run_onnxruntime
 
@@ -235,20 +311,35 @@ def openvino_compiled(path: Path, threads: int | None = None, precision: str = "
     }
     try:
         return ov.Core().compile_model(str(path), "CPU", config)
-    except RuntimeError as err:
-        reason = next((line for line in str(err).splitlines() if "Check" in line), str(err))
+    except RuntimeError as err:  # its reason is kept: "... resolves to /etc/passwd which is ..."
         raise DataError(
-            f"OpenVINO cannot compile {path} ({reason.strip()[:300]}); run it with runtime "
-            "'onnxruntime'"
+            f"OpenVINO cannot compile {path} ({_engine_reason(err)}); the file is not a usable "
+            "export: export the model again"
         ) from err
 
 
-def _openvino_runner(path: Path, threads: int | None, precision: str):
-    request = openvino_compiled(path, threads, precision).create_infer_request()
+def _openvino_dims(port: Any) -> list[int | None]:
+    return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+
+def _openvino_runner(
+    path: Path, threads: int | None, precision: str, expect: dict[str, Any] | None = None
+) -> Callable[[Tensor], Tensor]:
+    compiled = openvino_compiled(path, threads, precision)
+    if expect:
+        dims = _openvino_dims(compiled.inputs[0]), _openvino_dims(compiled.outputs[0])
+        check_signature(path, *dims, expect)
+    request = compiled.create_infer_request()
 
     def run_openvino(x: Tensor) -> Tensor:
         images = _as_numpy(x)
-        request.infer({0: images})
+        try:
+            request.infer({0: images})
+        except RuntimeError as err:
+            raise DataError(
+                f"OpenVINO cannot run {path} on a {list(images.shape)} batch "
+                f"({_engine_reason(err)})"
+            ) from err
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
     return run_openvino
@@ -260,11 +351,13 @@ def run_exported(
     runtime: str = "auto",
     precision: str = "fp32",
     threads: int | None = None,
+    expect: dict[str, Any] | None = None,
 ) -> Callable[[Tensor], Tensor]:
     """A function images -> logits (CPU tensors) running the exported file.
 
     ONNX files run in ``runtime`` (``auto``: ONNX Runtime if installed, else OpenVINO);
-    TorchScript files in ``torch.jit``.
+    TorchScript files in ``torch.jit``. ``expect`` (:func:`check_signature`): what the sidecar
+    says the ONNX graph takes and gives, checked when it loads.
     """
     if not path.is_file():
         raise MissingFileError(f"exported model {str(path)!r} does not exist")
@@ -273,8 +366,8 @@ def run_exported(
         if runtime == "torch":
             raise ConfigError(f"{path} is an ONNX file: run it with onnxruntime or openvino")
         if runtime == "openvino":
-            return _openvino_runner(path, threads, precision)
-        return _onnxruntime_runner(path, threads)
+            return _openvino_runner(path, threads, precision, expect)
+        return _onnxruntime_runner(path, threads, expect)
     if format != "torchscript":
         raise ConfigError(f"{path}: unknown export format {format!r}; use 'onnx' or 'torchscript'")
     if precision != "fp32":
@@ -287,7 +380,11 @@ def run_exported(
 
     def run_torchscript(x: Tensor) -> Tensor:
         with torch.inference_mode():
-            return module(x.cpu().float())
+            try:
+                return module(x.cpu().float())
+            except RuntimeError as err:  # e.g. a sidecar's input size that is not the model's
+                reason = (str(err).strip().splitlines() or ["RuntimeError"])[-1][:300]
+                raise DataError(f"cannot run {path} on a {list(x.shape)} batch ({reason})") from err
 
     return run_torchscript
 

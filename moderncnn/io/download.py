@@ -17,6 +17,7 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
+from .atomic import new_file_mode
 from .errors import ConfigError, DataError, ModernCNNError
 
 __all__ = [
@@ -108,6 +109,7 @@ def _download(url: str, dst: Path, progress: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
     try:
+        os.fchmod(fd, new_file_mode(dst))  # not mkstemp's 0600
         request = Request(url, headers={"User-Agent": "moderncnn"})
         with os.fdopen(fd, "wb") as f, urlopen(request) as r:
             size = int(r.headers.get("Content-Length") or 0) or None

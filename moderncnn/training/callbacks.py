@@ -27,6 +27,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from moderncnn.io.atomic import new_file_mode
 from moderncnn.io.errors import ConfigError, OutputError
 from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
 from moderncnn.viz import plot_confusion_matrix, plot_curves
@@ -141,6 +142,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
                 _remove_quietly(stale)  # left by a writer killed mid-write (one writer a file)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.fchmod(fd, new_file_mode(path))  # not mkstemp's 0600
             with os.fdopen(fd, "wb") as file:
                 file.write(buffer.getbuffer())
                 file.flush()

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
+from moderncnn.io.atomic import new_file_mode
 from moderncnn.io.download import sha256_file
 
 __all__ = ["MANIFEST", "CacheInvalidError", "FeatureCache", "write_cache"]
@@ -39,8 +40,11 @@ class CacheInvalidError(ValueError):
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, rename it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, new_file_mode(path))  # not mkstemp's 0600
+        finally:
+            os.close(fd)
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
