@@ -39,5 +39,5 @@ def cifar_samples_dir() -> Path:
 @pytest.fixture
 def fashion_mnist_dir() -> Path:
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh --test)")
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh)")
     return FASHION_MNIST_DIR

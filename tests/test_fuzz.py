@@ -205,7 +205,7 @@ def check_config(config: dict) -> None:
 @pytest.fixture(scope="module")
 def fashion_mnist() -> Path:
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh --test)")
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh)")
     return FASHION_MNIST_DIR
 
 

@@ -145,7 +145,7 @@ def fashion(fashion_mnist_dir_module: Path) -> FashionMNISTDataModule:
 def fashion_mnist_dir_module() -> Path:
     path = Path("/usr/share/datasets/fashion-mnist")
     if not (path / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh --test)")
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh)")
     return path
 
 
