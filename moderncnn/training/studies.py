@@ -76,15 +76,20 @@ class StudyStorage:
     text: str
     journal: Path | None = None
     url: str | None = None
+    explicit: bool = True  # given as --storage (False: the default OUT/study.journal)
 
     @classmethod
     def resolve(cls, out: Path, storage: str | None) -> StudyStorage:
-        """``--storage`` as given (None: ``OUT/study.journal``), checked before it is opened."""
+        """``--storage`` as given (None: ``OUT/study.journal``); nothing is opened yet."""
         if storage is not None and "://" in storage:
             return cls(text=storage, url=storage)
         path = out / "study.journal" if storage is None else Path(storage)
-        check_journal(path, explicit=storage is not None)
-        return cls(text=str(path), journal=path)
+        return cls(text=str(path), journal=path, explicit=storage is not None)
+
+    def check(self) -> None:
+        """A journal file: :func:`check_journal` (a database is checked when opened)."""
+        if self.journal is not None:
+            check_journal(self.journal, explicit=self.explicit)
 
     @property
     def is_database(self) -> bool:

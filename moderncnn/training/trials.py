@@ -213,17 +213,24 @@ def _build(config_file: Path, what: str) -> tuple[Any, Any, L.Trainer]:
         raise ConfigError(f"{what}: {one_message(err)}") from err
 
 
-def check_trial_config(base: dict[str, Any], settings: dict[str, Any], what: str) -> None:
-    """Builds the trial's model, data module and Trainer once, trains nothing and writes
-    nothing: a config that :func:`run_trial` would refuse is refused before any trial trains
-    (``what`` names it: ``"--models resnet18_cifar"``)."""
+def check_trial_config(
+    base: dict[str, Any],
+    settings: dict[str, Any],
+    what: str,
+    check: Callable[[L.Trainer], None] | None = None,
+) -> None:
+    """Builds the trial's model, data module and Trainer once (and calls ``check`` with the
+    Trainer), trains nothing and writes nothing: a config that :func:`run_trial` would refuse
+    is refused before any trial trains (``what`` names it: ``"--models resnet18_cifar"``)."""
     with tempfile.TemporaryDirectory(prefix="moderncnn-trial-") as scratch:
         folder = Path(scratch) / "trial"
         config_file = Path(scratch) / TRIAL_CONFIG
         config = trial_config(base, settings, folder, seed=None)
         config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         with _quiet_lightning():
-            _build(config_file, what)
+            trainer = _build(config_file, what)[2]
+        if check is not None:
+            check(trainer)
 
 
 class TrainingSpeed(Callback):

@@ -168,17 +168,23 @@ def space_values(param: Param) -> list[Any]:
 
 
 def check_space_configs(
-    config: Path, base: dict[str, Any], overrides: dict[str, Any], params: list[Param], space: Path
+    config: Path,
+    space: Path,
+    base: dict[str, Any],
+    overrides: dict[str, Any],
+    params: list[Param],
+    check: Callable[[L.Trainer], None],
 ) -> None:
     """Builds the config of every space value once (each key's values, the others at their
-    first): a value the model, data module or Trainer refuses stops ``tune`` before a trial."""
+    first) and ``check``s its Trainer: a value the model, data module or Trainer refuses stops
+    ``tune`` before a trial. Only a refusal of a combination can still come from a trial."""
     first = {p.key: space_values(p)[0] for p in params}
     named = ", ".join(f"{key}={value!r}" for key, value in first.items())
-    check_trial_config(base, {**overrides, **first}, f"{config} with {named}")
+    check_trial_config(base, {**overrides, **first}, f"{config} with {named}", check)
     for param in params:
         for value in space_values(param)[1:]:
             settings = {**overrides, **first, param.key: value}
-            check_trial_config(base, settings, f"{space}: {param.key}={value!r}")
+            check_trial_config(base, settings, f"{space}: {param.key}={value!r}", check)
 
 
 def make_sampler_and_pruner(
@@ -297,8 +303,13 @@ def tune(
         set_dotted(resolved, key, value)
     record = study_record(resolved, {p.key: p.spec() for p in params})
     study_name = study_name or default_study_name(config, record)
-    check_space_configs(Path(config), base, overrides, params, Path(space))
     study_storage = StudyStorage.resolve(out, storage)
+
+    def check(trainer: L.Trainer) -> None:
+        check_distributed(trainer, study_storage)
+
+    check_space_configs(Path(config), Path(space), base, overrides, params, check)
+    study_storage.check()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(out, study_storage, study_name, record, **study_args)
 
@@ -311,7 +322,7 @@ def tune(
         pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
         result = run_trial(
             base, settings, folder, name=f"trial{trial.number}", test=False,
-            callbacks=[pruning], check=lambda trainer: check_distributed(trainer, study_storage),
+            callbacks=[pruning], check=check,
             extra={"study": study.study_name, "trial": trial.number}, fresh=True,
         )  # fmt: skip
         pruning.check_pruned()  # a DDP trial's pruning is known here (its processes are gone)
