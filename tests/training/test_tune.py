@@ -13,7 +13,7 @@ import yaml
 from moderncnn.cli import main as moderncnn_main
 from moderncnn.io.errors import ConfigError
 from moderncnn.training.config import from_config
-from moderncnn.training.tune import read_space, tune
+from moderncnn.training.tune import make_sampler_and_pruner, read_space, tune
 
 optuna = pytest.importorskip("optuna")
 
@@ -268,3 +268,34 @@ def test_bad_tune_arguments_are_one_line_and_write_nothing(
     assert message.format(tmp=tmp_path) in err
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, out/ included
     assert not Path("/abs/path").exists() and not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.slow
+def test_a_combination_refused_in_a_trial_is_one_line_and_leaves_no_folder(
+    fashion_mnist_dir: Path, tmp_path: Path, tiny_config: Path, capfd: pytest.CaptureFixture
+) -> None:
+    # Issue 23 L4: Optuna's "Trial failed" traceback came first, and an empty folder stayed.
+    # Each value builds alone (checked before the first trial); only the pair does not.
+    space = write_space(
+        tmp_path / "s.yaml",
+        "model.model: {choices: [resnet18_cifar, densenet121_cifar]}\n"
+        "model.model_kwargs: {choices: [{}, {channels: [8, 16], layers: [1, 1]}]}\n",
+    )
+    params, out = read_space(space), tmp_path / "out"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def first_proposal(seed: int) -> list:
+        study = optuna.create_study(direction="maximize", **make_sampler_and_pruner(seed, 5, 1))
+        return [p.suggest(study.ask()) for p in params]
+
+    bad = ["densenet121_cifar", {"channels": [8, 16], "layers": [1, 1]}]
+    seed = next(s for s in range(100) if first_proposal(s) == bad)
+    argv = ["tune", "-c", str(tiny_config), "--space", str(space), "--trials", "1"]
+    assert moderncnn_main([*argv, "--out", str(out), "--study", "s", "--seed", str(seed)]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Trial 0 failed" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("moderncnn tune: error: ")]
+    assert len(errors) == 1 and "trial trial0: " in errors[0] and "densenet" in errors[0], err
+    assert not (out / "trials").exists()  # no empty trial folder, nor its parents
+    (trial,) = load(out, "s").trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.params["model.model"] == bad[0]
