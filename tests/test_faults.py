@@ -619,9 +619,7 @@ def test_a_journal_record_torn_by_a_kill_is_cut_and_the_study_goes_on(tmp_path: 
 
 
 @pytest.mark.slow
-def test_tune_resumes_a_study_with_a_torn_journal(
-    tmp_path: Path, fashion_mnist_dir: Path
-) -> None:
+def test_tune_resumes_a_study_with_a_torn_journal(tmp_path: Path, fashion_mnist_dir: Path) -> None:
     optuna = pytest.importorskip("optuna")
     from moderncnn.training.tune import tune
 
