@@ -36,6 +36,7 @@ from moderncnn.viz import read_metrics
 
 from .cli import one_message
 from .config import from_config
+from .preflight import check_devices, check_fit_limits
 
 __all__ = [
     "RESULT_FILE",
@@ -204,9 +205,13 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def _build(config_file: Path, what: str) -> tuple[Any, Any, L.Trainer]:
-    """:func:`from_config`, with every refusal of a value as one ConfigError naming ``what``."""
+    """:func:`from_config` and the checks ``trainer.fit`` makes before training (steps,
+    schedule, devices), with every refusal of a value as one ConfigError naming ``what``."""
     try:
-        return from_config(config_file)
+        model, data, trainer = from_config(config_file)
+        check_fit_limits(trainer, model)
+        check_devices(trainer)
+        return model, data, trainer
     except OSError:
         raise  # an unwritable or full run folder: its own message names the folder
     except (ModernCNNError, ArgumentError, ValueError, MisconfigurationException) as err:
