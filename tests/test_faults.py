@@ -648,3 +648,57 @@ def test_a_swapped_cached_export_is_never_run(tmp_path: Path) -> None:
     expected = load_model(folders[0], runtime="torch")(x)
     got = load_model(folders[0], runtime="onnxruntime")(x)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+# -- tune's study journal ---------------------------------------------------------------------
+
+
+def test_a_journal_record_torn_by_a_kill_is_cut_and_the_study_goes_on(tmp_path: Path) -> None:
+    # Issue 23 M7: a record cut short (a kill, a full disk) and a later append after it made
+    # the journal unreadable for good.
+    optuna = pytest.importorskip("optuna")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from moderncnn.training.studies import StudyStorage
+
+    path = tmp_path / "study.journal"
+
+    def storage() -> JournalStorage:
+        return JournalStorage(JournalFileBackend(str(path)))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage(), study_name="s")
+    for value in (1.0, 2.0):
+        study.tell(study.ask(), value)
+    intact = path.read_bytes()
+    record = intact.splitlines(keepends=True)[-1]
+    path.write_bytes(intact + record[: len(record) // 2])  # what a kill mid-append leaves
+    cut = rf"{path}: its last record was cut short .* removed those {len(record) // 2} bytes"
+    with pytest.warns(UserWarning, match=cut):
+        StudyStorage.resolve(tmp_path, None).check()
+    assert path.read_bytes() == intact
+    study = optuna.load_study(storage=storage(), study_name="s")
+    study.tell(study.ask(), 3.0)
+    trials = optuna.load_study(storage=storage(), study_name="s").trials
+    assert [t.value for t in trials] == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.slow
+def test_tune_resumes_a_study_with_a_torn_journal(tmp_path: Path, fashion_mnist_dir: Path) -> None:
+    optuna = pytest.importorskip("optuna")
+    from moderncnn.training.tune import tune
+
+    config, space, out = tmp_path / "c.yaml", tmp_path / "s.yaml", tmp_path / "out"
+    config.write_text(yaml.safe_dump(tiny_config()))
+    space.write_text("model.lr: {low: 0.01, high: 0.5, log: true}\n")
+    one_step = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 1,
+                "trainer.limit_val_batches": 1, "trainer.accelerator": "cpu"}  # fmt: skip
+    tune(config, space, 1, out=out, study_name="s", overrides=one_step)
+    journal = out / "study.journal"
+    with journal.open("ab") as file:
+        file.write(b'{"op_code":4,"worker_id":"a-b","study_id":0,"datetime_st')
+    with pytest.warns(UserWarning, match="its last record was cut short"):
+        study = tune(config, space, 1, out=out, study_name="s", overrides=one_step)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert (out / "trials" / "s" / "trial1" / "result.json").is_file()

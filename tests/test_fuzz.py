@@ -14,6 +14,10 @@ message (issue #12, "keep it fixed").
   ``model.onnx.json`` has one to three values replaced by odd ones (wrong types, sizes, class
   counts, formats), through ``load_model`` and a prediction: the right classes or one line,
   never a wrong class name (issue 23, H7, M1).
+- tune and compare output folders (issue 23): journals torn, foreign or deleted, trial folders
+  of another storage, edited or spoiled ``trial.yaml``/``result.json``, odd ``--storage``,
+  ``--study`` and pruner values, search spaces with refused values, through ``moderncnn tune``
+  and ``moderncnn compare``: a run or one line, finished trials and foreign files untouched.
 
 The CI budget is small (``max_examples``, about a minute and a half in all on 2 CPU cores);
 ``pytest -m fuzz`` runs the larger budget, which is also marked ``sweep`` so that CI's
@@ -468,6 +472,139 @@ def test_mutated_sidecars_load_or_are_refused_in_one_line(exports, edits) -> Non
     check_sidecar(exports, edits)
 
 
+# -- tune and compare states ------------------------------------------------------------------
+# An output folder as a kill, a deleted journal, a user's stray file or an edited config leave
+# it, and odd arguments: `tune` and `compare` run, or refuse in one line; a finished trial's
+# files and a file that is not a journal are never changed, and nothing is written outside.
+
+JOURNALS = ["absent", "empty", "journal", "torn", "yaml", "binary", "bad line", "newline"]
+STORAGES = [None, "journal file", "folder", "missing folder", "foo://x", "sqlite:////no/x.db"]
+STUDIES = [None, "s", "", "/abs/x", "../x", "a/b", ".", "..", "-a", "é", "x" * 101]
+SPACES = [
+    "model.lr: {low: 0.01, high: 0.5, log: true}", "model.lr: {choices: [0.05, 0.1]}",
+    "data.init_args.batch_size: {choices: [16, 0]}",
+    "data.init_args.batch_size: {low: -4, high: 16}",
+    "model.lr: {low: 0.5, high: 0.01}", "model.momentum: {choices: []}", "{}",
+    "model.model_kwargs: {choices: [{channels: [8], layers: [1]}, {channels: 8}]}",
+    "trainer.max_epochs: {low: 0, high: 2}", "model.lr: {choices: [.nan, 0.1]}",
+]  # fmt: skip
+
+
+@st.composite
+def tune_states(draw) -> dict:
+    return {
+        "journal": draw(st.sampled_from(JOURNALS)),
+        "storage": draw(st.sampled_from(STORAGES)),
+        "study": draw(st.sampled_from(STUDIES)),
+        "startup": draw(st.sampled_from([0, 1, -1, 10**9])),
+        "warmup": draw(st.sampled_from([0, 1, -3])),
+        "space": draw(st.sampled_from(SPACES)),
+        "folders": draw(st.lists(st.integers(0, 3), max_size=2, unique=True)),
+    }
+
+
+def journal_bytes(kind: str) -> bytes:
+    """A journal of kind ``kind``: Optuna's own (a study "other", two trials), cut or spoiled."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "j"
+        study = optuna.create_study(
+            storage=JournalStorage(JournalFileBackend(str(path))), study_name="other"
+        )
+        for value in (0.1, 0.2):
+            study.tell(study.ask(), value)
+        journal = path.read_bytes()
+    return {
+        "empty": b"", "journal": journal, "torn": journal + journal[:30], "newline": b"\n",
+        "yaml": b"model:\n  lr: 0.1\n", "binary": bytes(range(256)),
+        "bad line": journal + b"not json\n" + journal,
+    }[kind]  # fmt: skip
+
+
+def snapshot_files(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def run_command(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """``moderncnn ARGV`` in-process in ``cwd``: (status, stderr); an Optuna log record with a
+    traceback (its "Trial failed") is written into stderr as ``Traceback``."""
+    import logging
+
+    from moderncnn.cli import main as moderncnn_main
+
+    class Tracebacks(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info:
+                err.write(f"Traceback (Optuna's log): {record.getMessage()}\n")
+
+    err, handler, previous = io.StringIO(), Tracebacks(), Path.cwd()
+    logging.getLogger("optuna").addHandler(handler)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            with time_limit(180, f"moderncnn {argv[0]}"):
+                status = moderncnn_main(argv)
+    finally:
+        os.chdir(previous)
+        logging.getLogger("optuna").removeHandler(handler)
+    return status, err.getvalue()
+
+
+def check_one_line(status: int, err: str, command: str) -> None:
+    assert status in (0, 1), (status, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    if status:
+        errors = [line for line in err.splitlines() if line.startswith(f"moderncnn {command}:")]
+        assert len(errors) == 1, err[-3000:]
+
+
+def check_tune_state(state: dict) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder) / "work"  # anything written outside it shows in `folder`
+        out, config, space = work / "out", work / "c.yaml", work / "s.yaml"
+        work.mkdir()
+        config.write_text(yaml.safe_dump(base_config()))
+        space.write_text(state["space"] + "\n")
+        journal = out / "study.journal" if state["storage"] is None else work / "j.journal"
+        if state["journal"] != "absent":
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            journal.write_bytes(journal_bytes(state["journal"]))
+        storage = {"journal file": str(journal), "folder": str(work),
+                   "missing folder": str(work / "no" / "j.journal")}.get(
+            state["storage"], state["storage"])  # fmt: skip
+        for number in state["folders"] if state["study"] == "s" else []:
+            trial = out / "trials" / "s" / f"trial{number}"
+            trial.mkdir(parents=True)
+            (trial / "result.json").write_text('{"finished": "by another storage"}')
+        kept = snapshot_files(out / "trials")
+        foreign = state["journal"] in ("yaml", "binary", "bad line", "newline")
+        before = journal.read_bytes() if journal.exists() else None
+        argv = ["tune", "-c", str(config), "--space", str(space), "--trials", "1",
+                "--out", str(out), "--startup-trials", str(state["startup"]),
+                "--warmup-epochs", str(state["warmup"])]  # fmt: skip
+        argv += [f"--storage={storage}"] if storage else []
+        argv += [f"--study={state['study']}"] if state["study"] is not None else []
+        status, err = run_command(argv, work)
+        check_one_line(status, err, "tune")
+        assert {k: v for k, v in snapshot_files(out / "trials").items() if k in kept} == kept
+        assert not kept or status == 1  # another storage's trials: refused
+        if foreign:
+            assert status == 1 and journal.read_bytes() == before
+        assert sorted(p.name for p in Path(folder).iterdir()) == ["work"]
+        assert not Path("/abs/x").exists()
+
+
+@seed(FUZZ_SEED)
+@budget(8)
+@given(state=tune_states())
+def test_tune_states_run_or_give_one_line(fashion_mnist, state: dict) -> None:
+    pytest.importorskip("optuna")
+    check_tune_state(state)
+
+
 @pytest.mark.fuzz
 @pytest.mark.sweep
 @seed(FUZZ_SEED)
@@ -475,3 +612,87 @@ def test_mutated_sidecars_load_or_are_refused_in_one_line(exports, edits) -> Non
 @given(edits=SIDECAR_EDITS)
 def test_mutated_sidecars_load_or_are_refused_in_one_line_big_budget(exports, edits) -> None:
     check_sidecar(exports, edits)
+
+
+@pytest.mark.fuzz
+@pytest.mark.sweep
+@seed(FUZZ_SEED)
+@budget(150)
+@given(state=tune_states())
+def test_tune_states_run_or_give_one_line_big_budget(fashion_mnist, state: dict) -> None:
+    pytest.importorskip("optuna")
+    check_tune_state(state)
+
+
+RESULTS = ["absent", "valid", "garbage", "wrong fields", "empty"]
+TRIAL_YAMLS = ["matching", "absent", "edited lr", "edited seed", "garbage", "binary", "list"]
+COMPARE_OVERRIDES = [
+    {}, {"model.lr": 0.2}, {"data.init_args.batch_size": 0}, {"trainer.max_epochs": 0},
+    {"model.model_kwargs.channels": [10**7]},
+]  # fmt: skip
+
+
+@st.composite
+def compare_states(draw) -> dict:
+    return {
+        "result": draw(st.sampled_from(RESULTS)),
+        "trial_yaml": draw(st.sampled_from(TRIAL_YAMLS)),
+        "overrides": draw(st.sampled_from(COMPARE_OVERRIDES)),
+        "seeds": draw(st.sampled_from([1, 1, 1, 2, 0])),
+    }
+
+
+def check_compare_state(state: dict) -> None:
+    from moderncnn.training.trials import TrialResult, trial_config, write_result
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder) / "work"
+        out, config = work / "out", work / "c.yaml"
+        trial = out / "runs" / "resnet18_cifar" / "seed0"
+        trial.mkdir(parents=True)
+        base = base_config()
+        config.write_text(yaml.safe_dump(base))
+        settings = {"model.model": "resnet18_cifar", **state["overrides"]}
+        ran = trial_config(base, settings, trial, seed=0)
+        ran["model"]["lr"] *= 2 if state["trial_yaml"] == "edited lr" else 1
+        ran["seed_everything"] += 5 if state["trial_yaml"] == "edited seed" else 0
+        dumped = yaml.safe_dump(ran)
+        text = {"matching": dumped, "edited lr": dumped, "edited seed": dumped,
+                "garbage": "a: [b", "list": "- 1\n"}  # fmt: skip
+        if state["trial_yaml"] == "binary":
+            (trial / "trial.yaml").write_bytes(bytes(range(256)))
+        elif state["trial_yaml"] in text:
+            (trial / "trial.yaml").write_text(text[state["trial_yaml"]])
+        if state["result"] == "valid":
+            write_result(trial, TrialResult("resnet18_cifar", 0, settings, 0.5, 0.5, 1.0, [0.5],
+                                            100, 1000, 10.0, 1.0, 1, str(trial)))  # fmt: skip
+        elif state["result"] != "absent":
+            (trial / "result.json").write_text(
+                {"garbage": "{", "wrong fields": '{"accuracy": 1}', "empty": ""}[state["result"]]
+            )
+        finished = snapshot_files(trial) if state["result"] != "absent" else {}
+        argv = ["compare", "-c", str(config), "--models", "resnet18_cifar",
+                "--seeds", str(state["seeds"]), "--out", str(out)]  # fmt: skip
+        for key, value in state["overrides"].items():
+            argv += [f"--{key}", json.dumps(value)]
+        status, err = run_command(argv, work)
+        check_one_line(status, err, "compare")
+        if finished:  # a finished trial (or what claims to be one) is kept or refused
+            assert snapshot_files(trial) == finished
+        assert sorted(p.name for p in Path(folder).iterdir()) == ["work"]
+
+
+@seed(FUZZ_SEED)
+@budget(6)
+@given(state=compare_states())
+def test_compare_states_run_or_give_one_line(fashion_mnist, state: dict) -> None:
+    check_compare_state(state)
+
+
+@pytest.mark.fuzz
+@pytest.mark.sweep
+@seed(FUZZ_SEED)
+@budget(150)
+@given(state=compare_states())
+def test_compare_states_run_or_give_one_line_big_budget(fashion_mnist, state: dict) -> None:
+    check_compare_state(state)

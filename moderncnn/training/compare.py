@@ -28,14 +28,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from moderncnn.io.atomic import atomic_write, atomic_write_text
-from moderncnn.io.errors import ConfigError
+from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.models import list_models
 from moderncnn.viz._figure import finish, new_figure
 
-from .trials import TrialResult, parse_overrides, read_config, read_result, run_trial, yaml_value
+from .trials import (
+    TRIAL_CONFIG,
+    TrialResult,
+    check_trial_config,
+    config_differences,
+    describe_differences,
+    parse_overrides,
+    read_config,
+    read_result,
+    run_trial,
+    trial_config,
+    yaml_value,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -120,16 +133,21 @@ def compare(
     base = read_config(config)
     plan = _plan(base, models, seeds, overrides or {}, model_overrides or {})
     out = Path(out)
+    finished = {
+        (name, seed): _finished_trial(base, settings, out, name, seed)
+        for name, seed, settings in plan
+    }
+    # Every model's config is built once before the first trial trains: a value one of them
+    # refuses (a --set for the third model) stops the compare now, not an hour in.
+    checked: set[str] = set()
+    for name, seed, settings in plan:
+        if finished[(name, seed)] is None and name not in checked:
+            check_trial_config(base, settings, f"--models {name}")
+            checked.add(name)
     results: dict[str, list[TrialResult]] = {name: [] for name in models}
     for name, seed, settings in plan:
-        folder = out / "runs" / name / f"seed{seed}"
-        result = read_result(folder)
-        if result is not None and (result.settings != settings or result.seed != seed):
-            raise ConfigError(
-                f"{folder} holds a finished trial with other settings ({result.settings}, "
-                f"seed {result.seed}) than this compare's ({settings}, seed {seed}); "
-                "give another --out, or delete that folder to rerun it"
-            )
+        folder = _trial_folder(out, name, seed)
+        result = finished[(name, seed)]
         if result is None:
             if rank_zero_only.rank == 0:  # under DDP every process runs this loop
                 shutil.rmtree(folder, ignore_errors=True)  # an unfinished trial starts again
@@ -139,6 +157,50 @@ def compare(
     if rank_zero_only.rank == 0:
         write_reports(summaries, out, config=Path(config), overrides=overrides or {})
     return summaries
+
+
+def _trial_folder(out: Path, name: str, seed: int) -> Path:
+    return out / "runs" / name / f"seed{seed}"
+
+
+def _finished_trial(
+    base: dict[str, Any], settings: dict[str, Any], out: Path, name: str, seed: int
+) -> TrialResult | None:
+    """The trial's result when it has finished with this very config, None when unfinished.
+
+    The whole config it ran (its ``trial.yaml``) is compared, not only this compare's
+    settings: a base config edited since (``lr``, widths) is refused, never mixed in a row.
+    """
+    folder = _trial_folder(out, name, seed)
+    result = read_result(folder)
+    if result is None:
+        return None
+    hint = "give another --out, or delete that folder to rerun it"
+    try:
+        ran = yaml.safe_load((folder / TRIAL_CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise DataError(
+            f"{folder} holds a finished trial without its {TRIAL_CONFIG}, so which config it "
+            f"was made from is unknown; {hint}"
+        ) from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise DataError(f"{folder / TRIAL_CONFIG} is not valid YAML; {hint}") from err
+    expected = yaml.safe_load(yaml.safe_dump(trial_config(base, settings, folder, seed)))
+    differences = config_differences(_without_logger(ran), _without_logger(expected))
+    if differences:
+        raise ConfigError(
+            f"{folder} holds a finished trial made from another config "
+            f"({describe_differences(differences)}); {hint}"
+        )
+    return result
+
+
+def _without_logger(config: Any) -> Any:
+    """The config without ``trainer.logger``, which only says where the trial folder was."""
+    if not isinstance(config, dict) or not isinstance(config.get("trainer"), dict):
+        return config
+    trainer = {k: v for k, v in config["trainer"].items() if k != "logger"}
+    return {**config, "trainer": trainer}
 
 
 def _plan(

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,19 +25,26 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 import yaml
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from moderncnn.io.atomic import atomic_write_text
-from moderncnn.io.errors import ConfigError, DataError, MissingFileError
+from moderncnn.io.errors import ConfigError, DataError, MissingFileError, ModernCNNError
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import read_metrics
 
+from .cli import one_message
 from .config import from_config
+from .preflight import check_devices, check_fit_limits
 
 __all__ = [
     "RESULT_FILE",
     "TRIAL_CONFIG",
     "TrialResult",
+    "check_trial_config",
+    "config_differences",
+    "describe_differences",
     "parse_overrides",
     "read_config",
     "read_result",
@@ -146,6 +157,87 @@ def trial_config(
     return config
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "(not set)"
+
+
+_ABSENT = _Absent()
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` wherever two configs differ, in key order."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [(prefix.removesuffix("."), old, new)]
+    differences = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        differences += config_differences(
+            old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}."
+        )
+    return differences
+
+
+def describe_differences(differences: list[tuple[str, Any, Any]], limit: int = 3) -> str:
+    """``model.lr: 0.4 there, 0.01 now; ...``: the first ``limit`` differences, each value cut
+    short, so that a message stays one readable line however large the configs."""
+
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    parts = [f"{key}: {short(old)} there, {short(new)} now" for key, old, new in differences]
+    more = f" (and {len(parts) - limit} more)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's info lines (seed, accelerators, tips) left out while a config is only built."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _build(config_file: Path, what: str) -> tuple[Any, Any, L.Trainer]:
+    """:func:`from_config` and the checks ``trainer.fit`` makes before training (steps,
+    schedule, devices), with every refusal of a value as one ConfigError naming ``what``."""
+    try:
+        model, data, trainer = from_config(config_file)
+        check_fit_limits(trainer, model)
+        check_devices(trainer)
+        return model, data, trainer
+    except OSError:
+        raise  # an unwritable or full run folder: its own message names the folder
+    except (ModernCNNError, ArgumentError, ValueError, MisconfigurationException) as err:
+        raise ConfigError(f"{what}: {one_message(err)}") from err
+
+
+def check_trial_config(
+    base: dict[str, Any],
+    settings: dict[str, Any],
+    what: str,
+    check: Callable[[L.Trainer], None] | None = None,
+) -> None:
+    """Builds the trial's model, data module and Trainer once (and calls ``check`` with the
+    Trainer), trains nothing and writes nothing: a config that :func:`run_trial` would refuse
+    is refused before any trial trains (``what`` names it: ``"--models resnet18_cifar"``)."""
+    with tempfile.TemporaryDirectory(prefix="moderncnn-trial-") as scratch:
+        folder = Path(scratch) / "trial"
+        config_file = Path(scratch) / TRIAL_CONFIG
+        config = trial_config(base, settings, folder, seed=None)
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        with _quiet_lightning():
+            trainer = _build(config_file, what)[2]
+        if check is not None:
+            check(trainer)
+
+
 class TrainingSpeed(Callback):
     """Training images per second over the training steps, and the shape of one image.
 
@@ -196,6 +288,7 @@ def run_trial(
     callbacks: Sequence[Callback] = (),
     check: Callable[[L.Trainer], None] | None = None,
     extra: dict[str, Any] | None = None,
+    fresh: bool = False,
 ) -> TrialResult:
     """Trains ``base`` with ``settings`` (dotted keys) into ``folder`` and writes its result.
 
@@ -209,16 +302,24 @@ def run_trial(
         callbacks: more Lightning callbacks (Optuna's pruning callback).
         check: called with the Trainer before training; raises to refuse the trial.
         extra: more fields for ``result.json``.
+        fresh: ``folder`` must not exist yet (an existing one is refused, left as it was).
+
+    A trial refused before it trains (a value the model, data or Trainer rejects, ``check``)
+    removes the folders it made: it leaves nothing behind.
     """
     folder = Path(folder)
     started = time.perf_counter()
     config = trial_config(base, settings, folder, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    config_file = folder / TRIAL_CONFIG
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    model, data, trainer = from_config(config_file)
-    if check is not None:
-        check(trainer)
+    made = _make_folder(folder, fresh)
+    try:
+        config_file = folder / TRIAL_CONFIG
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        model, data, trainer = _build(config_file, f"trial {name}")
+        if check is not None:
+            check(trainer)
+    except BaseException:
+        _remove_made(made)
+        raise
     speed = TrainingSpeed()
     trainer.callbacks.extend([speed, *callbacks])
     trainer.fit(model, datamodule=data)
@@ -249,6 +350,33 @@ def run_trial(
     if trainer.is_global_zero:
         write_result(folder, result)
     return result
+
+
+def _make_folder(folder: Path, fresh: bool) -> list[Path]:
+    """Makes ``folder`` and its missing parents; returns the ones it made, deepest first."""
+    made = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        made.append(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=not fresh)
+    except FileExistsError as err:
+        raise ConfigError(
+            f"{folder} already exists and holds another run's trial: a trial folder is never "
+            "reused, so it is left as it was; give another --out"
+        ) from err
+    return made
+
+
+def _remove_made(made: list[Path]) -> None:
+    if made:
+        shutil.rmtree(made[0], ignore_errors=True)
+    for parent in made[1:]:
+        try:
+            parent.rmdir()  # only while empty: another worker may have written beside it
+        except OSError:
+            break
 
 
 def validation_curve(metrics_csv: Path) -> list[float]:

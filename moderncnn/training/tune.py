@@ -29,7 +29,7 @@ import copy
 import json
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from moderncnn.io.atomic import atomic_write, atomic_write_text
 from moderncnn.io.errors import ConfigError, MissingFileError
 
-from .trials import parse_overrides, read_config, run_trial, set_dotted
+from .studies import (
+    RECORD_ATTR,
+    StudyStorage,
+    check_record,
+    check_study_name,
+    check_trial_folders,
+    default_study_name,
+    load_study,
+    study_record,
+)
+from .trials import check_trial_config, parse_overrides, read_config, run_trial, set_dotted
 
 if TYPE_CHECKING:
     import optuna
@@ -62,6 +72,11 @@ class Param:
     log: bool = False
     step: float | int | None = None
     choices: tuple[Any, ...] = ()
+
+    def spec(self) -> dict[str, Any]:
+        """This dimension as plain data (the study's record of its search space)."""
+        return {"kind": self.kind, "low": self.low, "high": self.high, "log": self.log,
+                "step": self.step, "choices": list(self.choices)}  # fmt: skip
 
     def suggest(self, trial: optuna.Trial) -> Any:
         """The trial's value of this key (a choice that is a list or mapping comes back whole)."""
@@ -143,20 +158,44 @@ def _param(path: Path, key: str, spec: Any) -> Param:
     return Param(key, kind, low=low, high=high, log=log, step=step)
 
 
-def open_study(
-    out: Path, storage: str | None, study_name: str, seed: int | None,
-    startup_trials: int, warmup_epochs: int,
-) -> optuna.Study:  # fmt: skip
-    """Creates the study or joins it: TPE sampler, median pruner, in ``storage``."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+def space_values(param: Param) -> list[Any]:
+    """The values of ``param`` whose configs are built before the first trial: every choice,
+    or a range's two ends (a value the model or data refuses is usually an end: 0, -1, huge)."""
+    if param.kind == "choice":
+        return list(param.choices)
+    cast = int if param.kind == "int" else float
+    return [cast(param.low), cast(param.high)]
 
-    if storage is None:
-        out.mkdir(parents=True, exist_ok=True)
-        storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
-    elif "://" not in storage:
-        storage = JournalStorage(JournalFileBackend(storage))  # a journal file's path
+
+def check_space_configs(
+    config: Path,
+    space: Path,
+    base: dict[str, Any],
+    overrides: dict[str, Any],
+    params: list[Param],
+    check: Callable[[L.Trainer], None],
+) -> None:
+    """Builds the config of every space value once (each key's values, the others at their
+    first) and ``check``s its Trainer: a value the model, data module or Trainer refuses stops
+    ``tune`` before a trial. Only a refusal of a combination can still come from a trial."""
+    first = {p.key: space_values(p)[0] for p in params}
+    named = ", ".join(f"{key}={value!r}" for key, value in first.items())
+    check_trial_config(base, {**overrides, **first}, f"{config} with {named}", check)
+    for param in params:
+        for value in space_values(param)[1:]:
+            settings = {**overrides, **first, param.key: value}
+            check_trial_config(base, settings, f"{space}: {param.key}={value!r}", check)
+
+
+def make_sampler_and_pruner(
+    seed: int | None, startup_trials: int, warmup_epochs: int
+) -> dict[str, Any]:
+    """TPE sampler and median pruner, as ``optuna.create_study``'s keyword arguments."""
+    import optuna
+
+    for flag, value in (("--startup-trials", startup_trials), ("--warmup-epochs", warmup_epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{flag} must be a whole number >= 0, got {value!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # constant_liar: parallel workers do not all propose the same point (Optuna's advice).
@@ -164,30 +203,50 @@ def open_study(
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs
     )
-    try:
-        return optuna.create_study(
-            storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
-            direction="maximize", load_if_exists=True,
+    return {"sampler": sampler, "pruner": pruner}
+
+
+def open_study(
+    out: Path, storage: StudyStorage, study_name: str, record: dict[str, Any], **kwargs: Any
+) -> optuna.Study:
+    """Joins the study, or creates it, once every check passed; refused, nothing is written.
+
+    Refused: a study made from another record (:func:`~.studies.check_record`), and trial
+    folders in ``OUT/trials/<study>/`` that the study does not have.
+    """
+    import optuna
+
+    folders = sorted((out / "trials" / study_name).glob("trial*"))  # before the study's trials
+    where = f"study {study_name!r} in {storage.text}"
+    study, opened = load_study(storage, study_name, **kwargs)
+    known = check_record(study, record, storage) if study is not None else False
+    numbers = {t.number for t in study.get_trials(deepcopy=False)} if study is not None else set()
+    check_trial_folders(folders, numbers, where)
+    if study is None:
+        out.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(
+            storage=opened or storage.open(), study_name=study_name, direction="maximize",
+            load_if_exists=True, **kwargs,
         )  # fmt: skip
-    except (ValueError, ImportError) as err:  # a malformed URL, a missing database driver
-        raise ConfigError(f"--storage {storage}: {err}") from err
+        known = check_record(study, record, storage)  # another worker may have made it first
+    if not known:
+        study.set_user_attr(RECORD_ATTR, record)
+    return study
 
 
-def check_distributed(trainer: L.Trainer, study: optuna.Study) -> None:
+def check_distributed(trainer: L.Trainer, storage: StudyStorage) -> None:
     """A DDP trial must be spawned from this process (``trainer.strategy: ddp_spawn``) and keep
     its study in a database: the ``ddp`` launcher would start every process's own ``tune``."""
     if trainer.world_size == 1:
         return
     from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-    from optuna.storages import RDBStorage
 
     if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
         raise ConfigError(
             f"trainer.devices/num_nodes make a {trainer.world_size}-process trial: set "
             "trainer.strategy: ddp_spawn (each trial is started from the tune process)"
         )
-    backend = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(backend, RDBStorage):
+    if not storage.is_database:
         raise ConfigError(
             "a multi-process (DDP) trial reports to the pruner through a database: give "
             "--storage sqlite:///tune.db or postgresql://..."
@@ -214,11 +273,16 @@ def tune(
         trials: trials this call runs; the study's total is the sum over all calls.
         out: folder of the trial runs, the journal file and the reports.
         storage: an Optuna storage URL or a journal file; None: ``out/study.journal``.
-        study_name: default: the base config's file name without its suffix.
+        study_name: a plain name; default: the base config's file name without its suffix
+            and 8 hex digits of the hash of the config, overrides and space
+            (:mod:`~moderncnn.training.studies`).
         overrides: dotted keys set in every trial (``{"trainer.max_epochs": 5}``).
         seed: the TPE sampler's seed (None: a different search each run).
         startup_trials: finished trials before the pruner starts pruning.
         warmup_epochs: epochs of a trial that are never pruned.
+
+    Everything is checked before a trial starts or a file is written: the arguments, the
+    config of every search-space value, the storage and the study's record.
     """
     try:
         import optuna
@@ -227,14 +291,27 @@ def tune(
         raise ConfigError(
             f"moderncnn tune needs Optuna ({err}): pip install 'moderncnn[tune]'"
         ) from err
-    if trials < 1:
-        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials!r}")
+    study_args = make_sampler_and_pruner(seed, startup_trials, warmup_epochs)
+    if study_name is not None:
+        check_study_name(study_name)
     base, params, out = read_config(config), read_space(space), Path(out)
     overrides = dict(overrides or {})
-    study = open_study(
-        out, storage, study_name or Path(config).stem, seed, startup_trials, warmup_epochs
-    )
+    resolved = copy.deepcopy(base)
+    for key, value in overrides.items():
+        set_dotted(resolved, key, value)
+    record = study_record(resolved, {p.key: p.spec() for p in params})
+    study_name = study_name or default_study_name(config, record)
+    study_storage = StudyStorage.resolve(out, storage)
+
+    def check(trainer: L.Trainer) -> None:
+        check_distributed(trainer, study_storage)
+
+    check_space_configs(Path(config), Path(space), base, overrides, params, check)
+    study_storage.check()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(out, study_storage, study_name, record, **study_args)
 
     def objective(trial: optuna.Trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
@@ -245,16 +322,37 @@ def tune(
         pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
         result = run_trial(
             base, settings, folder, name=f"trial{trial.number}", test=False,
-            callbacks=[pruning], check=lambda trainer: check_distributed(trainer, study),
-            extra={"study": study.study_name, "trial": trial.number},
+            callbacks=[pruning], check=check,
+            extra={"study": study.study_name, "trial": trial.number}, fresh=True,
         )  # fmt: skip
         pruning.check_pruned()  # a DDP trial's pruning is known here (its processes are gone)
         return result.val_acc
 
-    study.optimize(objective, n_trials=trials, catch=())
+    for _ in range(trials):
+        run_one(study, objective)
     if rank_zero_only.rank == 0:
         write_reports(study, base, params, overrides, out)
     return study
+
+
+def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
+    """One trial through Optuna's ask-and-tell interface: pruned, failed or finished.
+
+    A failed trial is told FAIL and its error raised as it is, one line for a refusal
+    (``study.optimize`` would first log Optuna's "Trial failed" traceback).
+    """
+    import optuna
+
+    trial = study.ask()
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    except BaseException:  # Ctrl-C too, as study.optimize does
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
 
 
 def best_config(
@@ -343,7 +441,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--storage", help="Optuna storage URL or journal file (default OUT/study.journal)"
     )
-    parser.add_argument("--study", help="study name (default: the config's file name)")
+    parser.add_argument(
+        "--study", help="study name (default: the config's file name and a hash of the config)"
+    )
     parser.add_argument("--out", default="tune", help="output folder (default ./tune)")
     parser.add_argument("--seed", type=int, help="TPE sampler seed")
     parser.add_argument(

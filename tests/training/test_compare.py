@@ -124,3 +124,61 @@ def test_a_refused_compare_writes_nothing(
     assert moderncnn_main([*argv, "--seeds", "0"]) == 1
     assert moderncnn_main([*argv, "--seeds", "two"]) == 2  # argparse
     assert not out.exists()
+
+
+# One training step, one validation and one test batch.
+ONE_STEP = {
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 1,
+    "trainer.limit_val_batches": 1,
+}
+
+
+@pytest.mark.slow
+def test_a_finished_trial_made_from_another_base_config_is_refused(
+    fashion_mnist_dir: Path, tmp_path: Path, tiny_config: Path
+) -> None:
+    # Issue 23 H2: lr and widths edited in the base YAML, then --seeds 2: seed 0 at the old
+    # config and seed 1 at the new one ended in one row.
+    out = tmp_path / "out"
+    compare(tiny_config, ["resnet18_cifar"], seeds=1, out=out, overrides=ONE_STEP)
+    seed0 = out / "runs" / "resnet18_cifar" / "seed0"
+    before = snapshot(seed0)
+    config = tiny_config.read_text()
+    tiny_config.write_text(config.replace("lr: 0.1", "lr: 0.4").replace("- 16", "- 32"))
+    message = (
+        rf"{seed0} holds a finished trial made from another config \(model.lr: 0.1 there, 0.4 "
+        r"now; model.model_kwargs.channels: \[8, 16\] there, \[8, 32\] now\)"
+    )
+    with pytest.raises(ConfigError, match=message):
+        compare(tiny_config, ["resnet18_cifar"], seeds=2, out=out, overrides=ONE_STEP)
+    assert snapshot(seed0) == before and not (out / "runs" / "resnet18_cifar" / "seed1").exists()
+    tiny_config.write_text(config)  # the same config again: the finished trial is kept
+    with pytest.raises(ConfigError, match=r"trainer.limit_val_batches: 1 there, 2 now"):
+        compare(tiny_config, ["resnet18_cifar"], seeds=1, out=out,
+                overrides={**ONE_STEP, "trainer.limit_val_batches": 2})  # fmt: skip
+    (summary,) = compare(tiny_config, ["resnet18_cifar"], seeds=1, out=out, overrides=ONE_STEP)
+    assert snapshot(seed0) == before and len(summary.trials) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.init_args.batch_size", "0"],
+         "--models resnet18_cifar: data: batch_size must be a positive integer, got 0"),
+        (["--set", "densenet121_cifar:model.model_kwargs={growth_rate: 4, frobnicate: 1}"],
+         "--models densenet121_cifar: "),
+        (["--trainer.max_epochs", "0"], "trainer.max_epochs must be >= 1"),
+    ],
+)  # fmt: skip
+def test_a_value_one_model_refuses_stops_the_compare_before_any_training(
+    tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture, args, message
+) -> None:
+    # Issue 23 M6 (compare), L10: a traceback, and empty out/runs/<model>/seed0/ trees.
+    out = tmp_path / "out"
+    argv = ["compare", "-c", str(tiny_config), "--models", *MODELS, "--out", str(out)]
+    assert moderncnn_main([*argv, *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("moderncnn compare: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
