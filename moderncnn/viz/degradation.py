@@ -99,7 +99,8 @@ def plot_degradation(
     axes[0].legend()
     seeds = max(len([f] if isinstance(f, str | Path) else f) for f in runs.values())
     figure.suptitle(
-        title or f"Deeper plain nets (dashed) train worse; residual nets (solid) do not "
+        title
+        or f"Deeper plain nets (dashed) train worse; residual nets (solid) do not "
         f"({seeds} seed(s): mean, band = range)"
     )
     return finish(figure, save)

@@ -123,8 +123,10 @@ def test_schedule_factors() -> None:
 
 
 def test_multistep_schedule_drops_at_fractions_of_the_run() -> None:
-    module = ImageClassifier("resnet20", model_kwargs={"layers": [1, 1, 1]}, lr=0.1,
-                             scheduler="multistep", milestones=[0.5, 0.75], warmup_epochs=0)  # fmt: skip
+    module = ImageClassifier(
+        "resnet20", model_kwargs={"layers": [1, 1, 1]}, scheduler="multistep",
+        milestones=[0.5, 0.75], warmup_epochs=0,
+    )  # fmt: skip
     module._schedule_length = lambda: (200, 10)  # 200 steps, 10 per epoch (no Trainer here)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
     scheduler = module._scheduler(optimizer)
