@@ -75,6 +75,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def test_images(config: dict) -> str:
+    """Which test images the budget tests on (``limit_test_batches``: a count or a fraction)."""
+    limit = config["trainer"].get("limit_test_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        return f"the first {limit * config['data']['init_args']['batch_size']:,} test images"
+    return "the 10,000 test images" if limit in (None, 1.0) else f"{limit:.0%} of the test images"
+
+
 def report(trials: dict[str, list[TrialResult]], config: dict, minutes: float, load: float) -> str:
     """The Markdown page: the budget, the machine, one row per network and seed, the means."""
     trainer, model = config["trainer"], config["model"]
@@ -90,8 +98,8 @@ def report(trials: dict[str, list[TrialResult]], config: dict, minutes: float, l
         f"{config['data']['init_args']['batch_size']}, SGD lr {model['lr']} (constant), "
         f"momentum {model['momentum']}, weight decay {model['weight_decay']}; validation on "
         f"{config['data']['init_args']['val_size']} held-out images every "
-        f"{trainer['val_check_interval']} steps; test on the 10,000 test images "
-        f"(limit_test_batches: {trainer.get('limit_test_batches', 'all')}); {seeds} seed(s)",
+        f"{trainer['val_check_interval']} steps; test on {test_images(config)}; "
+        f"{seeds} seed(s)",
         f"- final training error: mean over the last {LAST_FRACTION:.0%} of the run's "
         "training windows; validation and test error: the final model's",
         "",

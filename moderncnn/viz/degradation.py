@@ -72,7 +72,7 @@ def plot_degradation(
             of a ``moderncnn compare``. Names starting with ``plain`` are drawn dashed; names
             ending in the same number (``plain20``, ``resnet20``) share a colour.
         save: file to write the figure to; None: only return it.
-        title: the figure's title; default: the paper's question.
+        title: the figure's title; default: what the line styles and colours mean.
     """
     if isinstance(runs, str | Path):
         runs = runs_of_compare(runs)
@@ -94,13 +94,14 @@ def plot_degradation(
             _plot_mean(ax, [c.get(column, []) for c in curves], style)
     for ax, label in zip(axes, PANELS, strict=True):
         ax.set(xlabel="optimiser steps", title=label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("error (%)")
     axes[0].legend()
     seeds = max(len([f] if isinstance(f, str | Path) else f) for f in runs.values())
     figure.suptitle(
         title
-        or f"Deeper plain nets (dashed) train worse; residual nets (solid) do not "
+        or "Plain (dashed) and residual (solid) networks, one colour per depth "
         f"({seeds} seed(s): mean, band = range)"
     )
     return finish(figure, save)
