@@ -452,7 +452,7 @@ class ImageClassifier(L.LightningModule):
         step logging writes only every ``trainer.log_every_n_steps``."""
         every, step = self.hparams.get("curve_every_n_steps"), self.global_step
         # (With gradient accumulation several batches end at one optimiser step.)
-        if not every or step % every or step == self._window_logged_at:
+        if not every or not step or step % every or step == self._window_logged_at:
             return
         self._window_logged_at = step
         metrics = {"train_loss_window": self.window_loss.compute().item()}
