@@ -35,6 +35,7 @@ _LAZY = {
     "plot_top_losses": "moderncnn.viz",
     "explain": "moderncnn.viz",
     "plot_architecture": "moderncnn.viz",
+    "plot_degradation": "moderncnn.viz",
     "write_report": "moderncnn.training.run_report",
 }
 

@@ -3,6 +3,7 @@
     from moderncnn.blocks import BasicBlock, ConvBNAct, InceptionBlock
 
     unit = BasicBlock(64, 128, stride=2)        # ResNet's residual unit: relu(x + F(x))
+    plain = CifarBasicBlock(16, 16, shortcut="none")   # the same unit without its shortcut
     block = InceptionBlock(192, 64, 96, 128, 16, 32, 32)   # GoogLeNet's inception (3a)
 
 Each block is the one our registered models are built of (with torchvision's child names),
@@ -11,6 +12,7 @@ so a network assembled from them loads the same checkpoints.
 
 from __future__ import annotations
 
+from moderncnn.models.cifar_resnet import CifarBasicBlock, ZeroPadShortcut
 from moderncnn.models.densenet import DenseBlock, DenseLayer, Transition
 from moderncnn.models.googlenet import InceptionBlock
 from moderncnn.models.inception import (
@@ -26,6 +28,7 @@ from moderncnn.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3, pr
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "CifarBasicBlock",
     "ConvBNAct",
     "DenseBlock",
     "DenseLayer",
@@ -36,6 +39,7 @@ __all__ = [
     "InceptionExpanded",
     "InceptionFactorized",
     "Transition",
+    "ZeroPadShortcut",
     "conv1x1",
     "conv3x3",
     "projection",

@@ -60,7 +60,7 @@ CASES = [
     # unknown names
     (["--model.model", "resnet18_cifr"], 1, "Did you mean 'resnet18_cifar'"),
     (["--model.optimizer", "rmsprop"], 2, "Expected a typing.Literal['sgd', 'adam', 'adamw']"),
-    (["--model.scheduler", "cosin"], 2, "Literal['onecycle', 'cosine', 'step', 'none']"),
+    (["--model.scheduler", "cosin"], 2, "'cosine', 'step', 'none', 'multistep']"),
     (["--model.lr_scaling", "cubic"], 2, "Expected a typing.Literal['none', 'linear', 'sqrt']"),
     (["--data.init_args.augmentations=[RandomFlipp]"], 1, "unknown augmentation 'RandomFlipp'"),
     # class count given twice: the data's wins, and saying otherwise is refused

@@ -27,6 +27,11 @@ TINY = {
         "LIMIT_TRAIN_BATCHES = 2",
         1,  # curves
     ),
+    "04_degradation.ipynb": (
+        "STEPS = 4\nVAL_EVERY = 2\nBATCH_SIZE = 16\nTRAIN_SUBSET = 160\nVAL_SIZE = 32\n"
+        "LIMIT_TEST_BATCHES = 1\nSEEDS = 1\nNET_KWARGS = {'channels': [4, 8, 8]}",
+        1,  # the degradation curves
+    ),
 }
 BACKEND_BEFORE = "import matplotlib\n_backend = matplotlib.get_backend()"
 BACKEND_AFTER = "assert matplotlib.get_backend() == _backend, matplotlib.get_backend()"

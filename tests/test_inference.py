@@ -14,6 +14,9 @@ from moderncnn.models.layers import ConvBNAct
 
 # Building these (random init of 14M-60M parameters) and copying them takes seconds on 2 cores.
 SLOW = {"resnet101", "resnet152", "densenet161", "densenet169", "densenet201", "inception_v3"}
+# The papers' deeper CIFAR nets (resnet1202: 19M parameters): resnet20 and densenet40 stand in.
+SLOW |= {"resnet32", "resnet44", "resnet56", "resnet110", "resnet1202", "plain32", "plain44"}
+SLOW |= {"plain56", "plain110", "preact_resnet110", "preact_resnet164", "densenet_bc_100"}
 ALL_MODELS = [
     pytest.param(n, marks=pytest.mark.sweep) if n.removesuffix("_cifar") in SLOW else n
     for n in list_models()

@@ -6,7 +6,9 @@ also data, :func:`get_variant_config` (input size, evaluation transform, weights
 """
 
 from . import (  # noqa: F401  (registers the models)
+    cifar_resnet,
     densenet,
+    densenet_cifar,
     googlenet,
     inception,
     inception_resnet_v2,

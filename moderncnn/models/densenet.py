@@ -43,9 +43,11 @@ def keep_running_stats(norm: nn.BatchNorm2d) -> Iterator[None]:
 class DenseLayer(nn.Module):
     """BN-ReLU-1x1 (to ``bn_size * growth_rate``) then BN-ReLU-3x3 (to ``growth_rate``).
 
-    The 1x1 "bottleneck" (DenseNet-B) keeps the 3x3 cheap however wide the input grows.
-    ``memory_efficient`` recomputes the concatenation and bottleneck in the backward pass
-    instead of storing them (Pleiss et al. 2017): quadratic memory becomes linear.
+    The 1x1 "bottleneck" (DenseNet-B) keeps the 3x3 cheap however wide the input grows;
+    ``bn_size=0`` leaves it out, as the paper's plain DenseNet (BN-ReLU-3x3 on the whole
+    concatenation; ``densenet40``). ``memory_efficient`` recomputes the concatenation and
+    bottleneck in the backward pass instead of storing them (Pleiss et al. 2017): quadratic
+    memory becomes linear.
     """
 
     def __init__(
@@ -57,18 +59,29 @@ class DenseLayer(nn.Module):
         memory_efficient: bool = False,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.BatchNorm2d(in_chs)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(in_chs, bn_size * growth_rate, 1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+        if bn_size < 0 or (memory_efficient and bn_size == 0):
+            raise ValueError(
+                f"bn_size must be >= 0 (0: no bottleneck) and memory_efficient needs a "
+                f"bottleneck to recompute, got bn_size={bn_size}, "
+                f"memory_efficient={memory_efficient}"
+            )
+        inner = bn_size * growth_rate if bn_size else in_chs
+        if bn_size:
+            self.norm1 = nn.BatchNorm2d(in_chs)
+            self.relu1 = nn.ReLU(inplace=True)
+            self.conv1 = nn.Conv2d(in_chs, inner, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(inner)
         self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(inner, growth_rate, 3, padding=1, bias=False)
+        self.bn_size = bn_size
         self.drop_rate = drop_rate
         self.memory_efficient = memory_efficient
 
     def bottleneck(self, *inputs: Tensor) -> Tensor:
-        """Concatenate the earlier maps and BN-ReLU-1x1 them to ``bn_size * growth_rate``."""
-        return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
+        """Concatenate the earlier maps and BN-ReLU-1x1 them to ``bn_size * growth_rate``
+        (with ``bn_size=0``, only concatenate them)."""
+        x = torch.cat(inputs, 1)
+        return self.conv1(self.relu1(self.norm1(x))) if self.bn_size else x
 
     def _checkpoint_contexts(self) -> tuple[contextlib.AbstractContextManager, ...]:
         """Contexts of the forward pass and of the backward pass's re-run of the bottleneck.
@@ -124,7 +137,7 @@ class DenseNet(ClassifierModel):
         growth_rate: channels each layer adds (k in the paper).
         block_config: layers per dense block (its length is the number of blocks).
         num_init_features: channels of the stem convolution.
-        bn_size: bottleneck width as a multiple of ``growth_rate``.
+        bn_size: bottleneck width as a multiple of ``growth_rate``; 0: no bottleneck.
         compression: fraction of channels a transition keeps (0.5 in DenseNet-BC).
         drop_rate: dropout probability on each layer's new maps (0 in torchvision's models).
         num_classes: classifier width; 0 leaves the classifier out.

@@ -7,6 +7,7 @@ the network from the checkpoint alone (nanoGPT's rule: a checkpoint holds its mo
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import math
 import warnings
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from moderncnn.inference.tta import check_tta, tta_logits
@@ -40,7 +41,7 @@ warnings.filterwarnings(
 )
 
 Optimizer = Literal["sgd", "adam", "adamw"]
-Scheduler = Literal["onecycle", "cosine", "step", "none"]
+Scheduler = Literal["onecycle", "cosine", "step", "none", "multistep"]
 Interval = Literal["step", "epoch"]
 LRScaling = Literal["none", "linear", "sqrt"]
 Stage = Literal["train", "val", "test"]
@@ -107,11 +108,15 @@ class ImageClassifier(L.LightningModule):
             section 5.1: decaying them only limits the scale-invariant layers' freedom).
         scheduler: ``"onecycle"`` (Smith & Topin 2018), ``"cosine"`` (linear warm-up, then
             cosine to zero; Loshchilov & Hutter 2017), ``"step"`` (x ``gamma`` every
-            ``step_size`` epochs) or ``"none"`` (constant).
+            ``step_size`` epochs), ``"multistep"`` (x ``gamma`` at each of ``milestones``; the
+            ResNet and DenseNet papers' schedule) or ``"none"`` (constant).
         warmup_epochs: epochs (fractions allowed) of linear warm-up to ``lr``; for one-cycle,
             the length of its rising phase.
         step_size: epochs between learning-rate drops of the ``"step"`` schedule.
-        gamma: factor of each ``"step"`` drop.
+        gamma: factor of each ``"step"`` or ``"multistep"`` drop.
+        milestones: where the ``"multistep"`` drops fall, as fractions of the run (None:
+            ``[0.5, 0.75]``, both papers': He et al. 2016 at 32k and 48k of 64k iterations,
+            Huang et al. 2017 at 50% and 75% of the epochs).
         scheduler_interval: update the learning rate after every ``"step"`` or ``"epoch"``.
         label_smoothing: probability mass spread over all classes in the target (Szegedy et al.
             2016, section 7); 0 is plain cross-entropy.
@@ -133,6 +138,10 @@ class ImageClassifier(L.LightningModule):
         tta: test-time augmentation for ``test`` and ``predict``: the mean probabilities over
             the image and its views, ``hflip`` (mirror) and ``shift`` (two 2-px shifts). A few
             tenths of a point for a cost of 2-4x the test time; validation stays plain.
+        curve_every_n_steps: also log the training loss and accuracy averaged over each
+            window of this many optimiser steps (``train_loss_window``, ``train_acc_window``
+            in ``metrics.csv``, at the window's last step): learning curves against steps, as
+            the ResNet paper's Fig. 6. 0: only the per-epoch averages.
         class_names: the data's class names, saved so predictions can be named (CLI-linked).
         preprocess: the data's evaluation resize and normalisation, saved for prediction on
             image files (``{"image_size", "resize_size", "mean", "std"}``; CLI-linked).
@@ -155,6 +164,7 @@ class ImageClassifier(L.LightningModule):
         warmup_epochs: float = 1.0,
         step_size: int = 30,
         gamma: float = 0.1,
+        milestones: list[float] | None = None,
         scheduler_interval: Interval = "step",
         label_smoothing: float = 0.0,
         aux_loss_weight: float = 0.3,
@@ -163,13 +173,14 @@ class ImageClassifier(L.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         tta: list[str] | None = None,
+        curve_every_n_steps: int = 0,
         class_names: list[str] | None = None,
         preprocess: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         _choice("optimizer", optimizer, ("sgd", "adam", "adamw"))
-        _choice("scheduler", scheduler, ("onecycle", "cosine", "step", "none"))
+        _choice("scheduler", scheduler, ("onecycle", "cosine", "step", "none", "multistep"))
         _choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
         _choice("lr_scaling", lr_scaling, ("none", "linear", "sqrt"))
         numbers = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
@@ -178,7 +189,9 @@ class ImageClassifier(L.LightningModule):
         numbers |= {"mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha}
         for name, value in numbers.items():
             _check(_finite(value), name, value, f"a finite number (at most {_FLOAT32_MAX:.3g})")
-        for name, value in {"step_size": step_size, "num_classes": num_classes}.items():
+        integers = {"step_size": step_size, "num_classes": num_classes}
+        integers["curve_every_n_steps"] = curve_every_n_steps
+        for name, value in integers.items():
             _check(isinstance(value, int) and not isinstance(value, bool), name, value, "an int")
         _check(lr > 0, "lr", lr, "> 0")
         _check(0 <= momentum < 1, "momentum", momentum, "in [0, 1)")
@@ -186,6 +199,13 @@ class ImageClassifier(L.LightningModule):
         _check(warmup_epochs >= 0, "warmup_epochs", warmup_epochs, ">= 0")
         _check(step_size >= 1, "step_size", step_size, ">= 1 (epochs)")
         _check(0 < gamma <= 1, "gamma", gamma, "in (0, 1]")
+        fractions = isinstance(milestones, list) and all(
+            _finite(m) and 0 < m < 1 for m in milestones
+        )
+        in_order = fractions and milestones == sorted(set(milestones))
+        _check(milestones is None or in_order, "milestones", milestones,
+               "null or increasing fractions of the run in (0, 1), e.g. [0.5, 0.75]")  # fmt: skip
+        _check(curve_every_n_steps >= 0, "curve_every_n_steps", curve_every_n_steps, ">= 0")
         _check(0 <= label_smoothing < 1, "label_smoothing", label_smoothing, "in [0, 1)")
         _check(aux_loss_weight >= 0, "aux_loss_weight", aux_loss_weight, ">= 0")
         _check(mixup_alpha >= 0, "mixup_alpha", mixup_alpha, ">= 0 (0: off)")
@@ -211,6 +231,9 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = self._metrics("train")
         self.val_metrics = self._metrics("val")
         self.test_metrics = self._metrics("test")
+        # The training curve against steps: loss and accuracy over the current window.
+        self.window_loss, self.window_acc = MeanMetric(), MeanMetric()
+        self._window_logged_at = -1
         # Rows: true class, columns: predicted; read by the confusion-matrix callback after test.
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
@@ -410,7 +433,36 @@ class ImageClassifier(L.LightningModule):
         return loss, logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")[0]
+        loss, logits = self._step(batch, "train")
+        if self.hparams.get("curve_every_n_steps"):
+            self._update_window(loss, logits, batch[1] if self.mixer is None else None)
+        return loss
+
+    def _update_window(self, loss: Tensor, logits: Tensor, target: Tensor | None) -> None:
+        """Adds a batch to the current window (accuracy: only without MixUp/CutMix, whose
+        mixed labels the batch no longer holds)."""
+        n = logits.shape[0]
+        self.window_loss.update(loss.detach().float(), weight=n)
+        if target is not None:
+            correct = (logits.detach().argmax(1) == target).float()
+            self.window_acc.update(correct)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Logs the window's means at its last step, straight to the loggers: Lightning's own
+        step logging writes only every ``trainer.log_every_n_steps``."""
+        every, step = self.hparams.get("curve_every_n_steps"), self.global_step
+        # (With gradient accumulation several batches end at one optimiser step.)
+        if not every or not step or step % every or step == self._window_logged_at:
+            return
+        self._window_logged_at = step
+        metrics = {"train_loss_window": self.window_loss.compute().item()}
+        if self.window_acc.update_count:
+            metrics["train_acc_window"] = self.window_acc.compute().item()
+        metrics["epoch"] = self.current_epoch
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step - 1)
+        self.window_loss.reset()
+        self.window_acc.reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -517,6 +569,9 @@ class ImageClassifier(L.LightningModule):
         if hp.scheduler == "step":  # open-ended: the same schedule however long the run
             every = round(hp.step_size * per_epoch)
             return LambdaLR(optimizer, _WarmupStep(warmup, every, hp.gamma))
+        if hp.scheduler == "multistep":
+            drops = [round(m * total) for m in hp.get("milestones") or (0.5, 0.75)]
+            return LambdaLR(optimizer, _WarmupMultiStep(warmup, drops, hp.gamma, total))
         warmup = min(warmup, total - 1)  # leave at least one update for the decay
         if hp.scheduler == "onecycle" and warmup < 2:
             # OneCycleLR divides by its rising phase's length minus one: with no warm-up to
@@ -570,3 +625,16 @@ class _WarmupStep:
         if step < self.warmup:
             return (step + 1) / self.warmup
         return self.gamma ** (step // self.every)
+
+
+class _WarmupMultiStep:
+    """LR factor: linear warm-up over ``warmup`` updates, then x ``gamma`` at each of ``drops``
+    (update counts); ``total`` is the run's length, checked on resuming."""
+
+    def __init__(self, warmup: int, drops: list[int], gamma: float, total: int) -> None:
+        self.warmup, self.drops, self.gamma, self.total = warmup, drops, gamma, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return self.gamma ** bisect.bisect_right(self.drops, step)

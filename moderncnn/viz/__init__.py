@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .confusion import plot_confusion_matrix, read_confusion_matrix
 from .curves import plot_curves, read_metrics
+from .degradation import plot_degradation
 from .diagram import plot_architecture
 from .gradcam import Explanation, explain, grad_cam, plot_explanation
 from .images import image_grid, plot_top_losses, show_batch, show_results
@@ -21,6 +22,7 @@ __all__ = [
     "plot_architecture",
     "plot_confusion_matrix",
     "plot_curves",
+    "plot_degradation",
     "plot_top_losses",
     "read_confusion_matrix",
     "read_metrics",

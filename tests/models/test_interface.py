@@ -27,9 +27,17 @@ ALL_MODELS = list_models()
 # Deeper and wider variants run the same code as resnet18/50, resnext50_32x4d, preact_resnet18
 # and densenet121 with more units or channels: they are checked in the full sweep
 # (`pytest -m sweep`); parameter counts and parity cover them always.
+# The papers' CIFAR networks: resnet20, plain20 and densenet40 stand for them (densenet_bc_100
+# runs densenet121's code)
+# (resnet1202, 19M parameters in 600 units, costs seconds even on a 4 x 4 image).
+CIFAR_DEEP = (
+    "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
+    "plain32", "plain44", "plain56", "plain110", "preact_resnet110", "preact_resnet164",
+    "densenet_bc_100",
+)  # fmt: skip
 DEEP = (
     "resnet101", "resnet152", "resnext101", "wide_resnet", "preact_resnet34",
-    "densenet161", "densenet169", "densenet201",
+    "densenet161", "densenet169", "densenet201", *CIFAR_DEEP,
 )  # fmt: skip
 # A full-width Inception-v4 / Inception-ResNet-v2 on a 28-32 px image costs 6-10 GMACs: swept
 # (test_inception_v4.py checks their small-image stage maps at a fraction of the width).
@@ -43,6 +51,11 @@ def _marked(names: list[str], also: tuple[str, ...] = ()) -> list:
 
 
 MODELS = _marked(ALL_MODELS)
+# Networks designed for small images (the papers' CIFAR ResNets and DenseNets): their 3x3 stem
+# is their own, so they have no ``_cifar`` twin.
+SMALL_BY_DESIGN = [
+    n for n in ALL_MODELS if get_variant_config(n).stem == "cifar" and not n.endswith("_cifar")
+]
 AUX_MODELS = [n for n in ALL_MODELS if get_variant_config(n).aux_heads]
 NUM_CLASSES = 7
 
@@ -76,6 +89,9 @@ def test_registry_is_populated() -> None:
     families |= {"preact_resnet34", "preact_resnet50"}
     assert families <= set(ALL_MODELS)
     assert {f"{n}_cifar" for n in families} <= set(ALL_MODELS)
+    papers = {"resnet20", "resnet1202", "plain20", "plain110", "preact_resnet110"}
+    papers |= {"preact_resnet164", "densenet40", "densenet_bc_100"}
+    assert papers <= set(SMALL_BY_DESIGN)
     assert list_models("densenet*") == sorted(n for n in ALL_MODELS if n.startswith("densenet"))
 
 
@@ -160,7 +176,8 @@ def test_stage_features_match_feature_info(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", _marked([n for n in ALL_MODELS if n.endswith("_cifar")], HEAVY_SMALL_IMAGE)
+    "name",
+    _marked([n for n in ALL_MODELS if n.endswith("_cifar")] + SMALL_BY_DESIGN, HEAVY_SMALL_IMAGE),
 )
 def test_small_image_variants_take_one_channel_28px(name: str) -> None:
     model = create_model(name, num_classes=10, in_chans=1).eval()
@@ -191,7 +208,10 @@ def test_every_model_is_described_by_its_variant_config(name: str) -> None:
     modules = dict(model.named_modules())
     assert all(isinstance(modules[h], nn.Linear) for h in heads), heads
     assert all(modules[h].out_features == 1000 for h in heads)
-    assert config.stem == ("cifar" if name.endswith("_cifar") else "imagenet")
+    if name in SMALL_BY_DESIGN:
+        assert config.small_image_of is None and config.input_size[1:] == (32, 32)
+    else:
+        assert config.stem == ("cifar" if name.endswith("_cifar") else "imagenet")
     assert config.crop_size <= config.resize_size
     assert config.mean == (0.485, 0.456, 0.406) and config.std == (0.229, 0.224, 0.225)
 
@@ -207,7 +227,9 @@ def test_head_modules_name_the_classifier_and_each_aux_heads_last_layer() -> Non
     assert _meta("inception_resnet_v2").head_modules() == ["classif"]
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_MODELS if not n.endswith("_cifar")])
+@pytest.mark.parametrize(
+    "name", [n for n in ALL_MODELS if not n.endswith("_cifar") and n not in SMALL_BY_DESIGN]
+)
 def test_every_variant_has_a_small_image_twin_made_by_one_rule(name: str) -> None:
     config, twin = get_variant_config(name), get_variant_config(f"{name}_cifar")
     assert twin.small_image_of == name and twin.family == config.family
@@ -215,6 +237,12 @@ def test_every_variant_has_a_small_image_twin_made_by_one_rule(name: str) -> Non
     assert twin.input_size == (3, 32, 32) and (twin.crop_size, twin.resize_size) == (32, 32)
     assert not twin.weights and twin.stem == "cifar"
     assert (twin.classifier, twin.aux_heads) == (config.classifier, config.aux_heads)
+
+
+def test_networks_designed_for_small_images_have_no_twin() -> None:
+    assert SMALL_BY_DESIGN and not [n for n in SMALL_BY_DESIGN if f"{n}_cifar" in ALL_MODELS]
+    with pytest.raises(ValueError, match="only the paper's 3x3 stem"):
+        _meta("resnet20", stem="imagenet")
 
 
 @pytest.mark.parametrize("name", [n for n in ALL_MODELS if n.endswith("_cifar")])

@@ -129,6 +129,13 @@ def test_header_command_runs(config: Path, command: str, tmp_path: Path, monkeyp
         extra += finetune_files(tmp_path / "user")
     monkeypatch.chdir(tmp_path)
     assert main([*argv, *extra]) == 0
+    if argv[0] == "compare":  # one trial folder per model and seed, then the reports
+        out = tmp_path / argv[argv.index("--out") + 1]
+        models = argv[argv.index("--models") + 1 : argv.index("--seeds")]
+        trials = sorted(out.glob("runs/*/seed*/result.json"))
+        assert len(trials) == len(models) * int(argv[argv.index("--seeds") + 1])
+        assert (out / "results.md").is_file() and (out / "curves.png").is_file()
+        return
     runs = sorted((tmp_path / "lightning_logs").glob("version_*"))
     seeds = argv[argv.index("--seeds") + 1] if "--seeds" in argv else None
     assert len(runs) == (1 if seeds is None else int(seeds))  # `--seeds N`: one run per seed

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from moderncnn.models import UnknownModelError
-from moderncnn.training.module import ImageClassifier, _WarmupCosine, _WarmupStep
+from moderncnn.training.module import (
+    ImageClassifier,
+    _WarmupCosine,
+    _WarmupMultiStep,
+    _WarmupStep,
+)
 
 TINY_RESNET = {"channels": [8, 16], "layers": [1, 1]}
 
@@ -30,6 +35,9 @@ def test_unknown_model_name_suggests_close_names() -> None:
         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\), got 1.0"),
         ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
         ({"class_names": ["a", "b"]}, "class_names must be 10 names, not 2"),
+        ({"milestones": [0.75, 0.5]}, r"milestones must be null or increasing fractions"),
+        ({"milestones": [32000]}, r"fractions of the run in \(0, 1\), e.g. \[0.5, 0.75\]"),
+        ({"curve_every_n_steps": -1}, "curve_every_n_steps must be >= 0, got -1"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
@@ -107,6 +115,28 @@ def test_schedule_factors() -> None:
     step = _WarmupStep(warmup=0, every=30, gamma=0.1)
     assert [step(s) for s in (0, 29, 30, 65)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
     assert math.isclose(_WarmupStep(warmup=4, every=30, gamma=0.1)(1), 0.5)
+    # The papers' schedule: / 10 at 32k and 48k of 64k iterations (milestones 0.5, 0.75).
+    multistep = _WarmupMultiStep(warmup=0, drops=[32000, 48000], gamma=0.1, total=64000)
+    factors = [multistep(s) for s in (0, 31999, 32000, 47999, 48000, 63999)]
+    assert factors == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    assert _WarmupMultiStep(warmup=4, drops=[8], gamma=0.1, total=10)(1) == 0.5
+
+
+def test_multistep_schedule_drops_at_fractions_of_the_run() -> None:
+    module = ImageClassifier(
+        "resnet20", model_kwargs={"layers": [1, 1, 1]}, scheduler="multistep",
+        milestones=[0.5, 0.75], warmup_epochs=0,
+    )  # fmt: skip
+    module._schedule_length = lambda: (200, 10)  # 200 steps, 10 per epoch (no Trainer here)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    scheduler = module._scheduler(optimizer)
+    rates = []
+    for _ in range(200):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[99] == pytest.approx(0.1) and rates[100] == pytest.approx(0.01)
+    assert rates[149] == pytest.approx(0.01) and rates[150] == pytest.approx(0.001)
 
 
 def test_predict_step_returns_probabilities() -> None:

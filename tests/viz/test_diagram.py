@@ -73,7 +73,13 @@ def covered(stage_name: str) -> list[str]:
     return [f"{prefix}.{i}" for i in range(int(first), int(last) + 1)]
 
 
-@pytest.mark.parametrize("name", list_models())
+# ResNet-1202's 600 units take seconds to trace even on the meta device; resnet20 stands in.
+ALL_MODELS = [
+    pytest.param(n, marks=pytest.mark.sweep) if n == "resnet1202" else n for n in list_models()
+]
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_one_box_per_stage_labelled_with_its_output_shape(name: str) -> None:
     model = meta_model(name)
     figure = plot_architecture(model)

@@ -35,6 +35,8 @@ def _input_size(model: torch.nn.Module, name: str) -> tuple[int, int, int]:
 DEEP = (
     "resnet101", "resnet152", "resnext101", "wide_resnet", "preact_resnet34", "preact_resnet50",
     "densenet161", "densenet169", "densenet201", "inception_v4_cifar", "inception_resnet_v2_cifar",
+    "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202", "plain32", "plain44",
+    "plain56", "plain110", "preact_resnet110", "preact_resnet164", "densenet_bc_100",
 )  # fmt: skip
 MODELS = [
     pytest.param(n, marks=pytest.mark.sweep) if n.startswith(DEEP) else n
