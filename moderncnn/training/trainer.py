@@ -15,14 +15,13 @@ from __future__ import annotations
 import html
 import inspect
 import os
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import yaml
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -142,19 +141,10 @@ def _with_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
     elif logger is not False:
         kwargs["logger"] = ours + _as_list(logger)
     callbacks: list[Callback] = [*default_callbacks(), SaveRunConfig()]
-    if _in_ipython() and kwargs.get("enable_progress_bar", True) is not False:
-        # Rich's live bar (Lightning's default with rich installed) recurses without end when
-        # a callback prints under ipykernel 7; tqdm's bar prints plainly.
-        callbacks.append(TQDMProgressBar())
     if kwargs.get("enable_checkpointing", True) is not False:
         callbacks.append(ResumableModelCheckpoint(**CHECKPOINT_DEFAULTS))
     kwargs["callbacks"] = callbacks + _as_list(kwargs.get("callbacks"))
     return kwargs
-
-
-def _in_ipython() -> bool:
-    ipython = sys.modules.get("IPython")
-    return ipython is not None and ipython.get_ipython() is not None
 
 
 def _as_list(value: Any) -> list[Any]:

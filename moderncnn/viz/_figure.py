@@ -24,7 +24,7 @@ def new_figure(**kwargs: Any) -> Figure:
     text), and closing it keeps pyplot from showing it a second time at the end of the cell.
     Elsewhere it is a plain ``Figure``, which needs no display and no backend.
     """
-    if _in_ipython():
+    if in_ipython():
         import matplotlib.pyplot as plt
 
         figure = plt.figure(**kwargs)
@@ -48,6 +48,7 @@ def finish(figure: Figure, save: str | Path | None, dpi: int = 100) -> Figure:
     return figure
 
 
-def _in_ipython() -> bool:
+def in_ipython() -> bool:
+    """Whether this code runs in an IPython session (a Jupyter kernel, the IPython shell)."""
     ipython = sys.modules.get("IPython")
     return ipython is not None and ipython.get_ipython() is not None
