@@ -61,8 +61,44 @@ def test_from_config_fits_and_tests_in_a_notebook(fashion_mnist_dir: Path, tmp_p
         ],
         tmp_path,
     )
+    assert [pngs(out) for out in outputs] == [0, 0, 0, 0]  # the run's figures are files
     assert "test_acc" in text_of(outputs[2])
     assert "'TQDMProgressBar'" in text_of(outputs[3])
     run = tmp_path / "lightning_logs" / "version_0"
     assert (run / "confusion_matrix.png").is_file()
     assert (run / "per_class_accuracy.csv").is_file()
+
+
+FIGURE_CELLS = {
+    # cell: the pictures it must show
+    "fig = plot_confusion_matrix(counts, names)": 1,
+    "plot_confusion_matrix(counts, names)": 1,
+    "for _ in range(2):\n    plot_confusion_matrix(counts, names)": 2,
+    "plot_confusion_matrix(counts, names)\nplt.show()": 1,
+    "plot_confusion_matrix(counts, names, save='cm.png')\nplt.show()\nplt.close('all')": 1,
+    "fig": 1,  # a figure of an earlier cell, named again
+    "results = explain(network, torch.rand(2, 3, 32, 32))": 2,
+    "results[0].target in ['0', '1', '2'], results[0]": 0,
+    "assert matplotlib.get_backend() == backend, matplotlib.get_backend()": 0,
+}
+
+
+@pytest.mark.slow
+def test_figures_show_once_wherever_the_call_stands(tmp_path) -> None:
+    """A figure appears once where it is made (assigned, in a loop, before plt.show(), as the
+    cell's value), explain shows its pictures, and the backend stays the user's."""
+    setup = (
+        "import matplotlib\nbackend = matplotlib.get_backend()\n"
+        "import matplotlib.pyplot as plt\nimport torch\n"
+        "from moderncnn import create_model, explain, plot_confusion_matrix\n"
+        "names = ['cat', 'dog', 'fox']\ncounts = [[5, 1, 0], [2, 6, 1], [0, 1, 7]]\n"
+        "network = create_model('resnet18_cifar', num_classes=3, channels=[4, 8, 8, 8],"
+        " layers=[1, 1, 1, 1]).eval()"
+    )
+    outputs = run_cells([setup, *FIGURE_CELLS], tmp_path)
+    assert pngs(outputs[0]) == 0
+    shown = {cell: pngs(out) for cell, out in zip(FIGURE_CELLS, outputs[1:], strict=True)}
+    assert shown == FIGURE_CELLS
+    assert "True" in text_of(outputs[-2])
+    assert "tensor(" not in text_of(outputs[7])
+    assert (tmp_path / "cm.png").is_file()

@@ -29,6 +29,7 @@ from moderncnn.io.errors import ModernCNNError
 from moderncnn.io.safe_text import spreadsheet_safe
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import grad_cam, image_grid
+from moderncnn.viz._figure import figures_not_shown
 from moderncnn.viz.images import loss_titles
 
 from .callbacks import run_dir
@@ -231,7 +232,10 @@ class TopLossesReport(L.Callback):
             f"top {len(losses)} losses of {self._seen} test images, with Grad-CAM of the "
             "prediction\npredicted / true, loss, p(true)"
         )
-        image_grid(display.clamp(0, 1), titles, colors, title, folder / "top_losses.png", 4, maps)
+        with figures_not_shown():  # a file of the run; plot_top_losses(...) shows it
+            image_grid(
+                display.clamp(0, 1), titles, colors, title, folder / "top_losses.png", 4, maps
+            )
         with (folder / TOP_LOSSES_CSV).open("w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["test_index", "true", "predicted", "loss", "p_true", "p_predicted"])
