@@ -102,3 +102,23 @@ def test_figures_show_once_wherever_the_call_stands(tmp_path) -> None:
     assert "True" in text_of(outputs[-2])
     assert "tensor(" not in text_of(outputs[7])
     assert (tmp_path / "cm.png").is_file()
+
+
+def readme_notebook_block() -> str:
+    """The first Python block of the README's "In a notebook" section, as written."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## In a notebook", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_the_readme_notebook_block_runs_as_written(
+    fashion_mnist_dir: Path, tmp_path, monkeypatch
+) -> None:
+    """The block, one cell, with Lightning's PL_TRAINER_* switches limiting the batches: it
+    shows its five figures (batch, curves, confusion matrix, results, top losses)."""
+    for key in ("LIMIT_TRAIN_BATCHES", "LIMIT_VAL_BATCHES", "LIMIT_TEST_BATCHES"):
+        monkeypatch.setenv(f"PL_TRAINER_{key}", "2")
+    (outputs,) = run_cells([readme_notebook_block()], tmp_path, timeout=600)
+    assert pngs(outputs) == 5
+    assert (tmp_path / "lightning_logs" / "version_0" / "confusion_matrix.png").is_file()
