@@ -65,3 +65,15 @@ def test_top_losses_name_each_images_file(tmp_path: Path) -> None:
     assert [r["file"] for r in rows] == [str(files[int(r["test_index"])]) for r in rows]
     plain, _ = _run(TopLossesReport(k=4), module, tmp_path / "tensors")  # no files: no column
     assert "file" not in plain[0]
+
+
+def test_the_report_lists_the_top_losses_files(tmp_path: Path) -> None:
+    from moderncnn import write_report
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,val_acc\n0,1,0.5\n")
+    (tmp_path / TOP_LOSSES_CSV).write_text(
+        "test_index,true,predicted,loss,p_true,p_predicted,file\n"
+        "3,cat,dog,2.0,0.1,0.8,/photos/cat/<b>x.png\n"
+    )
+    page = Path(write_report(tmp_path)).read_text()
+    assert "<th>file</th>" in page and "/photos/cat/&lt;b&gt;x.png" in page
