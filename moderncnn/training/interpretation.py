@@ -230,7 +230,7 @@ class TopLossesReport(L.Callback):
         )
         title = (
             f"top {len(losses)} losses of {self._seen} test images, with Grad-CAM of the "
-            "prediction\npredicted / true, loss, p(true)"
+            "prediction\ntrue / predicted, loss, p(true)"
         )
         files = files_of_test_set(trainer)
         if files is not None:  # each image's file under its title: where to find the photo
