@@ -5,7 +5,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from .io.noise import silence_known_noise
 from .models import create_model, list_models
+
+silence_known_noise()  # what other libraries print that a user cannot act on (io/noise.py)
 
 __version__ = "0.1.0"
 

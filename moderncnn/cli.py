@@ -12,12 +12,14 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
+from moderncnn.io.configs import CONFIG_ROOT, config_description, list_configs
 from moderncnn.io.errors import ModernCNNError
 from moderncnn.models import list_models
 
 # sub-command -> (module, function taking argv, one-line help). Imported only when used.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("moderncnn.cli", "list_models_main", "list the registered model names"),
+    "configs": ("moderncnn.cli", "list_configs_main", "list the shipped configs: fit -c NAME"),
     "summary": ("moderncnn.viz.diagram", "summary_main", "layer table; --diagram PNG: picture"),
     "fit": ("moderncnn.training.cli", "main", "train from a YAML config; --seeds N: N runs"),
     "lr-find": ("moderncnn.training.lr_find", "main", "learning-rate range test: PNG + value"),
@@ -39,6 +41,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def list_models_main(argv: list[str]) -> int:
     pattern = argv[0] if argv else "*"
     print("\n".join(list_models(pattern)))
+    return 0
+
+
+def list_configs_main(argv: list[str]) -> int:
+    """``moderncnn configs``: the configs that ship with moderncnn, each with what it trains."""
+    if argv:
+        print(f"moderncnn configs: takes no arguments, got {argv[0]!r}", file=sys.stderr)
+        return 2
+    names = list_configs()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {config_description(name)}")
+    print(f"\nmoderncnn fit -c NAME, or from_config(NAME); the files: {CONFIG_ROOT}")
     return 0
 
 

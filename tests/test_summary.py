@@ -128,3 +128,12 @@ def test_cli_unknown_name_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -
 def test_cli_too_small_input_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     code = summary_main(["inception_v3", "--input-size", "3", "32", "32"])
     assert code == 2 and "smaller than" in capsys.readouterr().err
+
+
+def test_rows_follow_the_forward_pass() -> None:
+    """ResNet registers conv1, maxpool, bn1, relu; its forward runs conv1, bn1, relu, maxpool."""
+    model = create_model("resnet18", num_classes=10, channels=[4, 8, 8, 8])
+    rows = [row.name for row in summary(model, (3, 64, 64), depth=1).rows]
+    assert rows[:5] == ["conv1", "bn1", "relu", "maxpool", "layer1"] and rows[-1] == "fc"
+    nested = [row.name for row in summary(model, (3, 64, 64), depth=2).rows]
+    assert nested.index("layer1") < nested.index("layer1.0") < nested.index("layer2")

@@ -173,7 +173,16 @@ def summary(
 
         return hook
 
+    first_call: dict[str, int] = {}
+
+    def enter(name: str):
+        def pre_hook(_module: nn.Module, _inputs: Any) -> None:
+            first_call.setdefault(name, len(first_call))  # a parent enters before its children
+
+        return pre_hook
+
     handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
+    handles += [m.register_forward_pre_hook(enter(n)) for n, m in modules.items()]
     modes = {m: m.training for m in model.modules()}
     counter = FlopCounterMode(display=False)
     try:
@@ -199,7 +208,7 @@ def summary(
             macs=flops.get(f"{root}.{name}", 0) // 2,  # one multiply-add = 2 flops
             calls=calls[name],
         )
-        for name, module in modules.items()
+        for name, module in _forward_order(modules, first_call)
         if name and name.count(".") < depth
     ]
     params = list(model.parameters())
@@ -219,6 +228,20 @@ def summary(
         depth=depth,
         stages=stages,
     )
+
+
+def _forward_order(
+    modules: dict[str, nn.Module], first_call: dict[str, int]
+) -> list[tuple[str, nn.Module]]:
+    """The modules in the order the forward pass first runs them (ResNet's stem: conv1, bn1,
+    relu, maxpool, as torchvision's forward reads), not the order ``__init__`` registered them
+    (conv1, maxpool, bn1, relu). A module the pass never ran (an aux head in eval mode) stays
+    just after the module registered before it."""
+    keyed, last = [], (-1, 0)
+    for index, (name, module) in enumerate(modules.items()):
+        last = (first_call[name], 0) if name in first_call else (last[0], index + 1)
+        keyed.append((last, index, name, module))
+    return [(name, module) for _, _, name, module in sorted(keyed)]
 
 
 def _shape_of(output: Any) -> Shape:

@@ -224,11 +224,31 @@ def _check_keys(model_name: str, path: Path, state: dict, own: dict, allowed: se
         for what, keys in found.items()
         if keys
     ]
+    channels = _channel_difference(state, own)
+    if channels is not None and not missing and not unexpected and len(shapes) == 1:
+        file_chans, model_chans = channels
+        raise ValueError(
+            f"{path} does not fit {model_name}: its first convolution takes {file_chans}-channel "
+            f"images ({'grey' if file_chans == 1 else 'colour' if file_chans == 3 else 'other'}), "
+            f"the model {model_chans} (in_chans={model_chans}); build the model with "
+            f"in_chans={file_chans} and feed it {file_chans}-channel images"
+        )
     if problems:
         raise ValueError(
             f"{path} does not fit {model_name}: " + "; ".join(problems) + ". Is it a checkpoint "
             "of this architecture (e.g. resnet18, not resnet18_cifar, whose stem differs)?"
         )
+
+
+def _channel_difference(state: dict, own: dict) -> tuple[int, int] | None:
+    """(file's, model's) input channels when a convolution's weights differ only there."""
+    for key, tensor in state.items():
+        mine = own.get(key)
+        if mine is None or tensor.ndim != 4 or tensor.shape == mine.shape:
+            continue
+        if tensor.shape[0] == mine.shape[0] and tensor.shape[2:] == mine.shape[2:]:
+            return int(tensor.shape[1]), int(mine.shape[1])
+    return None
 
 
 def load_pretrained(

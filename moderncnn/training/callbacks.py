@@ -31,6 +31,7 @@ from moderncnn.io.atomic import new_file_mode
 from moderncnn.io.errors import ConfigError, OutputError
 from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
 from moderncnn.viz import plot_confusion_matrix, plot_curves
+from moderncnn.viz._figure import figures_not_shown
 from moderncnn.viz.confusion import CONFUSION_CSV, write_confusion_matrix
 from moderncnn.viz.interpret import (
     MOST_CONFUSED_CSV,
@@ -366,7 +367,8 @@ class LearningCurvesPlot(L.Callback):
             if earlier.is_file() and earlier.resolve() != metrics_csv.resolve():
                 runs.insert(0, earlier)
         path = metrics_csv.parent / self.filename
-        plot_curves(runs, save=path)
+        with figures_not_shown():  # a file of the run; plot_curves(run) shows it
+            plot_curves(runs, save=path)
         print(f"learning curves: {path}")
 
 
@@ -385,7 +387,8 @@ class ConfusionMatrixReport(L.Callback):
             return
         confusion = metric.compute().cpu()  # synced over processes: call it on every rank
         if trainer.is_global_zero:
-            self._report(trainer, pl_module, confusion)
+            with figures_not_shown():  # files of the run; plot_confusion_matrix(run) shows it
+                self._report(trainer, pl_module, confusion)
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, confusion: Tensor) -> None:
         names = _class_names(trainer, pl_module, len(confusion))

@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 import moderncnn.data  # noqa: F401  (lets a config name our data modules by class name)
 from moderncnn.io.checkpoint import CheckpointError, read_checkpoint
+from moderncnn.io.configs import find_config
 from moderncnn.io.errors import ConfigError, ModernCNNError
 
 from .callbacks import (
@@ -483,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         seeds, argv = pop_seeds(argv) if argv[:1] == ["fit"] else (None, argv)
+        argv = shipped_configs(argv)
         check_config_files(argv)
         if seeds is None:
             build_cli(argv)
@@ -513,6 +515,25 @@ def main(argv: list[str] | None = None) -> int:
 # A real config has a few hundred values; YAML aliases can make a few lines mean billions.
 MAX_CONFIG_VALUES = 100_000
 _YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def shipped_configs(argv: list[str]) -> list[str]:
+    """``argv`` with each ``-c``/``--config`` value that is not a file on disk replaced by the
+    shipped config of that name (``-c quickstart``; :func:`~moderncnn.io.configs.find_config`).
+    A value that is YAML text rather than a name (jsonargparse takes both) is left as it is."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+            if _config_name(value):
+                out[i] = f"--config={find_config(value)}"
+        elif arg in ("-c", "--config") and i + 1 < len(out) and _config_name(out[i + 1]):
+            out[i + 1] = str(find_config(out[i + 1]))
+    return out
+
+
+def _config_name(value: str) -> bool:
+    return not Path(value).is_file() and not any(c in value for c in ":{}\n")
 
 
 def check_config_files(argv: list[str]) -> None:

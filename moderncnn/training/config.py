@@ -1,6 +1,6 @@
 """Training configs from Python: the model, data module and Trainer of ``moderncnn fit -c``.
 
-    model, data, trainer = from_config("configs/quickstart.yaml", **{"trainer.max_epochs": 1})
+    model, data, trainer = from_config("quickstart", **{"trainer.max_epochs": 1})
     trainer.fit(model, datamodule=data)
 
 Also ``moderncnn preview -c CONFIG``, which draws one batch of a config's ``data:`` section.
@@ -20,7 +20,8 @@ from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import LightningDataModule
 
 import moderncnn.data  # noqa: F401  (lets a config name our data modules by class name)
-from moderncnn.io.errors import ConfigError, MissingFileError, ModernCNNError
+from moderncnn.io.configs import find_config
+from moderncnn.io.errors import ConfigError, ModernCNNError
 from moderncnn.viz import show_batch
 
 from .cli import build_cli
@@ -36,7 +37,8 @@ def from_config(
     """The model, data module and Trainer that ``moderncnn fit -c path`` builds, not yet run.
 
     Args:
-        path: a training config (``configs/quickstart.yaml``).
+        path: a training config: a YAML file, or the name of one that ships with moderncnn
+            (``"quickstart"``; ``moderncnn configs`` lists them).
         **overrides: command-line keys without the dashes, dotted as there:
             ``**{"trainer.max_epochs": 1, "data.init_args.batch_size": 64}``; values are
             Python values (a dict or list for a nested setting).
@@ -45,9 +47,7 @@ def from_config(
     folder before it starts, as ``moderncnn fit`` does; the seed (``seed_everything``) is
     set now. ``test_after_fit`` is the CLI's: call ``trainer.test(...)`` yourself.
     """
-    config = Path(path)
-    if not config.is_file():
-        raise MissingFileError(f"config {config} does not exist; give the path of a YAML config")
+    config = find_config(path)
     argv = ["-c", str(config)]
     for key, value in overrides.items():
         argv.append(f"--{key.removeprefix('--')}={_cli_value(value)}")
@@ -69,9 +69,7 @@ def _cli_value(value: Any) -> str:
 
 def datamodule_from_config(config_path: str | Path) -> Any:
     """The data module of a training config's ``data:`` section, not yet set up."""
-    path = Path(config_path)
-    if not path.is_file():
-        raise MissingFileError(f"config {path} does not exist")
+    path = find_config(config_path)
     config = yaml.safe_load(path.read_text()) or {}
     if not isinstance(config, dict) or "data" not in config:
         raise ConfigError(f"{path}: no `data:` section (class_path and init_args)")

@@ -28,9 +28,10 @@ from torch import Tensor
 from moderncnn.data.augment import denormalize
 from moderncnn.io.atomic import atomic_write_text
 from moderncnn.io.errors import ModernCNNError
-from moderncnn.io.safe_text import spreadsheet_safe
+from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import grad_cam, image_grid
+from moderncnn.viz._figure import figures_not_shown
 from moderncnn.viz._run_folder import LinkOutsideError, read_text, run_file
 from moderncnn.viz.images import loss_titles
 
@@ -290,15 +291,24 @@ class TopLossesReport(L.Callback):
         )
         title = (
             f"top {len(losses)} losses of {self._seen} test images, with Grad-CAM of the "
-            "prediction\npredicted / true, loss, p(true)"
+            "prediction\ntrue / predicted, loss, p(true)"
         )
-        image_grid(display.clamp(0, 1), titles, colors, title, folder / "top_losses.png", 4, maps)
+        files = files_of_test_set(trainer)
+        if files is not None:  # each image's file under its title: where to find the photo
+            shown = [plain_text_label(_short(files[i])) for i in indices]
+            titles = [f"{t}\n{name}" for t, name in zip(titles, shown, strict=True)]
+        with figures_not_shown():  # a file of the run; plot_top_losses(...) shows it
+            image_grid(
+                display.clamp(0, 1), titles, colors, title, folder / "top_losses.png", 4, maps
+            )
         with (folder / TOP_LOSSES_CSV).open("w", newline="") as file:
             writer = csv.writer(file)
-            writer.writerow(["test_index", "true", "predicted", "loss", "p_true", "p_predicted"])
+            header = ["test_index", "true", "predicted", "loss", "p_true", "p_predicted"]
+            writer.writerow(header + ([] if files is None else ["file"]))
             for loss, index, label, pred, prob in zip(
                 losses, indices, labels, predicted.tolist(), probs_, strict=True
             ):
+                where = [] if files is None else [spreadsheet_safe(str(files[index]))]
                 writer.writerow(
                     [
                         index,
@@ -307,6 +317,26 @@ class TopLossesReport(L.Callback):
                         f"{loss:.4f}",
                         f"{float(prob[label]):.4f}",
                         f"{float(prob[pred]):.4f}",
+                        *where,
                     ]
                 )
         print(f"top losses with Grad-CAM: {folder / 'top_losses.png'}")
+
+
+def files_of_test_set(trainer: L.Trainer) -> list[Path] | None:
+    """The test images' files in test-set order, when the data comes from files (an
+    :class:`~moderncnn.data.ImageFolderDataModule`'s ``test_set.samples``), else None."""
+    dataset = getattr(getattr(trainer, "datamodule", None), "test_set", None)
+    samples = getattr(dataset, "samples", None)
+    if not isinstance(samples, list | tuple) or not samples:
+        return None
+    try:
+        return [Path(path) for path, _ in samples]
+    except (TypeError, ValueError):
+        return None
+
+
+def _short(path: Path) -> str:
+    """``class_folder/name.png``: enough to find the file, short enough for a title."""
+    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return name if len(name) <= 28 else f"...{name[-25:]}"

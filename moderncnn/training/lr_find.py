@@ -30,7 +30,8 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from moderncnn.io.errors import ConfigError, MissingFileError, ModernCNNError
+from moderncnn.io.configs import find_config
+from moderncnn.io.errors import ConfigError, ModernCNNError
 from moderncnn.viz._figure import figure_format, finish, new_figure
 
 from .callbacks import AtomicCheckpointIO
@@ -80,9 +81,7 @@ def lr_find(
         raise ConfigError(f"lr-find: need 0 < min_lr < max_lr, got {min_lr:g} and {max_lr:g}")
     if not isinstance(steps, int) or steps < 2:
         raise ConfigError(f"lr-find: steps must be an int >= 2, got {steps!r}")
-    path = Path(config)
-    if not path.is_file():
-        raise MissingFileError(f"config {path} does not exist; give the path of a YAML config")
+    path = find_config(config)
     if plot is not None:
         figure_format(plot)  # a folder or an unknown suffix: refused before the test runs
     try:

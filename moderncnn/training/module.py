@@ -29,7 +29,7 @@ from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.checkpoint import paths_as_text, read_checkpoint
 from moderncnn.io.download import cached_download
 from moderncnn.io.errors import ConfigError
-from moderncnn.models import check_model_name, create_model
+from moderncnn.models import check_model_name, create_model, list_models
 
 from .batch_tools import batch_mixer
 from .preflight import channels_last_is_safe, check_model_kwargs
@@ -78,6 +78,23 @@ def preprocess_of(data: Any) -> dict[str, Any] | None:
     """
     preprocess = Preprocess.of_datamodule(data)
     return None if preprocess is None else preprocess.to_dict()
+
+
+def too_small_message(network: nn.Module, name: Any, images: Tensor) -> str | None:
+    """One line naming the network's smallest input and its ``*_cifar`` twin, when ``images``
+    are smaller than ``network.min_input_size`` (else None: the error has another cause)."""
+    smallest = getattr(network, "min_input_size", None)
+    height, width = images.shape[-2:]
+    if smallest is None or (height >= smallest[1] and width >= smallest[2]):
+        return None
+    model = name if isinstance(name, str) else type(network).__name__
+    twin = f"{model}_cifar"
+    advice = f"use {twin}, its small-image variant, or " if twin in list_models() else "use "
+    return (
+        f"model {model} takes images of at least {smallest[1]} x {smallest[2]} pixels (its "
+        f"stem and stages shrink them), got {height} x {width}; {advice}larger images "
+        "(data.init_args.image_size)"
+    )
 
 
 class ImageClassifier(L.LightningModule):
@@ -381,7 +398,13 @@ class ImageClassifier(L.LightningModule):
                 return self.compiled_forward(images)
             except Exception as err:
                 self._compile_failed(err)
-        return self.model(images)
+        try:
+            return self.model(images)
+        except RuntimeError as err:  # a raw shape error deep in the network
+            message = too_small_message(self.model, self.hparams.get("model"), images)
+            if message is None:
+                raise
+            raise ConfigError(message) from err
 
     def _metrics(self, stage: Stage) -> MetricCollection:
         # average="micro": the fraction of images classified correctly (torchmetrics' default,

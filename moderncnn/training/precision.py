@@ -13,7 +13,10 @@ from typing import Any, Literal
 import lightning.pytorch as L
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
+
+from moderncnn.viz._figure import in_ipython
 
 __all__ = ["PrecisionTrainer", "auto_precision", "has_bf16_units"]
 
@@ -49,7 +52,9 @@ def auto_precision(accelerator: Any = "auto") -> str:
 
 
 class PrecisionTrainer(L.Trainer):
-    """``lightning.Trainer`` that also takes ``precision="auto"`` (:func:`auto_precision`)."""
+    """``lightning.Trainer`` that also takes ``precision="auto"`` (:func:`auto_precision`) and
+    shows its progress as text in a notebook (:func:`add_notebook_progress_bar`). Every trainer we
+    build is one: ``moderncnn.Trainer``, ``from_config``'s and the CLI's."""
 
     def __init__(
         self, *, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs: Any
@@ -57,4 +62,26 @@ class PrecisionTrainer(L.Trainer):
         if precision == AUTO:
             precision = auto_precision(kwargs.get("accelerator", "auto"))
             rank_zero_info(f"precision auto: {precision}")
+        add_notebook_progress_bar(kwargs)
         super().__init__(precision=precision, **kwargs)
+
+
+def add_notebook_progress_bar(kwargs: dict[str, Any]) -> None:
+    """Adds a plain-text tqdm bar to Trainer arguments under IPython, unless they name a bar
+    or turn it off. (In place: jsonargparse reads the Trainer's arguments through a plain
+    ``**kwargs`` pass-through.)
+
+    Lightning's default bar with ``rich`` installed is Rich's live display, which replaces
+    ``sys.stdout`` by a proxy; under ipykernel 7 a callback's ``print`` then goes from the
+    proxy to the kernel's stream flush and back until ``RecursionError`` (issue 24). tqdm's bar
+    writes lines of text, which every notebook front end shows.
+    """
+    if not in_ipython() or kwargs.get("enable_progress_bar") is False:
+        return
+    callbacks = kwargs.get("callbacks")
+    if callbacks is None:
+        callbacks = []
+    elif not isinstance(callbacks, list | tuple):
+        callbacks = [callbacks]
+    if not any(isinstance(callback, ProgressBar) for callback in callbacks):
+        kwargs["callbacks"] = [*callbacks, TQDMProgressBar()]

@@ -12,17 +12,18 @@ after ``test`` ``confusion_matrix.png``/``.csv`` and ``per_class_accuracy.csv``:
 
 from __future__ import annotations
 
+import ast
 import html
 import inspect
 import os
-import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import yaml
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -33,6 +34,7 @@ from .cli import (
     LOG_ROOT,
     TRAINER_DEFAULTS,
     default_callbacks,
+    discard_unfinished_run_folder,
     fix_logger_versions,
     prepare_run_folder,
 )
@@ -53,22 +55,35 @@ class RunTrainer(PrecisionTrainer):
     ``precision="auto"`` (bf16-mixed where the chip has bf16 units, else fp32)."""
 
     def fit(self, model: L.LightningModule, *args: Any, **kwargs: Any) -> None:
-        self._prepare("fit", model, args, kwargs)
-        return super().fit(model, *args, **kwargs)
+        with self._run_folder("fit", model, args, kwargs):
+            return super().fit(model, *args, **kwargs)
 
     def validate(
         self, model: L.LightningModule | None = None, *args: Any, **kwargs: Any
     ) -> Results:
-        self._prepare("validate", model, args, kwargs)
-        return Results(super().validate(model, *args, **kwargs))
+        with self._run_folder("validate", model, args, kwargs):
+            return Results(super().validate(model, *args, **kwargs))
 
     def test(self, model: L.LightningModule | None = None, *args: Any, **kwargs: Any) -> Results:
-        self._prepare("test", model, args, kwargs)
-        return Results(super().test(model, *args, **kwargs))
+        with self._run_folder("test", model, args, kwargs):
+            return Results(super().test(model, *args, **kwargs))
 
     def predict(self, model: L.LightningModule | None = None, *args: Any, **kwargs: Any) -> Any:
-        self._prepare("predict", model, args, kwargs)
-        return super().predict(model, *args, **kwargs)
+        with self._run_folder("predict", model, args, kwargs):
+            return super().predict(model, *args, **kwargs)
+
+    @contextmanager
+    def _run_folder(
+        self, stage: str, model: Any, args: tuple, kwargs: dict[str, Any]
+    ) -> Iterator[None]:
+        """Opens the run folder; a run that fails before its first checkpoint removes it, as
+        ``moderncnn fit`` does, so ``lightning_logs/version_N`` is never a broken run's."""
+        try:
+            self._prepare(stage, model, args, kwargs)
+            yield
+        except BaseException:
+            discard_unfinished_run_folder(self)
+            raise
 
     def _prepare(self, stage: str, model: Any, args: tuple, kwargs: dict[str, Any]) -> None:
         bound = inspect.signature(getattr(L.Trainer, stage)).bind(self, model, *args, **kwargs)
@@ -92,6 +107,8 @@ class Trainer(RunTrainer):
       learning-rate log, divergence warning, learning curves, confusion matrix) and the best
       and last checkpoints (unless ``enable_checkpointing=False``), then yours.
     - ``deterministic`` defaults to ``"warn"``, as in the CLI.
+    - ``PL_TRAINER_<NAME>`` environment variables set arguments not given, as for
+      ``lightning.Trainer`` (:func:`trainer_arguments_from_env`).
 
     Args:
         moderncnn_defaults: False: exactly ``lightning.Trainer`` (none of the above).
@@ -100,11 +117,29 @@ class Trainer(RunTrainer):
 
     def __init__(self, *, moderncnn_defaults: bool = True, **kwargs: Any) -> None:
         self.moderncnn_defaults = moderncnn_defaults
+        kwargs = {**trainer_arguments_from_env(), **kwargs}
         self.init_arguments = {k: v for k, v in kwargs.items() if _plain(v)}
         if moderncnn_defaults:
             kwargs = _with_defaults(kwargs)
         super().__init__(**kwargs)
         fix_logger_versions(self)
+
+
+def trainer_arguments_from_env() -> dict[str, Any]:
+    """``lightning.Trainer`` arguments set as ``PL_TRAINER_<NAME>`` environment variables
+    (``PL_TRAINER_LIMIT_TRAIN_BATCHES=2``), as Lightning's own Trainer reads them; arguments
+    given in the call win. Lightning finds them in the signature of ``__init__``, which for a
+    subclass taking ``**kwargs`` (ours) names none, so they are read here."""
+    found = {}
+    for name in inspect.signature(L.Trainer.__init__).parameters:
+        value = os.environ.get(f"PL_TRAINER_{name.upper()}")
+        if value is None or name == "self":
+            continue
+        try:
+            found[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            found[name] = value  # a word: "cpu", "bf16-mixed"
+    return found
 
 
 class Results(list):
@@ -145,19 +180,10 @@ def _with_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
     elif logger is not False:
         kwargs["logger"] = ours + _as_list(logger)
     callbacks: list[Callback] = [*default_callbacks(), SaveRunConfig()]
-    if _in_ipython() and kwargs.get("enable_progress_bar", True) is not False:
-        # Rich's live bar (Lightning's default with rich installed) recurses without end when
-        # a callback prints under ipykernel 7; tqdm's bar prints plainly.
-        callbacks.append(TQDMProgressBar())
     if kwargs.get("enable_checkpointing", True) is not False:
         callbacks.append(ResumableModelCheckpoint(**CHECKPOINT_DEFAULTS))
     kwargs["callbacks"] = callbacks + _as_list(kwargs.get("callbacks"))
     return kwargs
-
-
-def _in_ipython() -> bool:
-    ipython = sys.modules.get("IPython")
-    return ipython is not None and ipython.get_ipython() is not None
 
 
 def _as_list(value: Any) -> list[Any]:

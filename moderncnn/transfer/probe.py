@@ -26,6 +26,7 @@ from moderncnn.io.atomic import atomic_write, atomic_write_text
 from moderncnn.io.card import ModelCard
 from moderncnn.io.errors import DataError
 from moderncnn.viz import plot_confusion_matrix
+from moderncnn.viz._figure import figures_not_shown
 
 from .cache import FeatureCache
 
@@ -216,12 +217,13 @@ def _save(out: Path, head: ProbeHead, cache: FeatureCache, metrics: dict, config
     info = {"card": card.to_dict(), "config": config, "metrics": metrics}
     atomic_write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
     split = "test" if "test" in metrics else "val" if "val" in metrics else "train"
-    plot_confusion_matrix(
-        metrics[split]["confusion_matrix"],
-        cache.class_names,
-        save=out / "confusion_matrix.png",
-        title=f"linear probe on {card.parent.architecture}: {split} split",
-    )
+    with figures_not_shown():  # a file of the probe folder, not a picture for the cell
+        plot_confusion_matrix(
+            metrics[split]["confusion_matrix"],
+            cache.class_names,
+            save=out / "confusion_matrix.png",
+            title=f"linear probe on {card.parent.architecture}: {split} split",
+        )
     return out
 
 

@@ -1,12 +1,19 @@
-"""Figures that work everywhere: shown inline in Jupyter, saved as files in scripts.
+"""Figures that work everywhere: shown in a notebook where they are made, saved as files.
 
-Nothing here calls ``matplotlib.use``: choosing the backend is the user's (a notebook's inline
-backend would otherwise be switched off for the rest of the session).
+A plotting function makes its figure with :func:`new_figure` and ends with :func:`finish`.
+In a notebook whose backend draws pictures inline (Jupyter's default), ``finish`` shows the
+figure there and then, once, wherever the call stands: in a loop, assigned to a name, followed
+by ``plt.show()``, or as the cell's last expression (STYLE rules 15 and 19). Nothing here calls
+``matplotlib.use``: choosing the backend is the user's. Outside IPython a figure is a plain
+``Figure``, which needs no display and no backend.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,16 +23,26 @@ from moderncnn.io.errors import OutputError
 if TYPE_CHECKING:  # matplotlib itself loads on first use
     from matplotlib.figure import Figure
 
+# False while figures are drawn only to be saved (a run's report files): not shown.
+_SHOWN: ContextVar[bool] = ContextVar("moderncnn_figures_shown", default=True)
+# Attribute of a figure: the IPython execution count of the cell that showed it.
+_SHOWN_IN = "_moderncnn_shown_in"
+
+
+def in_ipython() -> bool:
+    """Whether this code runs in an IPython session (a Jupyter kernel, the IPython shell)."""
+    ipython = sys.modules.get("IPython")
+    return ipython is not None and ipython.get_ipython() is not None
+
 
 def new_figure(**kwargs: Any) -> Figure:
-    """A figure that no GUI window holds and that Jupyter shows once, as the cell's value.
+    """A figure that neither pyplot nor a GUI window holds.
 
-    In IPython the figure is made with pyplot and closed at once: that loads the session's
-    backend, whose display hook renders a returned figure (a bare ``Figure()`` would show as
-    text), and closing it keeps pyplot from showing it a second time at the end of the cell.
-    Elsewhere it is a plain ``Figure``, which needs no display and no backend.
+    In IPython it is made with pyplot and closed at once: that loads the session's backend
+    (whose formatters draw a figure as a picture), and closing it keeps ``plt.show()`` and
+    the end of the cell from showing it a second time: :func:`finish` shows it.
     """
-    if _in_ipython():
+    if in_ipython():
         import matplotlib.pyplot as plt
 
         figure = plt.figure(**kwargs)
@@ -60,7 +77,8 @@ def figure_format(save: str | Path) -> str:
 
 
 def finish(figure: Figure, save: str | Path | None, dpi: int = 100) -> Figure:
-    """Lays ``figure`` out and, when ``save`` names a file (``.png``, ``.pdf``, ...), writes it.
+    """Lays ``figure`` out, writes it when ``save`` names a file (``.png``, ``.pdf``, ...) and
+    shows it in a notebook (:func:`show_in_notebook`).
 
     The file is exactly ``save`` (matplotlib alone would write ``save.png`` for a name without
     a suffix), written atomically: a ``save`` that is a symlink is replaced, its target never
@@ -74,9 +92,83 @@ def finish(figure: Figure, save: str | Path | None, dpi: int = 100) -> Figure:
             atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format=kind))
         except OSError as err:
             raise OutputError(f"cannot write the figure to {path}: {err.strerror or err}") from err
+    if _SHOWN.get():
+        show_in_notebook(figure)
     return figure
 
 
-def _in_ipython() -> bool:
-    ipython = sys.modules.get("IPython")
-    return ipython is not None and ipython.get_ipython() is not None
+@contextmanager
+def figures_not_shown() -> Iterator[None]:
+    """Figures made inside are only saved, not shown: a run's report files (``curves.png``,
+    ``confusion_matrix.png``) are written during ``fit``/``test`` without filling the cell."""
+    token = _SHOWN.set(False)
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
+
+
+def show_in_notebook(figure: Figure) -> bool:
+    """Shows ``figure`` in the current cell if IPython draws figures as pictures (an inline
+    backend); whether it did. The figure then shows nothing more when it is the cell's value
+    (its ``_ipython_display_``), so it appears exactly once; a later cell that names it
+    shows it again."""
+    if not in_ipython() or not _picture_formats(figure):
+        return False
+    from IPython import get_ipython
+
+    _publish(figure)
+    setattr(figure, _SHOWN_IN, get_ipython().execution_count)
+    figure._ipython_display_ = lambda: _display_again(figure)
+    return True
+
+
+def _display_again(figure: Figure) -> None:
+    from IPython import get_ipython
+
+    ipython = get_ipython()
+    if ipython is None or getattr(figure, _SHOWN_IN, None) != ipython.execution_count:
+        _publish(figure)
+        if ipython is not None:
+            setattr(figure, _SHOWN_IN, ipython.execution_count)
+
+
+def _picture_formats(figure: Figure) -> list[str]:
+    """The MIME types other than text in which the session's formatters draw a figure."""
+    from IPython import get_ipython
+
+    formatters = get_ipython().display_formatter.formatters
+    found = []
+    for mime, formatter in formatters.items():
+        if mime.startswith("text/") or not formatter.enabled:
+            continue
+        try:
+            formatter.lookup(figure)
+        except KeyError:
+            continue
+        found.append(mime)
+    return found
+
+
+def _publish(figure: Figure) -> None:
+    """Sends the figure to the front end as the inline backend would (its formats, its DPI),
+    without ``_ipython_display_`` (which would call back here)."""
+    from IPython import get_ipython
+    from IPython.display import publish_display_data
+
+    formatters = get_ipython().display_formatter.formatters
+    data: dict[str, Any] = {"text/plain": f"<Figure size {_size(figure)} with "}
+    data["text/plain"] += f"{len(figure.axes)} Axes>"
+    metadata: dict[str, Any] = {}
+    for mime in _picture_formats(figure):
+        output = formatters[mime](figure)
+        if isinstance(output, tuple):
+            output, metadata[mime] = output
+        if output is not None:
+            data[mime] = output
+    publish_display_data(data, metadata)
+
+
+def _size(figure: Figure) -> str:
+    width, height = figure.get_size_inches() * figure.dpi
+    return f"{width:g}x{height:g}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ from moderncnn.io.card import ModelCard
 from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.io.safe_text import plain_text_label
 
-from ._figure import finish, new_figure
+from ._figure import finish, in_ipython, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -55,8 +55,9 @@ Images = str | Path | Tensor | Sequence[str | Path]
 class Explanation:
     """One image's Grad-CAM: the picture, the map and the classes it is drawn for."""
 
-    image: Tensor  # C x H x W, [0, 1]: the image as the network saw it, before normalising
-    heatmap: Tensor  # H x W, [0, 1]: 1 where the class evidence is strongest
+    # Tensors left out of the repr: a notebook shows the pictures, not their numbers.
+    image: Tensor = field(repr=False)  # C x H x W, [0, 1]: as the network saw it, unnormalised
+    heatmap: Tensor = field(repr=False)  # H x W, [0, 1]: 1 where the class evidence is strongest
     target: str  # the class the map explains (the predicted one unless asked otherwise)
     classes: list[str]  # the top classes, most probable first
     probabilities: list[float]
@@ -260,7 +261,10 @@ def explain(
         for i in range(len(inputs))
     ]
     if out is not None:
-        _write_pictures(results, Path(out))
+        _write_pictures(results, Path(out))  # each also shown in a notebook
+    elif in_ipython():
+        for result in results:
+            plot_explanation(result)  # shown in the notebook's cell
     for file, why in skipped:
         print(f"skipped {file}: {why}")
     return results

@@ -126,7 +126,8 @@ def plot_top_losses(
     gradcam: bool = False,
 ) -> Figure:
     """The ``k`` images of ``split`` with the highest cross-entropy loss: the confident
-    mistakes, and often the mislabelled images. Titles: predicted / true, loss, p(true).
+    mistakes, and often the mislabelled images. Titles: true / predicted (the order of
+    show_results and most_confused), loss, p(true).
 
     Args:
         max_images: look at only this many images of the split (default: all of them).
@@ -156,7 +157,7 @@ def plot_top_losses(
     maps = _gradcam_maps(model, inputs, predicted, datamodule) if gradcam else None
     names = _class_names(model_names, datamodule, torch.cat([labels, predicted]))
     titles, colors = loss_titles(names, predicted, labels, losses, probs)
-    title = f"top {len(kept)} losses of {seen} {split} images\npredicted / true, loss, p(true)"
+    title = f"top {len(kept)} losses of {seen} {split} images\ntrue / predicted, loss, p(true)"
     return image_grid(images, titles, colors, title, save, cols, heatmaps=maps)
 
 
@@ -175,11 +176,11 @@ def _gradcam_maps(
 def loss_titles(
     names: Sequence[str], predicted: Tensor, labels: Tensor, losses: Tensor, probs: Tensor
 ) -> tuple[list[str], list[str]]:
-    """Titles ("predicted / true", loss, p(true)) and colours of a top-loss grid; class names
+    """Titles ("true / predicted", loss, p(true)) and colours of a top-loss grid; class names
     drawn as written (no mathtext) and cut to fit a cell."""
     short = [plain_text_label(name, 16) for name in names]
     titles = [
-        f"{short[p]} / {short[t]}\nloss {float(loss):.2f}, p {float(prob[t]):.2f}"
+        f"{short[t]} / {short[p]}\nloss {float(loss):.2f}, p {float(prob[t]):.2f}"
         for p, t, loss, prob in zip(predicted.tolist(), labels.tolist(), losses, probs, strict=True)
     ]
     colors = [

@@ -87,6 +87,9 @@ def plot_most_confused(
     ax.barh(range(len(pairs)), counts, color="#cf222e")
     ax.set_yticks(range(len(pairs)), labels, fontsize=8)
     ax.set_xlabel("test images (true \u2192 predicted)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts of images: no 0.5 ticks
     for row, count in enumerate(counts):
         ax.text(count, row, f" {count}", va="center", fontsize=8)
     ax.set_title(f"the {len(pairs)} most confused pairs")

@@ -133,6 +133,31 @@ def test_users_loggers_and_callbacks_add_to_ours(tmp_path: Path) -> None:
     assert quiet.loggers == [] and quiet.checkpoint_callback is None
 
 
+class Fails(L.Callback):
+    def on_train_batch_start(self, *args: object) -> None:
+        raise RuntimeError("out of memory (a stand-in)")
+
+
+def test_a_failed_python_run_leaves_no_run_folder(tmp_path: Path) -> None:
+    """As a refused or failed CLI run: plot_curves("lightning_logs/version_0") must not find a
+    broken run's folder."""
+    data = FashionMNISTDataModule(**DATA)
+    model = ImageClassifier(num_classes=10, in_chans=1, **MODEL)
+    trainer = Trainer(default_root_dir=tmp_path, callbacks=[Fails()], **TRAINER)
+    with pytest.raises(RuntimeError, match="a stand-in"):
+        trainer.fit(model, datamodule=data)
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_pl_trainer_environment_variables_set_arguments(tmp_path: Path, monkeypatch) -> None:
+    """Lightning's PL_TRAINER_<NAME> switches (the tests run the README's block with them)."""
+    monkeypatch.setenv("PL_TRAINER_LIMIT_TRAIN_BATCHES", "2")
+    monkeypatch.setenv("PL_TRAINER_ACCELERATOR", "cpu")
+    trainer = Trainer(default_root_dir=tmp_path, limit_val_batches=3)
+    assert trainer.limit_train_batches == 2 and trainer.limit_val_batches == 3
+    assert Trainer(default_root_dir=tmp_path, limit_train_batches=5).limit_train_batches == 5
+
+
 def test_from_config_names_an_unknown_key(config_file: Path) -> None:
     with pytest.raises(ConfigError, match="max_epoks"):
         from_config(config_file, **{"trainer.max_epoks": 1})

@@ -144,3 +144,18 @@ def test_predict_step_returns_probabilities() -> None:
     probs = module.predict_step((torch.randn(3, 1, 16, 16), torch.zeros(3)), 0)
     assert probs.shape == (3, 10) and (probs >= 0).all()
     torch.testing.assert_close(probs.sum(1), torch.ones(3))
+
+
+def test_input_too_small_names_the_minimum_and_the_cifar_twin() -> None:
+    """DenseNet's ImageNet stem and transitions shrink 28 px to nothing: one line, not torch's
+    "Calculated padded input size per channel: (1 x 1)"."""
+    from moderncnn.io.errors import ConfigError
+
+    kwargs = {"growth_rate": 4, "block_config": [1, 1, 1, 1], "num_init_features": 8}
+    module = ImageClassifier("densenet121", num_classes=3, in_chans=1, model_kwargs=kwargs)
+    with pytest.raises(ConfigError) as caught:
+        module(torch.rand(2, 1, 28, 28))
+    message = str(caught.value)
+    assert "at least 32 x 32" in message and "got 28 x 28" in message
+    assert "use densenet121_cifar" in message and "\n" not in message
+    assert module(torch.rand(2, 1, 32, 32)).shape == (2, 3)

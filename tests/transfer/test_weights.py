@@ -414,3 +414,14 @@ def test_named_weights_of_the_new_families_resolve(torch_home, monkeypatch) -> N
     ]
     with pytest.raises(ValueError, match="preact_resnet18.*named weights exist for"):
         pretrained.resolve_weights("imagenet", "preact_resnet18")
+
+
+def test_grey_weights_into_a_colour_model_name_the_channels(tmp_path: Path) -> None:
+    """A model trained on grey images, fine-tuned on a folder of photos: the message says 1 vs
+    3 channels, not "resnet18, not resnet18_cifar, whose stem differs"."""
+    torch.save(Tiny(in_chans=1).state_dict(), tmp_path / "grey.pth")
+    with pytest.raises(ValueError) as caught:
+        load_pretrained(Tiny(), tmp_path / "grey.pth")
+    message = str(caught.value)
+    assert "takes 1-channel images (grey), the model 3 (in_chans=3)" in message
+    assert "in_chans=1" in message and "stem differs" not in message

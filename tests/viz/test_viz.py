@@ -245,3 +245,18 @@ def test_nothing_in_the_package_calls_matplotlib_use() -> None:
     package = Path(__file__).resolve().parents[2] / "moderncnn"
     offenders = [p for p in package.rglob("*.py") if "matplotlib.use(" in p.read_text()]
     assert offenders == []
+
+
+def test_grids_and_bars_read_alike() -> None:
+    """show_results, plot_top_losses and most_confused all read "true, then predicted"; the
+    most-confused bars count images, so their ticks are whole numbers."""
+    from moderncnn.viz.images import loss_titles
+    from moderncnn.viz.interpret import plot_most_confused
+
+    probs = torch.tensor([[0.2, 0.8]])
+    losses = torch.tensor([1.6])
+    titles, _ = loss_titles(["cat", "dog"], torch.tensor([1]), torch.tensor([0]), losses, probs)
+    assert titles[0].startswith("cat / dog")  # true cat, predicted dog
+    figure = plot_most_confused([[0, 1], [2, 0]], ["cat", "dog"])
+    ticks = figure.axes[0].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
