@@ -194,7 +194,7 @@ def test_explain_never_runs_grad_cam_on_more_than_a_batch(
 ) -> None:
     ckpt = _checkpoint(tmp_path / "c.ckpt", 3)
     results = explain(ckpt, torch.randn(20, 1, 28, 28))
-    assert batch_sizes == [16, 4] and len(results) == 20  # bounded by the batch, not the count
+    assert batch_sizes == [8, 8, 4] and len(results) == 20  # bounded by the batch, not the count
     batch_sizes.clear()
     assert len(explain(ckpt, torch.randn(7, 1, 28, 28), batch_size=3)) == 7
     assert batch_sizes == [3, 3, 1]
