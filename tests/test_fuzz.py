@@ -9,7 +9,8 @@ message (issue #12, "keep it fixed").
   or repeated, through :func:`~moderncnn.data.images.load_image` and the evaluation resize;
 - checkpoints: a real Lightning checkpoint and a ``.safetensors`` file, mutated the same way,
   through every reader (``read_checkpoint``, ``read_state_dict``, ``--ckpt_path``'s checks,
-  ``--ckpt_path best``'s lookup).
+  ``--ckpt_path best``'s lookup);
+- cards, export sidecars, probe folders and run folders: tests/test_fuzz_artifacts.py.
 
 The CI budget is small (``max_examples``, about a minute and a half in all on 2 CPU cores);
 ``pytest -m fuzz`` runs the larger budget, which is also marked ``sweep`` so that CI's
@@ -199,7 +200,9 @@ def check_config(config: dict) -> None:
 @pytest.fixture(scope="module")
 def fashion_mnist() -> Path:
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed (scripts/setup.sh --test)")
+        pytest.skip(
+            "Debian package dataset-fashion-mnist is not installed (scripts/setup.sh --test)"
+        )
     return FASHION_MNIST_DIR
 
 

@@ -21,6 +21,7 @@ Budgets as in tests/test_fuzz.py: a few seconds each in CI, the large one under 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -125,7 +126,7 @@ def edited_json(draw, base: dict, keys: list[str], values: st.SearchStrategy) ->
         return draw(mutated_bytes([json_text(base)]))
     edited = json.loads(json.dumps(base))
     for key in draw(st.lists(st.sampled_from(keys), min_size=1, max_size=3, unique=True)):
-        set_key(edited, key, draw(values))
+        set_key(edited, key, copy.deepcopy(draw(values)))  # CARD itself stays as it is
     return json_text(edited)
 
 
