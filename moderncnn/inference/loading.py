@@ -494,7 +494,10 @@ def _from_probe(folder: Path, backbone: nn.Module | None) -> LoadedModel:
     head, card = load_probe(folder)
     if backbone is None:
         backbone = build_backbone(card.parent, str(folder))
-    network = ProbeClassifier(headless(backbone), head, card.head.get("stage"))
+    try:
+        network = ProbeClassifier(headless(backbone), head, card.head.get("stage"))
+    except ConfigError as err:
+        raise DataError(f"{folder / PROBE_INFO}: {err}") from None
     return LoadedModel(card, folder, network)
 
 

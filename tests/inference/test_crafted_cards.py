@@ -146,3 +146,12 @@ def test_a_probe_head_with_a_renamed_weight_is_one_line(tmp_path: Path, capsys) 
     assert "\n" not in str(err.value) and '"oet.0.weight"' in str(err.value)
     assert cli(["predict", "--checkpoint", str(folder), str(tmp_path / "x.png")]) == 1
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_a_probe_stage_the_backbone_lacks_is_one_line(tmp_path: Path, saved: Path) -> None:
+    folder = probe_folder(tmp_path / "p", str(saved))
+    info = json.loads((folder / "probe.json").read_text())
+    info["card"]["head"]["stage"] = 7  # found by tests/test_fuzz_artifacts.py: an IndexError
+    (folder / "probe.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"probe\.json: probe stage 7 is not a stage of"):
+        load_model(folder)
