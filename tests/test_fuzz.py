@@ -18,6 +18,7 @@ message (issue #12, "keep it fixed").
   of another storage, edited or spoiled ``trial.yaml``/``result.json``, odd ``--storage``,
   ``--study`` and pruner values, search spaces with refused values, through ``moderncnn tune``
   and ``moderncnn compare``: a run or one line, finished trials and foreign files untouched.
+- more cards, export sidecars, probe folders and run folders: tests/test_fuzz_artifacts.py.
 
 The CI budget is small (``max_examples``, about a minute and a half in all on 2 CPU cores);
 ``pytest -m fuzz`` runs the larger budget, which is also marked ``sweep`` so that CI's

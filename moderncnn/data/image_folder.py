@@ -60,8 +60,12 @@ def class_name(folder: str) -> str:
 
 def leads_outside(path: Path, boundary: Path) -> bool:
     """Whether ``path`` (a symlink, or inside one) resolves to somewhere not strictly inside
-    the resolved ``boundary`` folder: ``/usr``, ``..``, the boundary itself."""
-    target = path.resolve()
+    the resolved ``boundary`` folder: ``/usr``, ``..``, the boundary itself. A symlink loop
+    leads nowhere (it is no file and no folder), so not outside either."""
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError):  # a loop: RuntimeError before Python 3.13, OSError after
+        return False
     return target == boundary or not target.is_relative_to(boundary)
 
 

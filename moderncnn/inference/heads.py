@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 __all__ = ["ProbeClassifier", "ProbeHead"]
 
 
@@ -51,6 +53,14 @@ class ProbeClassifier(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: ProbeHead, stage: int | None = None) -> None:
         super().__init__()
+        stages = len(getattr(backbone, "feature_info", None) or [])
+        if stage is not None and (
+            isinstance(stage, bool) or not isinstance(stage, int) or not -stages <= stage < stages
+        ):  # a probe.json edited by hand: an IndexError at the first image otherwise
+            raise ConfigError(
+                f"probe stage {stage!r} is not a stage of {type(backbone).__name__}, which has "
+                f"{stages} (0 to {stages - 1})"
+            )
         self.backbone, self.head, self.stage = backbone, head, stage
         self.num_classes = head.net[-1].out_features
         self.input_size = getattr(backbone, "input_size", None)

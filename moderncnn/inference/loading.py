@@ -449,8 +449,9 @@ def load_probe(folder: str | Path) -> tuple[ProbeHead, ModelCard]:
     state = read_state_dict(folder / PROBE_HEAD)  # CheckpointError for crafted bytes
     try:
         head.load_state_dict(state)
-    except (RuntimeError, OSError) as err:
-        raise DataError(f"{folder / PROBE_HEAD} does not fit {PROBE_INFO}: {err}") from err
+    except (RuntimeError, OSError) as err:  # torch's message spans lines: one line here
+        why = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise DataError(f"{folder / PROBE_HEAD} does not fit {PROBE_INFO}: {why}") from err
     return head.eval(), card
 
 
@@ -545,7 +546,10 @@ def _from_probe(folder: Path, backbone: nn.Module | None) -> LoadedModel:
     head, card = load_probe(folder)
     if backbone is None:
         backbone = build_backbone(card.parent, str(folder))
-    network = ProbeClassifier(headless(backbone), head, card.head.get("stage"))
+    try:
+        network = ProbeClassifier(headless(backbone), head, card.head.get("stage"))
+    except ConfigError as err:
+        raise DataError(f"{folder / PROBE_INFO}: {err}") from None
     return LoadedModel(card, folder, network)
 
 

@@ -99,28 +99,62 @@ def target_layer(network: nn.Module, stage: int | str | None = None) -> tuple[st
     return convs[-1]
 
 
+# Images per backward pass. Grad-CAM keeps a batch's activations for the backward pass, so
+# memory grows with the batch, not with the number of images (issue 23, M5: ResNet-50 at 224 px
+# peaks at 5.2 GB for 48 images at once, 1.7 GB in batches of 8, and runs no slower). Each map
+# depends on its own image only (eval mode): batching changes nothing.
+GRAD_CAM_BATCH = 8
+
+
 def grad_cam(
     network: nn.Module,
     inputs: Tensor,
     targets: Tensor | None = None,
     stage: int | str | None = None,
+    batch_size: int = GRAD_CAM_BATCH,
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM maps (N x H x W, each scaled to [0, 1]) of normalised ``inputs`` for
     ``targets`` (default: each image's predicted class), and the logits (N x classes).
 
+    The images go through ``batch_size`` at a time, each batch moved to the network's device.
     The network runs in eval mode with gradients on (auxiliary heads are off in eval mode);
     every module's mode is restored afterwards.
     """
-    from captum.attr import LayerAttribution, LayerGradCam
-
+    _check_positive("batch_size", batch_size)
+    if len(inputs) == 0:
+        raise ConfigError("no images given to Grad-CAM")
     _, layer = target_layer(network, stage)
+    device = next(iter(network.parameters()), inputs).device
+    maps, logits = [], []
+    with eval_mode(network):
+        for start in range(0, len(inputs), batch_size):
+            batch = slice(start, start + batch_size)
+            chosen = None if targets is None else targets[batch]
+            batch_maps, batch_logits = _grad_cam_batch(
+                network, layer, inputs[batch].to(device), chosen
+            )
+            maps.append(batch_maps)
+            logits.append(batch_logits)
+    return torch.cat(maps), torch.cat(logits)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+
+
+def _grad_cam_batch(
+    network: nn.Module, layer: nn.Module, inputs: Tensor, targets: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """One batch's maps and logits, on the CPU (the network already in eval mode)."""
+    from captum.attr import LayerAttribution, LayerGradCam
 
     def logits_of(x: Tensor) -> Tensor:
         out = network(x)
         return (out[0] if isinstance(out, tuple) else out).float()
 
     # Clones: tensors made under inference mode (Lightning's test loop) cannot enter autograd.
-    with eval_mode(network), torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():
         x = inputs.detach().clone()
         with torch.no_grad():
             logits = logits_of(x)
@@ -222,6 +256,7 @@ def explain(
     stage: int | str | None = None,
     topk: int = 3,
     out: str | Path | None = None,
+    batch_size: int = GRAD_CAM_BATCH,
 ) -> list[Explanation]:
     """Grad-CAM explanations of ``images`` (files, or a normalised N x C x H x W tensor).
 
@@ -231,9 +266,10 @@ def explain(
         target: the class to explain, by name or index (default: each image's prediction).
         stage: ``feature_info`` index or module name (default: the last stage).
         out: a folder: one ``<image name>.gradcam.png`` per image is written there.
+        batch_size: images per Grad-CAM pass; memory grows with it, not with the image count.
     """
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ConfigError(f"topk must be a positive int, got {topk!r}")
+    _check_positive("topk", topk)
+    _check_positive("batch_size", batch_size)
     network, card = network_and_card(model)
     inputs, display, files, skipped = _read_images(images, card)
     device = next(iter(network.parameters()), torch.empty(0)).device
@@ -243,7 +279,7 @@ def explain(
         names = [str(i) for i in range(_class_count(network, inputs[:1].to(device)))]
     index = _class_index(target, names)
     targets = None if index is None else torch.full((len(inputs),), index)
-    maps, logits = grad_cam(network, inputs.to(device), targets, stage)
+    maps, logits = grad_cam(network, inputs, targets, stage, batch_size)
     stage_name, _ = target_layer(network, stage)
     probs = logits.softmax(1)
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
@@ -346,6 +382,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--class", dest="target", help="explain this class, not the prediction")
     parser.add_argument("--stage", help="feature_info index or module name (last stage)")
     parser.add_argument("--topk", type=int, default=3, help="classes listed beside the map (3)")
+    parser.add_argument(
+        "--batch-size", type=int, default=GRAD_CAM_BATCH, help="images per Grad-CAM pass (8)"
+    )
     args = parser.parse_args(argv)
     stage: int | str | None = args.stage
     if isinstance(stage, str) and stage.lstrip("-").isdigit():
@@ -357,7 +396,13 @@ def main(argv: list[str]) -> int:
         else:
             files.append(item)
     results = explain(
-        args.checkpoint, files, target=args.target, stage=stage, topk=args.topk, out=args.out
+        args.checkpoint,
+        files,
+        target=args.target,
+        stage=stage,
+        topk=args.topk,
+        out=args.out,
+        batch_size=args.batch_size,
     )
     for result in results:
         shown = ", ".join(

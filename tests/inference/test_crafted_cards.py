@@ -134,3 +134,24 @@ def test_a_model_within_the_limit_still_builds_as_before() -> None:
     b = create_model("resnet18_cifar", num_classes=10, **TINY)
     pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     assert all(torch.equal(x, y) for x, y in pairs)
+
+
+def test_a_probe_head_with_a_renamed_weight_is_one_line(tmp_path: Path, capsys) -> None:
+    folder = probe_folder(tmp_path / "p", str(tmp_path / "missing.ckpt"))
+    state = ProbeHead(8, 2).state_dict()
+    state["oet.0.weight"] = state.pop("net.0.weight")  # found by tests/test_fuzz_artifacts.py
+    save_file(state, str(folder / "probe_head.safetensors"))
+    with pytest.raises(DataError, match="does not fit probe.json") as err:
+        load_probe(folder)
+    assert "\n" not in str(err.value) and '"oet.0.weight"' in str(err.value)
+    assert cli(["predict", "--checkpoint", str(folder), str(tmp_path / "x.png")]) == 1
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_a_probe_stage_the_backbone_lacks_is_one_line(tmp_path: Path, saved: Path) -> None:
+    folder = probe_folder(tmp_path / "p", str(saved))
+    info = json.loads((folder / "probe.json").read_text())
+    info["card"]["head"]["stage"] = 7  # found by tests/test_fuzz_artifacts.py: an IndexError
+    (folder / "probe.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"probe\.json: probe stage 7 is not a stage of"):
+        load_model(folder)

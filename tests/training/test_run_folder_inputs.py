@@ -232,3 +232,20 @@ def test_lr_find_refuses_a_folder_or_unknown_format_before_training(tmp_path: Pa
         assert cli(["lr-find", "-c", str(config), "-o", str(tmp_path / out)]) == 1
         err = capsys.readouterr().err
         assert said in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "confusion_matrix.csv", "run.json", "curves.png"])
+def test_a_file_that_is_a_symlink_loop_is_absent_not_a_traceback(
+    tmp_path: Path, capsys, name: str
+) -> None:
+    run = make_run(tmp_path / "run")
+    (run / name).unlink()
+    (run / name).symlink_to(f"{name}.loop")  # found by tests/test_fuzz_artifacts.py
+    (run / f"{name}.loop").symlink_to(name)
+    code, err, html = report(run, capsys)
+    assert code == 0 and "Traceback" not in err and "<html" in html
+    code = cli(["plot", str(run), "-o", str(tmp_path / "c.png")])
+    err = capsys.readouterr().err
+    assert code == (1 if name == "metrics.csv" else 0) and len(err.splitlines()) == code
+    if code:
+        assert f"{run / name} does not exist" in err

@@ -156,3 +156,66 @@ def test_explain_a_chosen_class_and_the_errors(images: list[Path], tmp_path: Pat
     assert "Traceback" not in err and not (tmp_path / "o").exists()
     assert cli(["explain", "--checkpoint", str(ckpt), str(tmp_path / "missing.png")]) == 1
     assert "none of the images could be read" in capsys.readouterr().err
+
+
+# -- issue 23, M5: images go through in batches of a bounded size --------------------------------
+
+
+def test_maps_computed_in_batches_equal_those_of_one_image_at_a_time() -> None:
+    torch.manual_seed(0)
+    model = moderncnn.create_model("resnet18_cifar", num_classes=3, in_chans=1, **TINY)
+    images = torch.randn(5, 1, 32, 32)
+    for chosen in (None, torch.tensor([0, 1, 2, 0, 1])):
+        maps, logits = grad_cam(model, images, chosen, batch_size=2)
+        for i in range(len(images)):
+            one = None if chosen is None else chosen[i : i + 1]
+            single_map, single_logits = grad_cam(model, images[i : i + 1], one)
+            torch.testing.assert_close(maps[i : i + 1], single_map, atol=1e-5, rtol=0)
+            torch.testing.assert_close(logits[i : i + 1], single_logits, atol=1e-5, rtol=1e-5)
+        assert maps.amax((1, 2)).eq(1).all()  # each map scaled on its own
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of images each Grad-CAM pass receives."""
+    from moderncnn.viz import gradcam
+
+    seen: list[int] = []
+    real = gradcam._grad_cam_batch
+
+    def recording(network, layer, inputs, targets):
+        seen.append(len(inputs))
+        return real(network, layer, inputs, targets)
+
+    monkeypatch.setattr(gradcam, "_grad_cam_batch", recording)
+    return seen
+
+
+def test_explain_never_runs_grad_cam_on_more_than_a_batch(
+    batch_sizes: list[int], tmp_path: Path, capsys
+) -> None:
+    ckpt = _checkpoint(tmp_path / "c.ckpt", 3)
+    results = explain(ckpt, torch.randn(20, 1, 28, 28))
+    assert batch_sizes == [8, 8, 4] and len(results) == 20  # bounded by the batch, not the count
+    batch_sizes.clear()
+    assert len(explain(ckpt, torch.randn(7, 1, 28, 28), batch_size=3)) == 7
+    assert batch_sizes == [3, 3, 1]
+    batch_sizes.clear()
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+    args = ["--out", str(tmp_path / "out"), "--batch-size", "2"]
+    assert cli(["explain", "--checkpoint", str(ckpt), str(folder), *args]) == 0
+    assert batch_sizes == [2, 1] and len(list((tmp_path / "out").iterdir())) == 3
+
+
+def test_a_batch_size_that_is_not_a_positive_int_is_one_line(tmp_path: Path, capsys) -> None:
+    ckpt = _checkpoint(tmp_path / "c.ckpt", 3)
+    with pytest.raises(ConfigError, match="batch_size must be a positive int, got 0"):
+        explain(ckpt, torch.randn(2, 1, 28, 28), batch_size=0)
+    args = ["explain", "--checkpoint", str(ckpt), str(tmp_path / "x.png"), "--batch-size", "-1"]
+    assert cli(args) == 1
+    err = capsys.readouterr().err
+    assert "batch_size must be a positive int, got -1" in err and len(err.splitlines()) == 1
