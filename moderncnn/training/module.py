@@ -468,7 +468,10 @@ class ImageClassifier(L.LightningModule):
     def scaled_lr(self) -> float:
         """``lr`` scaled for the number of training processes as ``lr_scaling`` says."""
         hp = self.hparams
-        processes = self.trainer.world_size if self._trainer is not None else 1
+        try:
+            processes = self.trainer.world_size
+        except RuntimeError:  # not attached to a Trainer
+            processes = 1
         factor = {"none": 1.0, "linear": processes, "sqrt": math.sqrt(processes)}
         lr = hp.lr * factor[hp.lr_scaling]
         if lr != hp.lr:

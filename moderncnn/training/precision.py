@@ -12,8 +12,11 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
-from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.utilities import rank_zero_info
+
+from moderncnn.inference.runtimes import cpu_has_bf16
+
+from .framework_internals import PrecisionInput
 
 __all__ = ["PrecisionTrainer", "auto_precision", "has_bf16_units"]
 
@@ -25,8 +28,7 @@ def has_bf16_units(device: str) -> bool:
     if device == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device == "cpu":
-        cpu = torch.cpu
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return cpu_has_bf16()
     return False
 
 
@@ -52,7 +54,7 @@ class PrecisionTrainer(L.Trainer):
     """``lightning.Trainer`` that also takes ``precision="auto"`` (:func:`auto_precision`)."""
 
     def __init__(
-        self, *, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs: Any
+        self, *, precision: PrecisionInput | Literal["auto"] | None = None, **kwargs: Any
     ) -> None:
         if precision == AUTO:
             precision = auto_precision(kwargs.get("accelerator", "auto"))

@@ -41,6 +41,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from moderncnn.io.atomic import atomic_write, atomic_write_text
 from moderncnn.io.errors import ConfigError, MissingFileError
 
+from .framework_internals import spawns_its_processes
 from .studies import (
     RECORD_ATTR,
     StudyStorage,
@@ -239,9 +240,7 @@ def check_distributed(trainer: L.Trainer, storage: StudyStorage) -> None:
     its study in a database: the ``ddp`` launcher would start every process's own ``tune``."""
     if trainer.world_size == 1:
         return
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-    if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+    if not spawns_its_processes(trainer):
         raise ConfigError(
             f"trainer.devices/num_nodes make a {trainer.world_size}-process trial: set "
             "trainer.strategy: ddp_spawn (each trial is started from the tune process)"

@@ -41,8 +41,10 @@ import lightning.pytorch as L
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
+
+from moderncnn.inference.optimize import BATCH_NORMS
+from moderncnn.training.framework_internals import set_scheduler_last_lr
 
 __all__ = ["FreezeBackbone", "split_head"]
 
@@ -162,7 +164,7 @@ class FreezeBackbone(BaseFinetuning):
         # validation run. Frozen BatchNorm then normalises with the pretrained statistics.
         if self.frozen and not self.train_bn:
             for module in self.backbone(pl_module):
-                if isinstance(module, _BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     module.eval()
 
     # -- phase 2: unfrozen ----------------------------------------------------------------
@@ -176,7 +178,7 @@ class FreezeBackbone(BaseFinetuning):
         backbone = self.backbone(pl_module)
         self.make_trainable(backbone)
         for module in backbone:
-            if isinstance(module, _BatchNorm):
+            if isinstance(module, BATCH_NORMS):
                 module.train(pl_module.training)
         self.frozen = False
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -233,8 +235,7 @@ class FreezeBackbone(BaseFinetuning):
                 min_lrs = getattr(scheduler, "min_lrs", None)  # ReduceLROnPlateau
                 if min_lrs is not None:
                     min_lrs.append(min_lrs[0] * self.backbone_lr_ratio)
-            if hasattr(scheduler, "_last_lr"):
-                scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            set_scheduler_last_lr(scheduler, [group["lr"] for group in optimizer.param_groups])
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Resuming after the unfreeze: the optimiser gets back the backbone's groups (in
