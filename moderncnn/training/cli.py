@@ -317,7 +317,9 @@ class ModernCNNCLI(ConfigNamesTheModelCLI):
         if wanted not in ("last", "best") or config.get("checkpoint.dirpath"):
             return
         if wanted == "best" and subcommand == "fit":
-            raise ValueError("--ckpt_path best: fit resumes from a last.ckpt; use --ckpt_path last")
+            raise ConfigError(
+                "--ckpt_path best: fit resumes from a last.ckpt; use --ckpt_path last"
+            )
         roots = {_root_dir(entry) for entry in config.get("trainer.logger") or []} - {None}
         found = sorted(
             (path for root in roots for path in root.glob("*/checkpoints/last.ckpt")),
@@ -499,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --print_config
         return exit_.code if isinstance(exit_.code, int) else 0
     except ArgumentError as err:  # an unknown key, a value of the wrong type
-        print(f"{_prog(argv)}: error: {err}\n(see `{_prog(argv)} --help`)", file=sys.stderr)
+        message = " ".join(str(err).split())
+        print(f"{_prog(argv)}: error: {message} (see `{_prog(argv)} --help`)", file=sys.stderr)
         return 2
     except (
         ModernCNNError,
