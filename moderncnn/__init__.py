@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .io.noise import silence_known_noise
-from .models import create_model, list_models
 
 silence_known_noise()  # what other libraries print that a user cannot act on (io/noise.py)
 
 __version__ = "0.1.0"
 
-# Heavy imports (Lightning, matplotlib) load on first use, so `import moderncnn` stays quick.
+# Everything loads on first use (torch, Lightning, matplotlib), so `import moderncnn` and
+# `moderncnn --help` stay quick.
 _LAZY = {
+    "create_model": "moderncnn.models",
+    "list_models": "moderncnn.models",
     "summary": "moderncnn.models.layer_table",
     "optimize_for_inference": "moderncnn.inference",
     "load_model": "moderncnn.inference",
@@ -43,10 +45,66 @@ _LAZY = {
 }
 
 
+if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.py keeps it whole
+    from moderncnn.data import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule
+    from moderncnn.inference import load_model, optimize_for_inference, predict, save_model
+    from moderncnn.io.card import ModelCard, Preprocess
+    from moderncnn.io.errors import ModernCNNError
+    from moderncnn.models import create_model, list_models
+    from moderncnn.models.layer_table import summary
+    from moderncnn.training.compare import compare
+    from moderncnn.training.config import from_config
+    from moderncnn.training.lr_find import lr_find
+    from moderncnn.training.module import ImageClassifier
+    from moderncnn.training.run_report import write_report
+    from moderncnn.training.trainer import Trainer
+    from moderncnn.training.tune import tune
+    from moderncnn.viz import (
+        explain,
+        plot_architecture,
+        plot_confusion_matrix,
+        plot_curves,
+        plot_degradation,
+        plot_top_losses,
+        show_batch,
+        show_results,
+    )
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'moderncnn' has no attribute {name!r}")
 
 
-__all__ = ["create_model", "list_models", *_LAZY]
+# Written out (not built from _LAZY) so that type checkers read it.
+__all__ = [
+    "create_model",
+    "list_models",
+    "summary",
+    "optimize_for_inference",
+    "load_model",
+    "save_model",
+    "predict",
+    "ModelCard",
+    "Preprocess",
+    "ModernCNNError",
+    "ImageClassifier",
+    "FashionMNISTDataModule",
+    "CIFAR10DataModule",
+    "ImageFolderDataModule",
+    "Trainer",
+    "from_config",
+    "compare",
+    "tune",
+    "lr_find",
+    "plot_curves",
+    "plot_confusion_matrix",
+    "show_batch",
+    "show_results",
+    "plot_top_losses",
+    "explain",
+    "plot_architecture",
+    "plot_degradation",
+    "write_report",
+]

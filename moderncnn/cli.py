@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.configs import CONFIG_ROOT, config_description, list_configs
 from moderncnn.io.errors import ModernCNNError
-from moderncnn.models import list_models
 
 # sub-command -> (module, function taking argv, one-line help). Imported only when used.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -39,7 +39,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def list_models_main(argv: list[str]) -> int:
-    pattern = argv[0] if argv else "*"
+    """``moderncnn models [PATTERN]``: the registered model names matching a glob pattern."""
+    parser = CommandParser(prog="moderncnn models", description=list_models_main.__doc__)
+    parser.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet*'")
+    pattern = parser.parse_args(argv).pattern
+    from moderncnn.models import list_models  # torch: loaded by the commands that use it
+
     print("\n".join(list_models(pattern)))
     return 0
 
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a command line that does not parse (2)
         return exit_.code if isinstance(exit_.code, int) else 2
     except (ModernCNNError, OSError) as err:
-        print(f"moderncnn {command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"moderncnn {command}: error: {message}", file=sys.stderr)
         return 1
 
 

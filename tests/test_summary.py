@@ -120,14 +120,14 @@ def test_cli_input_size_and_in_chans(capsys: pytest.CaptureFixture[str]) -> None
 def test_cli_unknown_name_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     code = summary_main(["resnet5O"])
     captured = capsys.readouterr()
-    assert code == 2 and captured.out == ""
+    assert code == 1 and captured.out == ""
     assert "unknown model name 'resnet5O'" in captured.err and "'resnet50'" in captured.err
     assert "Traceback" not in captured.err
 
 
 def test_cli_too_small_input_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     code = summary_main(["inception_v3", "--input-size", "3", "32", "32"])
-    assert code == 2 and "smaller than" in capsys.readouterr().err
+    assert code == 1 and "smaller than" in capsys.readouterr().err
 
 
 def test_rows_follow_the_forward_pass() -> None:

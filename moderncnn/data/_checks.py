@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import math
 
+from moderncnn.io.errors import ConfigError
+
 
 def check_positive_int(name: str, value: int) -> int:
     """Returns ``value`` if it is an int >= 1, else raises a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
 def check_non_negative_int(name: str, value: int) -> int:
     """Returns ``value`` if it is an int >= 0, else raises a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
     return value
 
 
@@ -24,7 +26,7 @@ def check_fraction(name: str, value: float, *, allow_zero: bool = True) -> float
     low_ok = value >= 0 if allow_zero else value > 0
     if isinstance(value, bool) or not isinstance(value, int | float) or not low_ok or value >= 1:
         interval = "[0, 1)" if allow_zero else "(0, 1)"
-        raise ValueError(f"{name} must be a fraction in {interval}, got {value!r}")
+        raise ConfigError(f"{name} must be a fraction in {interval}, got {value!r}")
     return float(value)
 
 
@@ -35,13 +37,15 @@ def check_split_size(name: str, size: int | float) -> int | float:
     gives for ``5000``) counts as that many samples.
     """
     if isinstance(size, bool) or not isinstance(size, int | float) or math.isnan(size):
-        raise ValueError(f"{name} must be a count (int) or a fraction in (0, 1), got {size!r}")
+        raise ConfigError(f"{name} must be a count (int) or a fraction in (0, 1), got {size!r}")
     if isinstance(size, float) and size >= 1 and size.is_integer():
         size = int(size)
     if isinstance(size, int):
         return check_non_negative_int(name, size)
     if not 0 < size < 1:
-        raise ValueError(f"{name} must be a count (int >= 0) or a fraction in (0, 1), got {size!r}")
+        raise ConfigError(
+            f"{name} must be a count (int >= 0) or a fraction in (0, 1), got {size!r}"
+        )
     return size
 
 
@@ -53,7 +57,7 @@ def split_count(name: str, size: int | float, total: int, note: str = "") -> int
     size = check_split_size(name, size)
     count = size if isinstance(size, int) else round(size * total)
     if count >= total:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={size!r} leaves no training images: the training set has {total} images"
             f"{note}; pass a smaller count or a fraction such as 0.1"
         )
@@ -63,5 +67,5 @@ def split_count(name: str, size: int | float, total: int, note: str = "") -> int
 def check_seed(name: str, value: int) -> int:
     """Returns ``value`` if it is an int a torch generator takes (-2**63 .. 2**64 - 1)."""
     if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**64:
-        raise ValueError(f"{name} must be an integer in [-2**63, 2**64), got {value!r}")
+        raise ConfigError(f"{name} must be an integer in [-2**63, 2**64), got {value!r}")
     return value

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from moderncnn.io.errors import ConfigError, DataError
+
 from ._checks import (
     check_non_negative_int,
     check_positive_int,
@@ -30,7 +32,7 @@ class TensorImageDataset(Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor) -> None:
         if images.ndim != 4 or images.dtype != torch.uint8 or len(images) != len(labels):
-            raise ValueError(
+            raise DataError(
                 f"expected uint8 N x C x H x W images and N labels, got {images.dtype} "
                 f"{tuple(images.shape)} images and {len(labels)} labels"
             )
@@ -105,9 +107,9 @@ class TensorDataModule(L.LightningDataModule):
         total = len(self.class_names)
         ok = all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
         if not ok or len(set(classes)) != len(classes) or len(classes) < 2:
-            raise ValueError(f"classes must be 2 or more distinct class indices, got {classes!r}")
+            raise ConfigError(f"classes must be 2 or more distinct class indices, got {classes!r}")
         if not all(0 <= c < total for c in classes):
-            raise ValueError(f"classes must be indices in 0..{total - 1}, got {classes!r}")
+            raise ConfigError(f"classes must be indices in 0..{total - 1}, got {classes!r}")
         return list(classes)
 
     def _select_classes(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,7 +147,7 @@ class TensorDataModule(L.LightningDataModule):
         order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed))
         if self.train_subset is not None:
             if self.train_subset > total:
-                raise ValueError(
+                raise ConfigError(
                     f"train_subset={self.train_subset} is larger than the {total} training images"
                 )
             order, total = order[: self.train_subset], self.train_subset
@@ -197,7 +199,7 @@ class TensorDataModule(L.LightningDataModule):
         """``n`` seeded images of ``split`` ("train" augmented), in [0, 1] float, and labels."""
         check_positive_int("n", n)
         if split not in {"train", "val", "test"}:
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+            raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
         self.prepare_data()
         self.setup("test" if split == "test" else "fit")
         dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]

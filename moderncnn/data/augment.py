@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from moderncnn.io.errors import ConfigError
+
 AugmentationSpec = str | dict[str, dict[str, Any]]
 
 # v2 names that are not augmentations here, with the reason given to the user.
@@ -63,13 +65,13 @@ def available_augmentations() -> list[str]:
 def transform_class(name: str) -> type[v2.Transform]:
     """The v2 transform class called ``name``; a ValueError suggests close names otherwise."""
     if name in _NOT_AUGMENTATIONS:
-        raise ValueError(f"{name!r} cannot be used as an augmentation: {_NOT_AUGMENTATIONS[name]}")
+        raise ConfigError(f"{name!r} cannot be used as an augmentation: {_NOT_AUGMENTATIONS[name]}")
     known = available_augmentations()
     if name not in known:
         by_lower = {k.lower(): k for k in known}
         close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(by_lower[c] for c in close)}? " if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"unknown augmentation {name!r}: {hint}augmentations are torchvision.transforms.v2 "
             f"class names, e.g. RandomCrop, RandomHorizontalFlip, ColorJitter, TrivialAugmentWide"
         )
@@ -79,7 +81,7 @@ def transform_class(name: str) -> type[v2.Transform]:
 def parse_augmentations(specs: Sequence[AugmentationSpec]) -> list[tuple[str, dict[str, Any]]]:
     """Checks an ``augmentations`` list and returns it as ``(name, kwargs)`` pairs."""
     if isinstance(specs, str | dict):
-        raise ValueError(f"augmentations must be a list of transforms, got {specs!r}")
+        raise ConfigError(f"augmentations must be a list of transforms, got {specs!r}")
     parsed = []
     for spec in specs:
         if isinstance(spec, str):
@@ -88,11 +90,11 @@ def parse_augmentations(specs: Sequence[AugmentationSpec]) -> list[tuple[str, di
             name, kwargs = next(iter(spec.items()))
             kwargs = {} if kwargs is None else kwargs
             if not isinstance(kwargs, dict):
-                raise ValueError(
+                raise ConfigError(
                     f"arguments of augmentation {name!r} must be a mapping, got {kwargs!r}"
                 )
         else:
-            raise ValueError(
+            raise ConfigError(
                 "each augmentation is a transform name or a one-key mapping "
                 f"{{name: {{argument: value}}}}, got {spec!r}"
             )
@@ -111,14 +113,14 @@ def build_transform(name: str, kwargs: dict[str, Any] | None = None) -> v2.Trans
     try:
         transform = cls(**kwargs)
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
-        raise ValueError(f"augmentation {name} with arguments {kwargs!r}: {err}") from err
+        raise ConfigError(f"augmentation {name} with arguments {kwargs!r}: {err}") from err
     # Some transforms take any size and fail only on the first image (RandomCrop(size=-3)).
     size = getattr(transform, "size", None)
     sizes = (
         [size] if isinstance(size, int) else list(size) if isinstance(size, list | tuple) else []
     )
     if any(isinstance(n, int) and n < 1 for n in sizes):
-        raise ValueError(
+        raise ConfigError(
             f"augmentation {name} with arguments {kwargs!r}: size must be positive, got {size}"
         )
     return transform
@@ -170,7 +172,7 @@ class BatchRandomCrop(nn.Module):
         left, right, top, bottom = self.padding
         max_dy, max_dx = height + top + bottom - crop_h, width + left + right - crop_w
         if max_dy < 0 or max_dx < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"RandomCrop size {self.size} is larger than the padded image "
                 f"({height + top + bottom}, {width + left + right})"
             )
@@ -237,7 +239,7 @@ class BatchRandomErasing(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, channels, height, width = x.shape
         if len(self.value) not in (1, channels):
-            raise ValueError(
+            raise ConfigError(
                 f"RandomErasing value {list(self.value)} has {len(self.value)} entries for "
                 f"images of {channels} channels; give 1 or {channels}"
             )
@@ -276,7 +278,7 @@ class PerImage(nn.Module):
         images = [self.transform(image) for image in x]
         shapes = {tuple(image.shape) for image in images}
         if len(shapes) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self.transform).__name__} produced images of different shapes "
                 f"{sorted(shapes)}; give it a fixed output size"
             )

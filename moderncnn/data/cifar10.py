@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moderncnn.io.errors import DataError
+
 from . import stats
 from ._tensor import TensorDataModule
 from .augment import AugmentationSpec
@@ -46,7 +48,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(DataError, pickle.UnpicklingError):
     """A pickle asked for a global outside the numpy array-reconstruction allowlist."""
 
 
@@ -76,9 +78,9 @@ def load_pickled_dict(path: Path) -> dict[str, Any]:
         except UnsafePickleError:
             raise
         except Exception as err:
-            raise ValueError(f"{path}: not a readable CIFAR-10 batch ({err})") from err
+            raise DataError(f"{path}: not a readable CIFAR-10 batch ({err})") from err
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+        raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return {key.decode("latin1") if isinstance(key, bytes) else key: v for key, v in obj.items()}
 
 
@@ -87,25 +89,25 @@ def read_batch(path: Path) -> tuple[Tensor, Tensor]:
     batch = load_pickled_dict(path)
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        raise ValueError(f"{path}: expected 'data' to be a uint8 N x 3072 array")
+        raise DataError(f"{path}: expected 'data' to be a uint8 N x 3072 array")
     integers = isinstance(labels, list | tuple | np.ndarray) and all(
         isinstance(label, int | np.integer) and not isinstance(label, bool) for label in labels
     )
     if labels is not None and not integers:
-        raise ValueError(
+        raise DataError(
             f"{path}: expected 'labels' to be a list of integers, got {type(labels).__name__}"
         )
     if data.shape[1] != 3 * 32 * 32 or labels is None or len(labels) != len(data):
-        raise ValueError(
+        raise DataError(
             f"{path}: expected 'data' N x 3072 and N 'labels', got {data.shape} and "
             f"{None if labels is None else len(labels)} labels"
         )
     try:
         labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     except (OverflowError, ValueError) as err:
-        raise ValueError(f"{path}: labels must be in 0..9 ({err})") from err
+        raise DataError(f"{path}: labels must be in 0..9 ({err})") from err
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
-        raise ValueError(f"{path}: labels must be in 0..9, got {labels.min()}..{labels.max()}")
+        raise DataError(f"{path}: labels must be in 0..9, got {labels.min()}..{labels.max()}")
     # Each row is the red, green then blue 32x32 plane, row-major.
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), labels
 
@@ -118,11 +120,11 @@ def extract_safely(archive: Path, destination: Path) -> None:
             for member in members:
                 parts = PurePosixPath(member.name.replace("\\", "/")).parts
                 if member.name.startswith(("/", "\\")) or ".." in parts or ":" in member.name:
-                    raise ValueError(
+                    raise DataError(
                         f"{archive}: refusing to extract {member.name!r}: absolute path or '..'"
                     )
                 if not (member.isfile() or member.isdir()):
-                    raise ValueError(
+                    raise DataError(
                         f"{archive}: refusing to extract {member.name!r}: links and special "
                         "files are not part of CIFAR-10"
                     )
@@ -130,7 +132,7 @@ def extract_safely(archive: Path, destination: Path) -> None:
             filter_kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(destination, members=members, **filter_kw)
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise ValueError(f"{archive}: cannot extract ({err}); delete it and get it again") from err
+        raise DataError(f"{archive}: cannot extract ({err}); delete it and get it again") from err
 
 
 class CIFAR10DataModule(TensorDataModule):
@@ -193,7 +195,7 @@ class CIFAR10DataModule(TensorDataModule):
             extract_safely(self.data_dir / ARCHIVE, self.data_dir)
             if (self.data_dir / FOLDER).is_dir():
                 return self.data_dir / FOLDER
-            raise ValueError(f"{self.data_dir / ARCHIVE}: holds no {FOLDER}/ folder")
+            raise DataError(f"{self.data_dir / ARCHIVE}: holds no {FOLDER}/ folder")
         return None
 
     def _missing_message(self, problem: str) -> str:
@@ -243,10 +245,10 @@ class CIFAR10DataModule(TensorDataModule):
             return
         names = load_pickled_dict(folder / META).get("label_names")
         if not isinstance(names, list | tuple):
-            raise ValueError(
+            raise DataError(
                 f"{folder / META}: label_names should be a list of CIFAR-10's class names, got "
                 f"{type(names).__name__}"
             )
         names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
         if names != CLASS_NAMES:
-            raise ValueError(f"{folder / META}: label_names {names} are not CIFAR-10's classes")
+            raise DataError(f"{folder / META}: label_names {names} are not CIFAR-10's classes")

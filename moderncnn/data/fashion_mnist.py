@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from moderncnn.io.errors import DataError
+
 from . import stats
 from ._tensor import TensorDataModule
 from .augment import AugmentationSpec
@@ -155,9 +157,9 @@ class FashionMNISTDataModule(TensorDataModule):
         image_file, label_file = (_data_file(folder, stem) for stem in FILES[split])
         images, labels = read_idx(image_file), read_idx(label_file)
         if images.ndim != 3 or images.shape[1:] != self.image_size or images.dtype.itemsize != 1:
-            raise ValueError(f"{image_file}: expected N x 28 x 28 uint8 images, got {images.shape}")
+            raise DataError(f"{image_file}: expected N x 28 x 28 uint8 images, got {images.shape}")
         if labels.shape != (len(images),) or labels.max(initial=0) >= len(CLASS_NAMES):
-            raise ValueError(
+            raise DataError(
                 f"{label_file}: expected {len(images)} labels in 0..9 to match {image_file.name}, "
                 f"got shape {labels.shape}"
             )

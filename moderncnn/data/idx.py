@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moderncnn.io.errors import DataError
+
 # IDX type code -> numpy dtype (big-endian where it matters).
 _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
@@ -23,7 +25,7 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(DataError):
     """A file is not a well-formed IDX file (bad magic number, truncated, corrupt gzip)."""
 
 

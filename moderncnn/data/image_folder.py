@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from moderncnn.io.errors import DataError
+from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 
 from ._checks import check_fraction, check_non_negative_int, check_positive_int, check_seed
 from .augment import AugmentationSpec, build_transforms, denormalize
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 _NUMERIC_PREFIX = re.compile(r"^\d+[._\-\s]+")  # "001.", "12_", "3 - "
 
 
-class EmptyClassError(FileNotFoundError, ValueError):
+class EmptyClassError(MissingFileError, ValueError):
     """A class folder without a usable image (FileNotFoundError, as torchvision's ImageFolder)."""
 
 
@@ -95,7 +95,7 @@ def find_class_folders(
         entries = [p for p in entries if p not in outside]
     folders = sorted(p.name for p in entries)
     if not folders:
-        raise ValueError(
+        raise DataError(
             f"{root} has no class folders: put the images of each class in their own "
             f"sub-folder, e.g. {root}/cat/0001.jpg, {root}/dog/0001.jpg"
         )
@@ -256,12 +256,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.val_fraction = check_fraction("val_fraction", val_fraction)
         self.test_fraction = check_fraction("test_fraction", test_fraction)
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"val_fraction + test_fraction must be below 1, got {val_fraction} + "
                 f"{test_fraction}"
             )
         if test_root is not None and test_fraction > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"give either test_root ({test_root!r}) or test_fraction ({test_fraction}), "
                 "not both"
             )
@@ -270,7 +270,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             "resize_size", resize_size if resize_size is not None else round(image_size * 256 / 224)
         )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values, std > 0; got mean={mean}, std={std}")
+            raise ConfigError(f"mean and std need 3 values, std > 0; got mean={mean}, std={std}")
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_workers = check_non_negative_int("num_workers", num_workers)
@@ -300,7 +300,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 self.test_root = layout.get("test")
         self.folders = find_class_folders(self.root, self._within(self.root), self.skipped_links)
         if len(self.folders) < 2:
-            raise ValueError(
+            raise DataError(
                 f"{self.root} has only one class folder ({self.folders[0]!r}): a classifier "
                 "needs at least 2 classes; put the images of each class in their own sub-folder"
             )
@@ -492,7 +492,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is not None and not len(self.test_set):
-            raise ValueError(
+            raise ConfigError(
                 f"no test images: set test_root or test_fraction of the data module for {self.root}"
             )
         return self._loader(self.test_set)
@@ -504,11 +504,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         """``n`` seeded images of ``split`` as transformed ("train": augmented), in [0, 1]."""
         check_positive_int("n", n)
         if split not in {"train", "val", "test"}:
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+            raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
         self.setup()
         dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
         if not len(dataset):
-            raise ValueError(f"the {split} split of {self.root} is empty")
+            raise DataError(f"the {split} split of {self.root} is empty")
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(dataset), generator=generator)[:n].tolist()
         images, labels = zip(*(dataset[i] for i in order), strict=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from moderncnn.io.errors import DataError
+
 # File suffixes treated as images (those of torchvision's ImageFolder, plus .tiff and .gif).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -28,7 +30,7 @@ DEFAULT_MAX_ASPECT_RATIO: float | None = 100.0
 _WHITE = (255, 255, 255, 255)
 
 
-class BadImageError(ValueError):
+class BadImageError(DataError):
     """An image file that cannot be decoded: empty, truncated, not an image, too large."""
 
 

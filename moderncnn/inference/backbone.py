@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from moderncnn.io.errors import ConfigError, DataError
 
-from .optimize import optimize_for_inference
+from .optimize import BATCH_NORMS, optimize_for_inference
 
 __all__ = [
     "fast_inference_copy",
@@ -59,7 +59,7 @@ def fast_inference_copy(backbone: nn.Module) -> nn.Module | None:
     there is no batch norm to fold (the module then runs as it is, uncopied), and, with a
     warning, when a foreign module resists the copy (an attribute ``deepcopy`` cannot copy...).
     """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
+    if not any(isinstance(m, BATCH_NORMS) for m in backbone.modules()):
         return None
     try:
         return optimize_for_inference(backbone)

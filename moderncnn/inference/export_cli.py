@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from moderncnn.io.card import ModelCard
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
 
 from .export import SUFFIXES, ExportFormat, export_model
@@ -34,7 +35,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moderncnn export", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderncnn export", description=__doc__.splitlines()[0])
     parser.add_argument(
         "model", help=".ckpt from `moderncnn fit`, a probe or saved-model folder, or a state dict"
     )

@@ -15,9 +15,21 @@ from collections import Counter
 
 import torch
 from torch import fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+# torch's batch norms and (not transposed) convolutions by their public names; their bases
+# (`_BatchNorm`, `_ConvNd`) are private. tests/inference/test_optimize.py checks that every
+# batch norm torch.nn defines is here.
+BATCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
@@ -70,7 +82,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def _pairs_in(module: nn.Module, prefix: str) -> list[tuple[str, str]]:
-    if not any(isinstance(m, _BatchNorm) for m in module.modules()):
+    if not any(isinstance(m, BATCH_NORMS) for m in module.modules()):
         return []
     try:
         graph = fx.symbolic_trace(module).graph
@@ -106,9 +118,9 @@ def _pairs_in_graph(graph: fx.Graph, root: nn.Module) -> list[tuple[str, str]]:
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     return (
-        isinstance(conv, _ConvNd)
+        isinstance(conv, CONVOLUTIONS)
         and not conv.transposed
-        and isinstance(bn, _BatchNorm)
+        and isinstance(bn, BATCH_NORMS)
         # without running statistics an eval-mode batch norm still normalises per batch
         and bn.running_mean is not None
         and bn.running_var is not None

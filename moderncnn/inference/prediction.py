@@ -8,7 +8,6 @@ classified.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.safe_text import spreadsheet_safe
 
 from .loading import Prediction, load_model
@@ -89,7 +89,7 @@ def write_json(predictions: list[Prediction], path: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``moderncnn predict --checkpoint MODEL FILES... [--topk K] [--csv] [--json]``."""
-    parser = argparse.ArgumentParser(prog="moderncnn predict", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderncnn predict", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="image files or folders")
     parser.add_argument(
         "--checkpoint", required=True, help=".ckpt, probe or saved folder, or .onnx/.torchscript"

@@ -12,6 +12,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 
 class FeatureInfo(NamedTuple):
     """One stage's output: the module that produces it, its channels and its stride."""
@@ -75,7 +77,7 @@ class ClassifierModel(nn.Module):
         """Replace the classifier and the aux heads' with fresh ones for ``num_classes``
         (0 removes them)."""
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         setattr(self, self.classifier_name, head)

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from moderncnn.io.errors import ConfigError
+
 from ._config import VariantConfig, small_image_twin
 
 ModelFn = Callable[..., nn.Module]
@@ -27,7 +29,7 @@ _MODEL_ENTRYPOINTS: dict[str, ModelFn] = {}
 _VARIANT_CONFIGS: dict[str, VariantConfig] = {}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ConfigError):
     """Raised by :func:`create_model` for a name that is not registered."""
 
 

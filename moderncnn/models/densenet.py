@@ -16,6 +16,8 @@ import torch
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 from ._base import ClassifierModel, FeatureInfo
 from ._config import PretrainedWeights, VariantConfig
 from ._registry import (
@@ -164,9 +166,9 @@ class DenseNet(ClassifierModel):
     ) -> None:
         super().__init__()
         if not 0 < compression <= 1:
-            raise ValueError(f"compression must be in (0, 1], got {compression}")
+            raise ConfigError(f"compression must be in (0, 1], got {compression}")
         if min(block_config, default=0) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"block_config needs >= 1 layer in each of >= 1 blocks, got {list(block_config)}"
             )
         self.num_classes = num_classes
@@ -181,7 +183,7 @@ class DenseNet(ClassifierModel):
             conv0 = nn.Conv2d(in_chans, num_init_features, 3, padding=1, bias=False)
             reduction, self.input_size = 1, (in_chans, 32, 32)
         else:
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+            raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.features.add_module("conv0", conv0)
         self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
         self.features.add_module("relu0", nn.ReLU(inplace=True))

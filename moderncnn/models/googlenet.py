@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 from ._base import ClassifierModel, FeatureInfo
 from ._config import (
     IMAGENET_MEAN,
@@ -72,7 +74,7 @@ def renormalize_imagenet(x: Tensor) -> Tensor:
 def check_transform_input(transform_input: bool, in_chans: int) -> None:
     """Reject ``transform_input`` for inputs that are not 3-channel ImageNet-normalised images."""
     if transform_input and in_chans != 3:
-        raise ValueError(
+        raise ConfigError(
             f"transform_input=True re-normalises the 3 ImageNet RGB channels, got in_chans="
             f"{in_chans}; pass transform_input=False for {in_chans}-channel input"
         )
@@ -210,9 +212,9 @@ class GoogLeNet(ClassifierModel):
     ) -> None:
         super().__init__()
         if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
         if branch3_kernel_size not in (3, 5):
-            raise ValueError(
+            raise ConfigError(
                 f"branch3_kernel_size must be 3 (torchvision) or 5 (paper), "
                 f"got {branch3_kernel_size!r}"
             )

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 from ._base import ClassifierModel, FeatureInfo
 from ._config import INCEPTION_MEAN, INCEPTION_STD, PretrainedWeights, VariantConfig
 from ._registry import (
@@ -288,7 +290,7 @@ class InceptionV3(ClassifierModel):
     ) -> None:
         super().__init__()
         if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
         check_width_multiplier(width_multiplier)
         check_transform_input(transform_input, in_chans)
         self.num_classes = num_classes

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 from ._base import ClassifierModel, FeatureInfo
 from ._config import (
     INCEPTION_MEAN,
@@ -315,7 +317,7 @@ class InceptionV4(ClassifierModel):
     ) -> None:
         super().__init__()
         if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
         check_width_multiplier(width_multiplier)
         check_transform_input(transform_input, in_chans)
         self.num_classes = num_classes

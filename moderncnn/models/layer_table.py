@@ -22,6 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from moderncnn.io.command_line import CommandParser
+from moderncnn.io.errors import ConfigError
+
 from ._registry import UnknownModelError
 from .factory import create_model
 
@@ -154,9 +157,9 @@ def summary(
         batch_size: leading dimension of the input; MACs are for the whole batch.
     """
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise ConfigError(f"depth must be >= 1, got {depth}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     like = next(iter(model.parameters()), next(iter(model.buffers()), None))
     device = like.device if like is not None else torch.device("cpu")
     dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
@@ -280,7 +283,7 @@ def _build(args: argparse.Namespace) -> nn.Module:
 
 def summary_parser() -> argparse.ArgumentParser:
     """The options of ``moderncnn summary``; :mod:`moderncnn.viz.diagram` adds ``--diagram``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderncnn summary", description="Layer table: output shapes, parameters, MACs."
     )
     parser.add_argument("name", help="a registered model name (see `moderncnn models`)")
@@ -305,9 +308,9 @@ def main(argv: list[str]) -> int:
         return int(exit_.code or 0)
     try:
         model = _build(args)
-    except UnknownModelError as err:
+    except UnknownModelError as err:  # a name the user can correct: status 1, as every command
         print(f"moderncnn summary: error: {err}", file=sys.stderr)
-        return 2
+        return 1
     input_size = tuple(args.input_size or (args.in_chans, *model.input_size[1:]))
     smallest = getattr(model, "min_input_size", None)
     if smallest and any(s < m for s, m in zip(input_size[1:], smallest[1:], strict=True)):
@@ -316,7 +319,7 @@ def main(argv: list[str]) -> int:
             f"{args.name}'s minimum {tuple(smallest)}; pass a larger --input-size",
             file=sys.stderr,
         )
-        return 2
+        return 1
     try:
         table = summary(model, input_size=input_size, depth=args.depth)
     except RuntimeError as err:  # e.g. --input-size channels that differ from --in-chans

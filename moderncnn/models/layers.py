@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 
 class ConvBNAct(nn.Module):
     """Convolution, batch norm and activation: the unit every modern CNN is made of.
@@ -36,7 +38,7 @@ WIDTH_DIVISOR = 8
 
 def check_width_multiplier(width_multiplier: float) -> None:
     if not (isinstance(width_multiplier, int | float) and 0 < width_multiplier < float("inf")):
-        raise ValueError(f"width_multiplier must be a number > 0, got {width_multiplier!r}")
+        raise ConfigError(f"width_multiplier must be a number > 0, got {width_multiplier!r}")
 
 
 def scale_width(chs: int, width_multiplier: float, divisor: int = WIDTH_DIVISOR) -> int:

@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 from ._base import ClassifierModel, FeatureInfo
 from ._config import VariantConfig
 from ._registry import (
@@ -132,12 +134,12 @@ class PreActResNet(ClassifierModel):
     ) -> None:
         super().__init__()
         if len(layers) != len(channels) or not layers:
-            raise ValueError(
+            raise ConfigError(
                 f"layers and channels need one entry per stage, got layers={list(layers)} "
                 f"and channels={list(channels)}"
             )
         if min(layers) < 1 or min(channels) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"every stage needs >= 1 unit and >= 1 channel, got layers={list(layers)} "
                 f"and channels={list(channels)}"
             )
@@ -152,7 +154,7 @@ class PreActResNet(ClassifierModel):
             self.maxpool = nn.Identity()
             reduction, self.input_size = 1, (in_chans, 32, 32)
         else:
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+            raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
 
         self.feature_info = []
         in_chs = stem_chs

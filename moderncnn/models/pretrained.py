@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from moderncnn.io.checkpoint import read_state_dict
 from moderncnn.io.download import cached_download, check_hash, hash_prefix
+from moderncnn.io.errors import ConfigError, DataError
 
 from ._config import PretrainedWeights
 from ._registry import variant_configs
@@ -112,7 +113,7 @@ def resolve_weights(
                 if tags
                 else f"named weights exist for {', '.join(tables)}"
             )
-            raise ValueError(
+            raise ConfigError(
                 f"no pretrained weights {text!r} for model {model_name!r}: {hint}. Otherwise "
                 "pass a .pth / .safetensors file or an https:// URL"
             )
@@ -234,7 +235,7 @@ def _check_keys(model_name: str, path: Path, state: dict, own: dict, allowed: se
             f"in_chans={file_chans} and feed it {file_chans}-channel images"
         )
     if problems:
-        raise ValueError(
+        raise DataError(
             f"{path} does not fit {model_name}: " + "; ".join(problems) + ". Is it a checkpoint "
             "of this architecture (e.g. resnet18, not resnet18_cifar, whose stem differs)?"
         )

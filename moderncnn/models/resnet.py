@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 from ._base import ClassifierModel, FeatureInfo
 from ._config import PretrainedWeights, VariantConfig
 from ._registry import (
@@ -56,7 +58,7 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         if groups != 1 or width_per_group != 64:
-            raise ValueError(
+            raise ConfigError(
                 "BasicBlock has no grouped or widened 3x3 (ResNeXt/Wide ResNet need Bottleneck), "
                 f"got groups={groups}, width_per_group={width_per_group}"
             )
@@ -142,12 +144,12 @@ class ResNet(ClassifierModel):
     ) -> None:
         super().__init__()
         if len(layers) != len(channels) or not layers:
-            raise ValueError(
+            raise ConfigError(
                 f"layers and channels need one entry per stage, got layers={list(layers)} "
                 f"and channels={list(channels)}"
             )
         if min(layers) < 1 or min(channels) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"every stage needs >= 1 unit and >= 1 channel, got layers={list(layers)} "
                 f"and channels={list(channels)}"
             )
@@ -165,7 +167,7 @@ class ResNet(ClassifierModel):
             self.maxpool = nn.Identity()
             reduction, self.input_size = 1, (in_chans, 32, 32)
         else:
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+            raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.bn1 = nn.BatchNorm2d(stem_chs)
         self.relu = nn.ReLU(inplace=True)
 

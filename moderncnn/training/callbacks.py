@@ -40,6 +40,8 @@ from moderncnn.viz.interpret import (
     write_most_confused,
 )
 
+from .framework_internals import reopen_fit_dataloader
+
 
 def run_dir(trainer: L.Trainer) -> Path | None:
     """The run folder (the first logger's), or None without loggers.
@@ -103,9 +105,7 @@ class SeedEachEpoch(L.Callback):
             # Lightning opened the first epoch's DataLoader iterator (which draws the shuffle
             # seed) before this hook, during setup; open it again from the new seed, as every
             # later epoch's is.
-            fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-            if fetcher is not None:
-                iter(fetcher)
+            reopen_fit_dataloader(trainer)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -25,7 +25,7 @@ import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -46,6 +46,12 @@ from .callbacks import (
     spreadsheet_safe,
 )
 from .divergence import DivergenceWarning
+from .framework_internals import (
+    ConfigNamesTheModelCLI,
+    checkpoint_saved_by_this_process,
+    logger_version_given,
+    set_logger_version,
+)
 from .interpretation import RunFacts, TopLossesReport
 from .module import ImageClassifier, preprocess_of
 from .precision import PrecisionTrainer
@@ -145,7 +151,7 @@ def fix_logger_versions(trainer: Trainer) -> None:
     folder, TensorBoard and CSV would pick two different version_N folders. A version chosen
     here (not given in the config) is marked, so :func:`claim_run_folder` may move it on."""
     for logger in trainer.loggers:
-        if getattr(logger, "_version", "given") is None:
+        if not logger_version_given(logger):
             logger._moderncnn_auto_version = True
         _ = logger.version
 
@@ -187,7 +193,7 @@ def claim_run_folder(trainer: Trainer) -> Path | None:
         raise OutputFolderError(f"cannot make a new version_N folder in {root}")
     for logger in loggers:
         if root_of[id(logger)] == root_of[id(loggers[0])]:
-            logger._version = version
+            set_logger_version(logger, version)
     setattr(trainer, _CLAIMED, (folder, [*made, folder]))
     return folder
 
@@ -200,7 +206,7 @@ def discard_unfinished_run_folder(trainer: Trainer | None) -> None:
         return
     folder, made = claimed
     saved = [
-        getattr(cb, "_last_checkpoint_saved", None)
+        checkpoint_saved_by_this_process(cb)
         for cb in trainer.callbacks
         if isinstance(cb, ModelCheckpoint)
     ]
@@ -237,7 +243,7 @@ class RunStopped(SystemExit):
         return f"{said}; the last saved checkpoint is {self.last}. Resume with: {command}"
 
 
-class ModernCNNCLI(LightningCLI):
+class ModernCNNCLI(ConfigNamesTheModelCLI):
     """LightningCLI with moderncnn's links, checkpointing, run folder and reports.
 
     ``seed_series``: the run is one seed of ``fit --seeds N``, so ``--ckpt_path last`` means
@@ -245,8 +251,19 @@ class ModernCNNCLI(LightningCLI):
     """
 
     def __init__(self, *args: Any, seed_series: bool = False, **kwargs: Any) -> None:
+        """Parses, builds and runs; a run that fails or is stopped before its first checkpoint
+        leaves no run folder behind, and SIGTERM (``timeout``, SLURM, ``docker stop``) exits
+        with 143."""
         self.seed_series = seed_series
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except SIGTERMException:
+            self._stopped(self.subcommand)
+        except BaseException:
+            discard_unfinished_run_folder(getattr(self, "trainer", None))
+            raise
+        if self.subcommand is not None and getattr(self.trainer, "received_sigterm", False):
+            self._stopped(self.subcommand)  # validate/test/predict ran on
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data module knows its classes and channels; the model needs them.
@@ -273,7 +290,7 @@ class ModernCNNCLI(LightningCLI):
                 # A checkpoint is tensors and plain containers: never unpickle code from one.
                 self.config[subcommand].weights_only = True
 
-    def _parse_ckpt_path(self) -> None:
+    def check_ckpt_path(self) -> None:
         """The config, not ``--ckpt_path``, says which model to build.
 
         Lightning would overwrite the config's ``model:`` section with the checkpoint's
@@ -301,7 +318,9 @@ class ModernCNNCLI(LightningCLI):
         if wanted not in ("last", "best") or config.get("checkpoint.dirpath"):
             return
         if wanted == "best" and subcommand == "fit":
-            raise ValueError("--ckpt_path best: fit resumes from a last.ckpt; use --ckpt_path last")
+            raise ConfigError(
+                "--ckpt_path best: fit resumes from a last.ckpt; use --ckpt_path last"
+            )
         roots = {_root_dir(entry) for entry in config.get("trainer.logger") or []} - {None}
         found = sorted(
             (path for root in roots for path in root.glob("*/checkpoints/last.ckpt")),
@@ -327,25 +346,12 @@ class ModernCNNCLI(LightningCLI):
         fix_logger_versions(trainer)
         return trainer
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Runs it; a run that fails or is stopped before its first checkpoint leaves no run
-        folder behind, and SIGTERM (``timeout``, SLURM, ``docker stop``) exits with 143."""
-        try:
-            super()._run_subcommand(subcommand)
-        except SIGTERMException:
-            self._stopped(subcommand)
-        except BaseException:
-            discard_unfinished_run_folder(self.trainer)
-            raise
-        if getattr(self.trainer, "received_sigterm", False):  # validate/test/predict ran on
-            self._stopped(subcommand)
-
     def _stopped(self, subcommand: str) -> None:
         trainer = self.trainer
         last = None
         for callback in trainer.checkpoint_callbacks:
             path = getattr(callback, "last_model_path", "")
-            if path and Path(path).is_file() and getattr(callback, "_last_checkpoint_saved", ""):
+            if path and Path(path).is_file() and checkpoint_saved_by_this_process(callback):
                 last = Path(path)
         where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         discard_unfinished_run_folder(trainer)
@@ -497,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --print_config
         return exit_.code if isinstance(exit_.code, int) else 0
     except ArgumentError as err:  # an unknown key, a value of the wrong type
-        print(f"{_prog(argv)}: error: {err}\n(see `{_prog(argv)} --help`)", file=sys.stderr)
+        message = " ".join(str(err).split())
+        print(f"{_prog(argv)}: error: {message} (see `{_prog(argv)} --help`)", file=sys.stderr)
         return 2
     except (
         ModernCNNError,

@@ -17,7 +17,6 @@ augmentations; the train/validation split (``data.init_args.seed``) stays the co
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import shutil
@@ -32,6 +31,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from moderncnn.io.atomic import atomic_write, atomic_write_text
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.models import list_models
 from moderncnn.viz._figure import finish, new_figure
@@ -370,7 +370,7 @@ def parse_model_overrides(values: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str]) -> int:
     """``moderncnn compare -c BASE.yaml --models NAME... [--seeds 3] [--out DIR] [--KEY VALUE]``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderncnn compare",
         description="Train several models over several seeds from one config and compare them. "
         "Any other --KEY VALUE (dotted, as on `moderncnn fit`) is set for every model.",
@@ -384,7 +384,10 @@ def main(argv: list[str]) -> int:
         help="a setting for one model only, e.g. resnet18_cifar:model.lr=0.05 (repeatable)",
     )  # fmt: skip
     args, rest = parser.parse_known_args(argv)
-    overrides = parse_overrides(rest)
+    try:
+        overrides = parse_overrides(rest)
+    except ConfigError as err:  # an unknown flag, or a --KEY without its VALUE: exit 2
+        parser.error(str(err))
     summaries = compare(
         args.config,
         args.models,

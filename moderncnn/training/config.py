@@ -8,7 +8,6 @@ Also ``moderncnn preview -c CONFIG``, which draws one batch of a config's ``data
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import LightningDataModule
 
 import moderncnn.data  # noqa: F401  (lets a config name our data modules by class name)
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.configs import find_config
 from moderncnn.io.errors import ConfigError, ModernCNNError
 from moderncnn.viz import show_batch
@@ -70,7 +70,10 @@ def _cli_value(value: Any) -> str:
 def datamodule_from_config(config_path: str | Path) -> Any:
     """The data module of a training config's ``data:`` section, not yet set up."""
     path = find_config(config_path)
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(config, dict) or "data" not in config:
         raise ConfigError(f"{path}: no `data:` section (class_path and init_args)")
     parser = ArgumentParser(exit_on_error=False)
@@ -83,7 +86,7 @@ def datamodule_from_config(config_path: str | Path) -> Any:
 
 def preview_main(argv: list[str]) -> int:
     """``moderncnn preview -c CONFIG [-o PNG] [-n N]``: one batch of the config's data."""
-    parser = argparse.ArgumentParser(prog="moderncnn preview", description=preview_main.__doc__)
+    parser = CommandParser(prog="moderncnn preview", description=preview_main.__doc__)
     parser.add_argument("-c", "--config", required=True, help="training YAML with a data: section")
     parser.add_argument("-o", "--output", default="preview.png", help="PNG to write")
     parser.add_argument("-n", type=int, default=32, help="number of images (default 32)")

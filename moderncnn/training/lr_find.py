@@ -18,7 +18,6 @@ barely begun to fall, for a recipe trained at 0.4; the per-decade fall proposed 
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.configs import find_config
 from moderncnn.io.errors import ConfigError, ModernCNNError
 from moderncnn.viz._figure import figure_format, finish, new_figure
@@ -169,14 +169,14 @@ def steepest_fall(lrs: list[float], losses: list[float]) -> tuple[int | None, in
 
 def main(argv: list[str]) -> int:
     """``moderncnn lr-find -c CONFIG [--min-lr A] [--max-lr B] [--steps N] [-o PNG] [--k=v]``."""
-    parser = argparse.ArgumentParser(prog="moderncnn lr-find", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderncnn lr-find", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True, help="training YAML (moderncnn fit -c)")
     parser.add_argument("-o", "--output", default="lr_find.png", help="PNG of the curve")
     parser.add_argument("--min-lr", type=float, default=1e-5, help="first learning rate")
     parser.add_argument("--max-lr", type=float, default=10.0, help="last learning rate")
     parser.add_argument("--steps", type=int, default=100, help="training steps of the test")
     args, overrides = parser.parse_known_args(argv)
-    unknown = [arg for arg in overrides if not arg.startswith("--")]
+    unknown = [arg for arg in overrides if not (arg.startswith("--") and "=" in arg)]
     if unknown:
         parser.error(f"unexpected {unknown[0]!r}: config overrides are --key=value")
     result = lr_find(

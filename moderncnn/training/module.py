@@ -332,7 +332,7 @@ class ImageClassifier(L.LightningModule):
             return
         classes = getattr(data, "num_classes", None)
         if isinstance(classes, int) and classes != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"model.num_classes is {self.num_classes} but the data "
                 f"({type(data).__name__}) has {classes} classes; leave model.num_classes out "
                 "of the config (the CLI takes it from the data) or make them agree"
@@ -349,7 +349,7 @@ class ImageClassifier(L.LightningModule):
     ) -> nn.Module:
         if isinstance(model, nn.Module):
             if model_kwargs:
-                raise ValueError(
+                raise ConfigError(
                     f"model_kwargs {model_kwargs!r} apply to a model name, not an nn.Module; "
                     "pass them to the module's constructor instead"
                 )
@@ -543,7 +543,10 @@ class ImageClassifier(L.LightningModule):
     def scaled_lr(self) -> float:
         """``lr`` scaled for the number of training processes as ``lr_scaling`` says."""
         hp = self.hparams
-        processes = self.trainer.world_size if self._trainer is not None else 1
+        try:
+            processes = self.trainer.world_size
+        except RuntimeError:  # not attached to a Trainer
+            processes = 1
         factor = {"none": 1.0, "linear": processes, "sqrt": math.sqrt(processes)}
         lr = hp.lr * factor[hp.lr_scaling]
         if lr != hp.lr:
@@ -560,7 +563,7 @@ class ImageClassifier(L.LightningModule):
             planned = getattr(scheduler.lr_lambdas[0], "total", None)
         total, _ = self._schedule_length()
         if planned is not None and planned != total:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint's {self.hparams.scheduler!r} schedule spans {planned} "
                 f"{self.hparams.scheduler_interval}s but this run has {total}: resume with the "
                 "trainer limits (max_epochs, limit_train_batches, batch size) it was started with"
@@ -570,7 +573,7 @@ class ImageClassifier(L.LightningModule):
         """Scheduler updates in the whole run, and per epoch (from the Trainer's limits)."""
         trainer = self.trainer
         if not math.isfinite(trainer.estimated_stepping_batches):
-            raise ValueError(
+            raise ConfigError(
                 f"the {self.hparams.scheduler!r} schedule needs a run of known length, but "
                 "trainer.max_epochs and trainer.max_steps are both -1 (no limit); set one, or "
                 "use scheduler 'step' or 'none'"

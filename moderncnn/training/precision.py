@@ -12,11 +12,13 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
-from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from moderncnn.inference.runtimes import cpu_has_bf16
 from moderncnn.viz._figure import in_ipython
+
+from .framework_internals import PrecisionInput
 
 __all__ = ["PrecisionTrainer", "auto_precision", "has_bf16_units"]
 
@@ -28,8 +30,7 @@ def has_bf16_units(device: str) -> bool:
     if device == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device == "cpu":
-        cpu = torch.cpu
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return cpu_has_bf16()
     return False
 
 
@@ -57,7 +58,7 @@ class PrecisionTrainer(L.Trainer):
     build is one: ``moderncnn.Trainer``, ``from_config``'s and the CLI's."""
 
     def __init__(
-        self, *, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs: Any
+        self, *, precision: PrecisionInput | Literal["auto"] | None = None, **kwargs: Any
     ) -> None:
         if precision == AUTO:
             precision = auto_precision(kwargs.get("accelerator", "auto"))

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from moderncnn.io.checkpoint import CheckpointError, read_checkpoint
-from moderncnn.io.errors import ConfigError
+from moderncnn.io.errors import ConfigError, OutputError
 from moderncnn.models.factory import check_model_kwargs
 
 from .callbacks import SEED_KEY
@@ -64,7 +64,7 @@ UNKNOWN: Any = _Unknown()
 LOG_MARGIN_BYTES = 16 * 2**20
 
 
-class OutputFolderError(OSError):
+class OutputFolderError(OutputError):
     """A run folder that cannot be written: read-only, not a folder, or a disk too full."""
 
 
@@ -162,14 +162,14 @@ def check_fit_limits(trainer: L.Trainer, module: L.LightningModule) -> None:
     for key in ("max_epochs", "max_steps"):
         value = getattr(trainer.fit_loop, key)
         if value == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.{key} must be >= 1 (or -1 for no limit), got 0: the run would train "
                 "nothing"
             )
     scheduler = getattr(module, "hparams", {}).get("scheduler")
     endless = trainer.fit_loop.max_epochs == -1 and trainer.fit_loop.max_steps == -1
     if endless and scheduler in ("onecycle", "cosine"):
-        raise ValueError(
+        raise ConfigError(
             f"the {scheduler!r} schedule needs a run of known length, but trainer.max_epochs "
             "and trainer.max_steps are both -1 (no limit); set one, or use scheduler 'step' "
             "or 'none'"

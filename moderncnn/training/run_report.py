@@ -12,7 +12,6 @@ text, never markup.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import math
@@ -25,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import DataError, MissingFileError, OutputError
 from moderncnn.viz import read_confusion_matrix
 from moderncnn.viz._run_folder import LinkOutsideError, read_csv_rows, read_text, run_file
@@ -251,7 +251,7 @@ class RunReport(L.Callback):
 
 def main(argv: list[str]) -> int:
     """``moderncnn report RUN_DIR``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderncnn report",
         description="One self-contained HTML page of a run: RUN_DIR/report.html.",
     )

@@ -24,7 +24,6 @@ values set (``moderncnn fit -c OUT/best.yaml`` trains it), beside ``history.png`
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -39,8 +38,10 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from moderncnn.io.atomic import atomic_write, atomic_write_text
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, MissingFileError
 
+from .framework_internals import spawns_its_processes
 from .studies import (
     RECORD_ATTR,
     StudyStorage,
@@ -239,9 +240,7 @@ def check_distributed(trainer: L.Trainer, storage: StudyStorage) -> None:
     its study in a database: the ``ddp`` launcher would start every process's own ``tune``."""
     if trainer.world_size == 1:
         return
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-    if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+    if not spawns_its_processes(trainer):
         raise ConfigError(
             f"trainer.devices/num_nodes make a {trainer.world_size}-process trial: set "
             "trainer.strategy: ddp_spawn (each trial is started from the tune process)"
@@ -428,7 +427,7 @@ def save_plots(study: optuna.Study, out: Path) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     """``moderncnn tune -c BASE.yaml --space SPACE.yaml --trials N [--storage URL] ...``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderncnn tune",
         description="Search hyperparameters with Optuna (TPE, median pruning). Any other "
         "--KEY VALUE (dotted, as on `moderncnn fit`) is set in every trial.",
@@ -451,9 +450,13 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--warmup-epochs", type=int, default=1, help="epochs never pruned (1)")
     args, rest = parser.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(rest)
+    except ConfigError as err:  # an unknown flag, or a --KEY without its VALUE: exit 2
+        parser.error(str(err))
     study = tune(
         args.config, args.space, args.trials, out=args.out, storage=args.storage,
-        study_name=args.study, overrides=parse_overrides(rest), seed=args.seed,
+        study_name=args.study, overrides=overrides, seed=args.seed,
         startup_trials=args.startup_trials, warmup_epochs=args.warmup_epochs,
     )  # fmt: skip
     out = Path(args.out)

@@ -4,9 +4,12 @@
   image folder or data module, cached and verified on disk (``moderncnn features``).
 - :func:`train_probe`: a linear (or small MLP) head on those features (``moderncnn probe``).
 - :class:`FreezeBackbone`: fine-tuning callback: head first, then the backbone at a lower rate.
-- :func:`predict` / :func:`load_probe`: a probe's predictions (from :mod:`moderncnn.inference`).
-- :func:`load_pretrained` (also ``create_model(..., weights="imagenet")``): torchvision's
-  ImageNet checkpoints, or any ``.pth``/``.safetensors`` file or ``https://`` URL.
+
+Homed elsewhere, and still importable from here for existing code (not in ``__all__``):
+``predict``, ``load_probe`` (:mod:`moderncnn.inference`; ``moderncnn.predict``),
+``load_pretrained``, ``resolve_weights`` (:mod:`moderncnn.models.pretrained`; also
+``create_model(..., weights="imagenet")``), ``read_state_dict``, ``CheckpointError``
+(:mod:`moderncnn.io.checkpoint`).
 """
 
 from __future__ import annotations
@@ -36,4 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'moderncnn.transfer' has no attribute {name!r}")
 
 
-__all__ = list(_LAZY)
+# Names whose public home is another module (see the docstring): one public path each.
+_ELSEWHERE = {"load_pretrained", "resolve_weights", "read_state_dict", "CheckpointError"}
+_ELSEWHERE |= {"load_probe", "predict"}
+__all__ = [name for name in _LAZY if name not in _ELSEWHERE]

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from moderncnn.io.atomic import new_file_mode
 from moderncnn.io.download import sha256_file
+from moderncnn.io.errors import DataError
 
 __all__ = ["MANIFEST", "CacheInvalidError", "FeatureCache", "write_cache"]
 
@@ -33,7 +34,7 @@ MANIFEST = "manifest.json"
 FORMAT = "moderncnn-feature-cache/1"
 
 
-class CacheInvalidError(ValueError):
+class CacheInvalidError(DataError):
     """A feature cache folder that is missing, incomplete or altered since it was written."""
 
 

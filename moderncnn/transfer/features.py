@@ -16,7 +16,6 @@ normal value (6e-5), so a conversion that changes the features by more than 0.1%
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -34,6 +33,7 @@ from moderncnn.inference.backbone import weights_sha256
 from moderncnn.inference.fast_features import backbone_features
 from moderncnn.inference.runtimes import RUNTIMES, THREADS_ENV
 from moderncnn.io.card import Preprocess
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import DataError
 from moderncnn.training.config import datamodule_from_config
 
@@ -261,7 +261,7 @@ def extract_features(
 
 def main(argv: list[str] | None = None) -> int:
     """``moderncnn features [--backbone NAME] [--weights W] (--data DIR | -c YAML) --out DIR``."""
-    parser = argparse.ArgumentParser(prog="moderncnn features", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderncnn features", description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", help="a model name (`moderncnn models`); not with a .ckpt")
     parser.add_argument(
         "--weights", default=None, help="'imagenet', an https:// URL, a file, or a .ckpt of ours"

@@ -41,8 +41,11 @@ import lightning.pytorch as L
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
+
+from moderncnn.inference.optimize import BATCH_NORMS
+from moderncnn.io.errors import ConfigError
+from moderncnn.training.framework_internals import set_scheduler_last_lr
 
 __all__ = ["FreezeBackbone", "split_head"]
 
@@ -69,7 +72,7 @@ def split_head(
         found = (getattr(network, name, None) for name in HEAD_ATTRIBUTES)
         heads = [next((m for m in found if isinstance(m, nn.Module)), None)]
     if heads[0] is None:
-        raise ValueError(
+        raise ConfigError(
             f"cannot find the classifier of {type(network).__name__}: give it a get_classifier() "
             f"method or an attribute named {' / '.join(HEAD_ATTRIBUTES)}"
         )
@@ -85,7 +88,7 @@ def _submodule(network: nn.Module, name: str) -> nn.Module:
         return network.get_submodule(name)
     except AttributeError:
         names = [n for n, _ in network.named_modules() if n]
-        raise ValueError(
+        raise ConfigError(
             f"head names a module {name!r} that {type(network).__name__} does not have; "
             f"give names from named_modules(), e.g. {names[-3:]}"
         ) from None
@@ -115,13 +118,13 @@ class FreezeBackbone(BaseFinetuning):
     ) -> None:
         super().__init__()
         if isinstance(unfreeze_at_epoch, bool) or not isinstance(unfreeze_at_epoch, int):
-            raise ValueError(f"unfreeze_at_epoch must be an integer, got {unfreeze_at_epoch!r}")
+            raise ConfigError(f"unfreeze_at_epoch must be an integer, got {unfreeze_at_epoch!r}")
         if unfreeze_at_epoch < 0:
-            raise ValueError(f"unfreeze_at_epoch must be >= 0, got {unfreeze_at_epoch!r}")
+            raise ConfigError(f"unfreeze_at_epoch must be >= 0, got {unfreeze_at_epoch!r}")
         if not 0 < backbone_lr_ratio <= 1:
-            raise ValueError(f"backbone_lr_ratio must be in (0, 1], got {backbone_lr_ratio!r}")
+            raise ConfigError(f"backbone_lr_ratio must be in (0, 1], got {backbone_lr_ratio!r}")
         if head is not None and (isinstance(head, str) or not head):
-            raise ValueError(f"head must be a non-empty list of module names, got {head!r}")
+            raise ConfigError(f"head must be a non-empty list of module names, got {head!r}")
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.backbone_lr_ratio = float(backbone_lr_ratio)
         self.train_bn = train_bn
@@ -133,7 +136,7 @@ class FreezeBackbone(BaseFinetuning):
         """The LightningModule's network (``ImageClassifier.model``)."""
         network = getattr(pl_module, "model", None)
         if not isinstance(network, nn.Module):
-            raise ValueError(
+            raise ConfigError(
                 f"FreezeBackbone needs a LightningModule whose network is its `model` attribute "
                 f"(as ImageClassifier's), got {type(pl_module).__name__}"
             )
@@ -162,7 +165,7 @@ class FreezeBackbone(BaseFinetuning):
         # validation run. Frozen BatchNorm then normalises with the pretrained statistics.
         if self.frozen and not self.train_bn:
             for module in self.backbone(pl_module):
-                if isinstance(module, _BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     module.eval()
 
     # -- phase 2: unfrozen ----------------------------------------------------------------
@@ -176,7 +179,7 @@ class FreezeBackbone(BaseFinetuning):
         backbone = self.backbone(pl_module)
         self.make_trainable(backbone)
         for module in backbone:
-            if isinstance(module, _BatchNorm):
+            if isinstance(module, BATCH_NORMS):
                 module.train(pl_module.training)
         self.frozen = False
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -233,8 +236,7 @@ class FreezeBackbone(BaseFinetuning):
                 min_lrs = getattr(scheduler, "min_lrs", None)  # ReduceLROnPlateau
                 if min_lrs is not None:
                     min_lrs.append(min_lrs[0] * self.backbone_lr_ratio)
-            if hasattr(scheduler, "_last_lr"):
-                scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            set_scheduler_last_lr(scheduler, [group["lr"] for group in optimizer.param_groups])
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Resuming after the unfreeze: the optimiser gets back the backbone's groups (in

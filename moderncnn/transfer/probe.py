@@ -9,7 +9,6 @@ linear layer for a one-hidden-layer MLP.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from moderncnn.inference.heads import ProbeHead
 from moderncnn.inference.loading import PROBE_HEAD, PROBE_INFO, load_probe
 from moderncnn.io.atomic import atomic_write, atomic_write_text
 from moderncnn.io.card import ModelCard
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import DataError
 from moderncnn.viz import plot_confusion_matrix
 from moderncnn.viz._figure import figures_not_shown
@@ -243,7 +243,7 @@ def format_report(metrics: dict[str, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``moderncnn probe CACHE [--mlp HIDDEN] [--epochs] [--lr] [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="moderncnn probe", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderncnn probe", description=__doc__.splitlines()[0])
     parser.add_argument("cache", help="feature cache folder from `moderncnn features`")
     parser.add_argument(
         "--mlp",

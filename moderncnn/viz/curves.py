@@ -7,7 +7,6 @@ into ``curves.png``.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import csv
 import io
@@ -18,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import DataError, MissingFileError, ModernCNNError
 
 from ._figure import finish, new_figure
@@ -216,7 +216,7 @@ def _model_name(run_dir: Path) -> str | None:
 
 def plot_main(argv: list[str]) -> int:
     """``moderncnn plot RUN_DIR [-o PNG]``: learning curves of a run."""
-    parser = argparse.ArgumentParser(prog="moderncnn plot", description=plot_main.__doc__)
+    parser = CommandParser(prog="moderncnn plot", description=plot_main.__doc__)
     parser.add_argument("run", help="run folder with metrics.csv (lightning_logs/version_N)")
     parser.add_argument("-o", "--output", help="PNG to write (default: RUN/curves.png)")
     args = parser.parse_args(argv)

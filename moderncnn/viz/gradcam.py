@@ -13,7 +13,6 @@ writes one PNG per image.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from moderncnn.data.files import find_images
 from moderncnn.data.images import BadImageError, load_image
 from moderncnn.inference import LoadedModel, load_model
 from moderncnn.io.card import ModelCard
+from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.io.safe_text import plain_text_label
 
@@ -372,7 +372,7 @@ def plot_explanation(result: Explanation, save: str | Path | None = None) -> Fig
 
 def main(argv: list[str]) -> int:
     """``moderncnn explain --checkpoint CKPT IMAGES... [--out DIR]``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderncnn explain",
         description="Grad-CAM: where the network looked for its prediction, one PNG per image.",
     )

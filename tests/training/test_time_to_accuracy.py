@@ -129,12 +129,11 @@ def test_random_erasing_with_noise_falls_back_and_a_bad_value_is_named() -> None
 def test_precision_auto_is_bf16_only_with_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
     has = precision_module.has_bf16_units("cpu")
     assert auto_precision("cpu") == ("bf16-mixed" if has else "32-true")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: False)
     assert auto_precision("cpu") == "32-true"
     trainer = PrecisionTrainer(precision="auto", accelerator="cpu", logger=False)
     assert trainer.precision == "32-true"
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
     trainer = PrecisionTrainer(precision="auto", accelerator="cpu", logger=False)
     assert trainer.precision == "bf16-mixed"
     assert moderncnn.Trainer(precision="auto", accelerator="cpu").precision == "bf16-mixed"
