@@ -29,6 +29,17 @@ def test_names_resolve_from_any_folder(tmp_path, monkeypatch) -> None:
         find_config("../quickstart")
 
 
+def test_compare_and_tune_read_a_config_by_name(tmp_path, monkeypatch) -> None:
+    """`moderncnn compare -c papers/degradation` works outside a checkout, like `fit -c`."""
+    from moderncnn.training.trials import read_config
+
+    monkeypatch.chdir(tmp_path)
+    config = read_config("papers/degradation")
+    assert config["trainer"]["max_steps"] > 0 and config["model"]["model"] == "plain56"
+    with pytest.raises(MissingFileError, match="moderncnn configs"):
+        read_config("papers/degradaton")
+
+
 def test_from_config_by_name_outside_the_checkout(tmp_path, monkeypatch) -> None:
     from moderncnn import from_config
 

@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.configs import find_config
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError, ModernCNNError
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import read_metrics
@@ -77,10 +78,9 @@ class TrialResult:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """A YAML training config as a dict; one-line errors naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"config {path} does not exist; give the path of a YAML config")
+    """A YAML training config (a file, or the name of one that ships) as a dict; one-line
+    errors naming the file."""
+    path = find_config(path)
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
