@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,31 @@ def test_probe_on_fashion_mnist_pixels_beats_chance(fashion_mnist_dir: Path, tmp
     assert card.kind == "probe" and card.parent.kind == "backbone" and card.in_chans == 1
 
 
+def test_probe_default_fits_a_small_folder_and_warns_when_underfit(
+    fashion_mnist_dir: Path, tmp_path: Path
+) -> None:
+    # Issue 24: about 40 real images per class; the old default (AdamW, 100 epochs of 2 steps
+    # at lr 1e-3) underfits, train accuracy level with val; 1,000 epochs is the reference.
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(1, 64, 5, stride=2), nn.ReLU(), nn.Conv2d(64, 128, 3, stride=2), nn.ReLU()
+    )
+    data = FashionMNISTDataModule(data_dir=str(fashion_mnist_dir), train_subset=500, val_size=100)
+    cache = extract_features(backbone, data, tmp_path / "c", batch_size=1000, progress=False)
+    with pytest.warns(UserWarning, match="may underfit: train accuracy"):
+        old = train_probe(cache, epochs=100, lr=1e-3).metrics  # explicit choices still count
+    reference = train_probe(cache, epochs=1000).metrics
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fitted probe does not warn
+        new = train_probe(cache, out=tmp_path / "probe").metrics
+    assert new["val"]["accuracy"] >= reference["val"]["accuracy"]
+    assert new["test"]["accuracy"] >= reference["test"]["accuracy"]
+    assert new["test"]["accuracy"] >= old["test"]["accuracy"] + 0.03
+    assert new["train"]["accuracy"] > new["val"]["accuracy"] + 0.1  # it fits the training set
+    config = json.loads((tmp_path / "probe" / "probe.json").read_text())["config"]
+    assert config["solver"] == "lbfgs" and config["weight_decay"] == pytest.approx(4 / 400)
+
+
 def test_probe_cli_with_mlp(cifar_folder: Path, tmp_path: Path, capsys) -> None:
     cache = extract_features(nn.Conv2d(3, 16, 3), cifar_folder, tmp_path / "c", progress=False)
     assert cli_main(["probe", str(tmp_path / "c"), "--mlp", "32", "--epochs", "5"]) == 0
@@ -48,6 +74,7 @@ def test_probe_cli_with_mlp(cifar_folder: Path, tmp_path: Path, capsys) -> None:
     assert "train: accuracy" in printed and "val: accuracy" in printed
     info = json.loads((tmp_path / "c" / "probe" / "probe.json").read_text())
     assert info["config"]["hidden"] == 32 and info["card"]["class_names"] == cache.class_names
+    assert info["config"]["solver"] == "adamw" and info["config"]["epochs"] == 5
     assert info["card"]["architecture"] == "mlp_probe" and info["card"]["head"]["hidden"] == 32
 
 
