@@ -425,33 +425,51 @@ class ImageClassifier(L.LightningModule):
         ``output`` is the model's: a plain tensor, or (training mode, aux heads) a NamedTuple
         whose first field is the main logits.
         """
+        total, _, logits = self._losses(output, target)
+        return total, logits
+
+    def _losses(
+        self, output: Tensor | tuple[Tensor, ...], target: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The loss to minimise, the main head's alone (None without aux heads), the logits."""
         smoothing = self.hparams.label_smoothing
         logits, aux = (output[0], output[1:]) if isinstance(output, tuple) else (output, ())
-        loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
+        main = F.cross_entropy(logits, target, label_smoothing=smoothing)
+        total, has_aux = main, False
         for aux_logits in aux:
             if aux_logits is not None:
                 aux_loss = F.cross_entropy(aux_logits, target, label_smoothing=smoothing)
-                loss = loss + self.hparams.aux_loss_weight * aux_loss
-        return loss, logits
+                total, has_aux = total + self.hparams.aux_loss_weight * aux_loss, True
+        return total, main if has_aux else None, logits
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> tuple[Tensor, Tensor]:
+        """The loss to minimise and the logits; logs ``{stage}_loss`` and the metrics.
+
+        ``{stage}_loss`` is always the main head's, so train and val curves compare like with
+        like; with aux heads (GoogLeNet, Inception v3) the aux-weighted loss that is minimised
+        is logged too, as ``train_loss_total`` (issue 24).
+        """
         images, target = batch
+        main = None
         if stage == "train" and self.mixer is not None:
             images, soft = self.mixer(images, target)
-            loss, logits = self.loss(self.run_model(images), soft)
+            loss, main, logits = self._losses(self.run_model(images), soft)
             target = soft.argmax(1)  # accuracy against each mixed image's dominant label
         elif stage == "test" and self.hparams.get("tta"):
             logits = tta_logits(self, images, self.hparams.tta)
             loss = F.nll_loss(logits, target)  # the logits are log-probabilities
         else:
-            loss, logits = self.loss(self.run_model(images), target)
+            loss, main, logits = self._losses(self.run_model(images), target)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits, target)
         # on_epoch: one value per epoch, averaged over images (batch_size weights the mean).
         kwargs = {"on_step": False, "on_epoch": True, "batch_size": len(target)}
         # sync_dist: under DDP the epoch loss is averaged over every process's images (the
         # torchmetrics metrics below sync their counts themselves); a no-op in one process.
-        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", sync_dist=True, **kwargs)
+        shown = loss if main is None else main
+        self.log(f"{stage}_loss", shown, prog_bar=stage != "test", sync_dist=True, **kwargs)
+        if main is not None:
+            self.log(f"{stage}_loss_total", loss, sync_dist=True, **kwargs)
         self.log_dict(metrics, prog_bar=stage != "test", **kwargs)
         return loss, logits
 

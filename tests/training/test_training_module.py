@@ -76,6 +76,30 @@ def test_aux_losses_count_in_training_only() -> None:
     torch.testing.assert_close(logged["val_loss"], expected)
 
 
+def test_train_loss_is_the_main_heads_and_the_aux_weighted_total_is_logged_beside_it() -> None:
+    # Issue 24: train_loss (main + 0.3 x each aux) sat above val_loss (main only) on one axis.
+    module = ImageClassifier("googlenet_cifar", num_classes=10, in_chans=1, aux_loss_weight=0.3)
+    images, target = torch.randn(2, 1, 8, 8), torch.tensor([3, 7])
+    logged: dict[str, torch.Tensor] = {}
+    module.log = lambda name, value, **_: logged.__setitem__(name, value)  # no Trainer here
+    module.log_dict = lambda values, **_: None
+    module.train()
+    torch.manual_seed(1)
+    loss = module.training_step((images, target), 0)
+    torch.manual_seed(1)
+    main = F.cross_entropy(module.model(images)[0], target)
+    torch.testing.assert_close(logged["train_loss"], main)
+    torch.testing.assert_close(logged["train_loss_total"], loss)
+    assert logged["train_loss_total"] > logged["train_loss"]
+
+    plain = ImageClassifier("resnet18_cifar", model_kwargs=TINY_RESNET, in_chans=1)
+    logged.clear()
+    plain.log = lambda name, value, **_: logged.__setitem__(name, value)
+    plain.log_dict = lambda values, **_: None
+    plain.training_step((images, target), 0)
+    assert set(logged) == {"train_loss"}  # no aux heads: one loss, no duplicate column
+
+
 def test_label_smoothing_applies_to_the_loss() -> None:
     module = ImageClassifier("resnet18_cifar", model_kwargs=TINY_RESNET, label_smoothing=0.1)
     logits, target = torch.randn(4, 10), torch.tensor([0, 1, 2, 3])
