@@ -21,7 +21,7 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -305,21 +305,46 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             self.best_model_path = self.kth_best_model_path = best
 
 
-class LearningRateLog(LearningRateMonitor):
-    """Lightning's ``LearningRateMonitor`` (``lr-*`` columns of ``metrics.csv``, drawn in the
-    curves' learning-rate panel), idle in a run without loggers instead of failing."""
+class LearningRateLog(L.Callback):
+    """The learning rate of each optimiser's parameter groups (``lr-SGD``, ``lr-SGD/pg2``, ...:
+    Lightning's ``LearningRateMonitor`` names, in ``metrics.csv``), drawn in the curves'
+    learning-rate panel; idle in a run without loggers.
 
-    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_start(trainer, *args, **kwargs)
+    Logged at every ``every``-th optimiser step, ``every`` chosen for about ``points`` points a
+    run (every step of a short one): Lightning's monitor logs every ``log_every_n_steps`` (50),
+    so a short run's panel was empty and an 8-epoch run showed 3 points (issue 24).
+    """
+
+    def __init__(self, points: int = 200) -> None:
+        self.points = points
+        self.every = 1
+        self._logged_at: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        self.every = max(1, int(total) // self.points) if math.isfinite(total) else 1
+        self._logged_at = None
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_batch_start(trainer, *args, **kwargs)
+        step = trainer.global_step
+        # (With gradient accumulation several batches start at one optimiser step.)
+        if not trainer.loggers or step % self.every or step == self._logged_at:
+            return
+        self._logged_at = step
+        rates = learning_rates(trainer.optimizers)
+        for logger in trainer.loggers:
+            logger.log_metrics(rates, step=step)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+def learning_rates(optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+    """{``lr-<Optimizer>[-<i>][/pg<j>]``: rate}, one per optimiser parameter group."""
+    rates = {}
+    for i, optimizer in enumerate(optimizers):
+        name = f"lr-{type(optimizer).__name__}" + (f"-{i}" if len(optimizers) > 1 else "")
+        groups = optimizer.param_groups
+        for j, group in enumerate(groups, start=1):
+            rates[name if len(groups) == 1 else f"{name}/pg{j}"] = float(group["lr"])
+    return rates
 
 
 class FitClock(L.Callback):

@@ -93,7 +93,7 @@ def read_metrics(metrics_csv: str | Path) -> dict[int, dict[str, float]]:
     epochs: dict[int, dict[str, float]] = {}
     for row in _rows(path):
         if not row.get("epoch"):
-            continue  # the learning rate: LearningRateMonitor logs a step, not an epoch
+            continue  # the learning rate is logged at a step, not an epoch
         merged = epochs.setdefault(int(float(row["epoch"])), {})
         merged.update({k: float(v) for k, v in row.items() if v and k not in ("epoch", "step")})
     if not epochs:
@@ -102,9 +102,10 @@ def read_metrics(metrics_csv: str | Path) -> dict[int, dict[str, float]]:
 
 
 def read_learning_rates(metrics_csv: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """{name: [(epoch, lr), ...]} of the ``lr-*`` columns (Lightning's LearningRateMonitor).
+    """{name: [(epoch, lr), ...]} of the ``lr-*`` columns (``LearningRateLog``, or Lightning's
+    ``LearningRateMonitor``).
 
-    The monitor logs the optimiser step, not the epoch; a step is placed in its epoch by the
+    Both log the optimiser step, not the epoch; a step is placed in its epoch by the
     steps at which the epochs' metrics were logged (epoch 2.5: halfway through epoch 2).
     """
     rows = _rows(metrics_file(metrics_csv))
@@ -197,7 +198,7 @@ def _plot_rates(ax: Axes, rates: dict[str, list[tuple[float, float]]]) -> None:
         seen.append(points)
         ax.plot(*zip(*points, strict=True), "-", label=name, markersize=2)
     if not seen:
-        ax.text(0.5, 0.5, "no lr-* column in metrics.csv\n(LearningRateMonitor)", ha="center",
+        ax.text(0.5, 0.5, "no learning rate logged\n(no lr-* column in metrics.csv)", ha="center",
                 va="center", transform=ax.transAxes, color="gray")  # fmt: skip
     _style(ax, "learning rate")
 

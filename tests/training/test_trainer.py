@@ -20,6 +20,7 @@ from moderncnn.training.cli import main
 from moderncnn.training.divergence import DivergenceWarning
 from moderncnn.training.module import ImageClassifier
 from moderncnn.training.trainer import Results
+from moderncnn.viz.curves import read_learning_rates
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 TRAINER = {
@@ -182,3 +183,20 @@ def test_exploded_validation_loss_at_chance_warns_with_the_likely_cause() -> Non
     for metrics in [(2.2, 0.094), (91.8, 0.6)]:  # an untrained guess; a confident learner
         healthy.on_validation_epoch_end(*fake_run(*metrics, max_epochs=200))
     assert not healthy.warned
+
+
+def test_the_learning_rate_is_logged_every_step_of_a_short_run(tmp_path: Path) -> None:
+    # Issue 24: Lightning's monitor logged every log_every_n_steps (50), so a 4-step run's
+    # learning-rate panel was empty and named a callback the user never added.
+    data = FashionMNISTDataModule(**DATA)
+    model = ImageClassifier(num_classes=10, in_chans=1, **MODEL)
+    short = {k: v for k, v in TRAINER.items() if k != "log_every_n_steps"}  # Lightning's 50
+    trainer = Trainer(default_root_dir=tmp_path, **short)
+    trainer.fit(model, datamodule=data)
+    rates = read_learning_rates(Path(trainer.log_dir))
+    assert rates and all(len(points) == 4 for points in rates.values())  # 2 epochs x 2 steps
+    assert len({lr for _, lr in next(iter(rates.values()))}) > 2  # the warm-up is visible
+
+    long = LearningRateLog()
+    long.on_train_start(SimpleNamespace(estimated_stepping_batches=10_000), model)
+    assert long.every == 50  # 200 points a run, however long
