@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from moderncnn.io.card import ToGrey
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 
 from ._checks import check_fraction, check_non_negative_int, check_positive_int, check_seed
@@ -37,7 +38,7 @@ from .images import (
     load_image,
     scan_images,
 )
-from .stats import IMAGENET
+from .stats import GREY_IMAGENET, IMAGENET
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         image_size: side of the square images given to the model (pixels).
         resize_size: evaluation resize of the shorter side before the center crop (pixels);
             None: ``image_size * 256 / 224``, the ImageNet convention.
-        mean: per-channel normalisation mean (default ImageNet's, for pretrained backbones).
-        std: per-channel normalisation std (default ImageNet's).
+        mean: per-channel normalisation mean (default ImageNet's, for pretrained backbones;
+            with ``in_chans=1`` its average over R, G, B).
+        std: per-channel normalisation std (default ImageNet's, likewise).
         batch_size: images per batch.
         num_workers: DataLoader processes decoding images (set it to the CPU cores you have).
         seed: seed of the split.
@@ -230,9 +232,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         follow_symlinks: also read class folders and image files that are symlinks leading
             outside ``root`` (``test_root`` for its files); by default they are skipped and
             reported, so a link to ``/usr`` or ``..`` cannot pull in thousands of other files.
+        in_chans: 3 (RGB) or 1: every image, photos too, converted to 8-bit grey, for a model
+            trained on grey images (its card's ``in_chans``).
     """
-
-    in_chans = 3
 
     def __init__(
         self,
@@ -242,14 +244,15 @@ class ImageFolderDataModule(L.LightningDataModule):
         test_root: str | None = None,
         image_size: int = 224,
         resize_size: int | None = None,
-        mean: tuple[float, float, float] = IMAGENET.mean,
-        std: tuple[float, float, float] = IMAGENET.std,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 42,
         augmentations: list[str | dict[str, dict[str, Any]]] | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         follow_symlinks: bool = False,
+        in_chans: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -269,8 +272,15 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.resize_size = check_positive_int(
             "resize_size", resize_size if resize_size is not None else round(image_size * 256 / 224)
         )
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ConfigError(f"mean and std need 3 values, std > 0; got mean={mean}, std={std}")
+        if in_chans not in (1, 3):
+            raise ConfigError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+        self.in_chans = in_chans
+        stats = GREY_IMAGENET if in_chans == 1 else IMAGENET
+        mean, std = stats.mean if mean is None else mean, stats.std if std is None else std
+        if len(mean) != in_chans or len(std) != in_chans or min(std) <= 0:
+            raise ConfigError(
+                f"mean and std need in_chans={in_chans} values, std > 0; got mean={mean}, std={std}"
+            )
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_workers = check_non_negative_int("num_workers", num_workers)
@@ -370,8 +380,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         return [*build_transforms(augmentations), FitToSize(self.image_size, self.resize_size)]
 
     def _compose(self, geometry: list) -> v2.Compose:
+        # in_chans=1: photos become 8-bit grey exactly as `features` and `predict` convert them
+        # (the card's preprocessing), so a model trained on grey images fine-tunes on them.
+        grey = [ToGrey()] if self.in_chans == 1 else []
         return v2.Compose(
             [
+                *grey,
                 v2.ToImage(),  # uint8 tensor first: the v2 kernels are fastest on tensors
                 *geometry,
                 v2.ToDtype(torch.float32, scale=True),

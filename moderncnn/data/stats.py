@@ -26,4 +26,7 @@ CIFAR10 = ChannelStats(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.261
 # The ImageNet-1k statistics every torchvision/timm pretrained backbone was trained with.
 IMAGENET = ChannelStats(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
-__all__ = ["CIFAR10", "FASHION_MNIST", "IMAGENET", "ChannelStats"]
+# Grey images fed to an ImageNet network: its statistics averaged over R, G, B.
+GREY_IMAGENET = ChannelStats(mean=(0.449,), std=(0.226,))
+
+__all__ = ["CIFAR10", "FASHION_MNIST", "GREY_IMAGENET", "IMAGENET", "ChannelStats"]

@@ -616,6 +616,17 @@ def _check_width(logits: Tensor, outputs: int | None, path: Path) -> None:
         )
 
 
+def weights_card(weights: Any) -> ModelCard | None:
+    """The card of ``weights`` when it is a checkpoint or saved model folder of ours; None for
+    a state dict, a URL or a weights name (nothing to read the architecture from)."""
+    if not isinstance(weights, str | Path) or "://" in str(weights):
+        return None
+    path = Path(weights).expanduser()
+    if (path / CARD_FILE).is_file() or path.is_file() and _has_card(path):
+        return read_card(path)
+    return None
+
+
 def read_card(path: str | Path) -> ModelCard:
     """The card of a checkpoint or saved model folder, without building its network."""
     path = Path(path).expanduser()

@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from moderncnn.inference.loading import weights_card
 from moderncnn.inference.tta import check_tta, tta_logits
 from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.checkpoint import paths_as_text, read_checkpoint
@@ -78,6 +79,30 @@ def preprocess_of(data: Any) -> dict[str, Any] | None:
     """
     preprocess = Preprocess.of_datamodule(data)
     return None if preprocess is None else preprocess.to_dict()
+
+
+def _with_weights_card(model: str, in_chans: int, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``model_kwargs`` completed from the card of ``weights`` when it is a checkpoint or saved
+    model of ours: fine-tuning builds the network those weights came from (its widths and
+    depths), as ``features`` and ``predict`` do; a given key wins (issue 24)."""
+    weights = model_kwargs.get("weights")
+    card = weights_card(weights)
+    if card is None:
+        return model_kwargs
+    if card.architecture != model:
+        raise ConfigError(
+            f"model_kwargs.weights {weights} holds a {card.architecture} (its card) but "
+            f"model.model is {model}: set model.model: {card.architecture}"
+        )
+    if card.in_chans != in_chans:
+        kind = {1: "grey", 3: "RGB"}.get(card.in_chans, f"{card.in_chans}-channel")
+        hint = " (photos are converted to grey, as features and predict do)" * (card.in_chans == 1)
+        raise ConfigError(
+            f"model_kwargs.weights {weights} was trained on {kind} images (in_chans="
+            f"{card.in_chans}) but the data gives in_chans={in_chans}: set data.init_args."
+            f"in_chans: {card.in_chans}{hint}"
+        )
+    return {**card.model_kwargs, **model_kwargs}
 
 
 def too_small_message(network: nn.Module, name: Any, images: Tensor) -> str | None:
@@ -237,7 +262,12 @@ class ImageClassifier(L.LightningModule):
             _check(n == num_classes, "class_names", class_names, f"{num_classes} names, not {n}")
         self.num_classes = num_classes
         self.mixer = batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
-        self.model = self._build_model(model, num_classes, in_chans, model_kwargs or {})
+        model_kwargs = dict(model_kwargs or {})
+        if isinstance(model, str):  # recorded in full: the checkpoint rebuilds this network
+            model_kwargs = _with_weights_card(model, in_chans, model_kwargs)
+            if "model_kwargs" in self.hparams:
+                self.hparams.model_kwargs = model_kwargs
+        self.model = self._build_model(model, num_classes, in_chans, model_kwargs)
         # "auto" stays NCHW until setup() learns the Trainer's device.
         self._set_memory_format(channels_last is True)
         # The compiled network (set in configure_model), held as a function rather than a

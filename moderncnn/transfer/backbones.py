@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moderncnn.data.stats import IMAGENET
+from moderncnn.data.stats import GREY_IMAGENET, IMAGENET
 from moderncnn.inference import load_model
 from moderncnn.inference.backbone import headless, weights_sha256
 from moderncnn.inference.loading import build_network, read_card
@@ -31,9 +31,6 @@ from moderncnn.models import check_model_name, create_model
 from moderncnn.models.pretrained import find_pretrained
 
 __all__ = ["BackboneSource", "resolve_backbone"]
-
-# Grey images: the ImageNet statistics averaged over R, G, B.
-GREY_IMAGENET = ((0.449,), (0.226,))
 
 
 @dataclass

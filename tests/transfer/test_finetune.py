@@ -314,3 +314,48 @@ def test_bad_arguments_are_named() -> None:
         FreezeBackbone().freeze_before_training(L.LightningModule())
     with pytest.raises(ValueError, match="head must be a non-empty list of module names, got 'fc'"):
         FreezeBackbone(head="fc")
+
+
+@pytest.fixture
+def grey_checkpoint(tmp_path: Path) -> Path:
+    """A 1-channel, 10-class ImageClassifier checkpoint of non-default widths."""
+    grey28 = {"image_size": 28, "resize_size": None, "mean": [0.286], "std": [0.353]}
+    module = ImageClassifier(
+        "resnet18_cifar", num_classes=10, in_chans=1, model_kwargs=TINY, preprocess=grey28
+    )
+    saved = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(saved)  # what Lightning calls while saving: adds model_card
+    torch.save(saved, tmp_path / "grey.ckpt")
+    return tmp_path / "grey.ckpt"
+
+
+def test_finetuning_a_grey_checkpoint_on_photos_reads_its_card(
+    grey_checkpoint: Path, cifar_folder: Path
+) -> None:
+    # Issue 24: the card's widths and in_chans were ignored, and a photo folder always gave 3
+    # channels, so a model trained on grey images could not be fine-tuned on photos.
+    from moderncnn.data import ImageFolderDataModule
+    from moderncnn.data.images import load_image
+    from moderncnn.io.card import Preprocess
+    from moderncnn.io.errors import ConfigError
+
+    photos = ImageFolderDataModule(str(cifar_folder), image_size=32, in_chans=1)
+    image = load_image(next(cifar_folder.rglob("*.png")))  # an RGB photo
+    grey = photos.eval_transform(image)
+    assert grey.shape == (1, 32, 32)  # converted as features and predict convert it:
+    torch.testing.assert_close(grey, Preprocess.of_datamodule(photos).transform()(image))
+
+    weights = {"weights": str(grey_checkpoint)}
+    with pytest.warns(UserWarning, match="classifier"):  # 10 classes there, 8 here: a new head
+        module = ImageClassifier(
+            "resnet18_cifar", num_classes=photos.num_classes, in_chans=1, model_kwargs=weights
+        )
+    saved = torch.load(grey_checkpoint, weights_only=True)["state_dict"]
+    stem = module.model.conv1.weight
+    assert stem.shape[1] == 1 and torch.equal(stem, saved["model.conv1.weight"])  # card's widths
+    assert module.hparams.model_kwargs == {**TINY, **weights}  # the checkpoint rebuilds it
+
+    with pytest.raises(ConfigError, match=r"grey images .*set data.init_args.in_chans: 1"):
+        ImageClassifier("resnet18_cifar", num_classes=2, in_chans=3, model_kwargs=weights)
+    with pytest.raises(ConfigError, match="holds a resnet18_cifar .* set model.model"):
+        ImageClassifier("resnet34_cifar", num_classes=2, in_chans=1, model_kwargs=weights)
