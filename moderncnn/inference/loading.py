@@ -207,18 +207,20 @@ class Prediction:
 
 
 def _expand(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders as the image files below them."""
+    """Files as given, folders as the image files below them; each file once, in first-seen
+    order (a file named and also inside a named folder, or two spellings of one path)."""
     items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    files: list[Path] = []
+    files: dict[Path, Path] = {}  # resolved path -> the path as first given
     for item in map(Path, items):
         if item.is_dir():
             found = find_images(item)
             if not found:
                 raise MissingFileError(f"no image files in folder {item}")
-            files += found
         else:
-            files.append(item)  # a missing or broken file is reported with the predictions
-    return files
+            found = [item]  # a missing or broken file is reported with the predictions
+        for file in found:
+            files.setdefault(file.resolve(), file)
+    return list(files.values())
 
 
 def _torch_runner(network: nn.Module) -> Callable[[Tensor], Tensor]:

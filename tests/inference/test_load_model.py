@@ -348,3 +348,15 @@ def test_a_missing_artifact_and_a_broken_card_are_one_line_errors(tmp_path: Path
     assert cli_main(["predict", "--checkpoint", str(tmp_path / "saved"), str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.json" in err and "Traceback" not in err
+
+
+def test_a_file_named_and_inside_a_named_folder_is_classified_once(
+    checkpoint: Path, grey_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 24: `moderncnn predict a/0.png grey/` classified a/0.png twice.
+    monkeypatch.chdir(grey_folder.parent)
+    named = Path("grey") / "b" / "3.png"
+    inputs = [named, grey_folder, "./grey/a/../a/0.png"]
+    files = [p.file for p in predict(inputs, checkpoint, topk=1)]
+    assert len(files) == 12 == len(set(files))  # each of the 12 images once
+    assert Path(files[0]) == named  # in first-seen order, as given
