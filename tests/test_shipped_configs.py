@@ -82,3 +82,13 @@ def test_the_wheel_holds_every_config(tmp_path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"moderncnn/configs/{name}.yaml" for name in list_configs()} <= names
     assert len(list_configs()) >= 10
+
+
+def test_no_shipped_config_asks_for_more_workers_than_a_small_machine_has() -> None:
+    # Issue 24: finetune asked for 4 image-decoding workers on a 2-core laptop.
+    import yaml
+
+    for name in list_configs():
+        config = yaml.safe_load(find_config(name).read_text())
+        workers = ((config or {}).get("data") or {}).get("init_args", {}).get("num_workers", 0)
+        assert workers <= 2, f"{name}: num_workers {workers}"
