@@ -18,6 +18,7 @@ from typing import Any, get_args
 
 from moderncnn.io.card import ModelCard
 from moderncnn.io.command_line import CommandParser
+from moderncnn.io.download import sha256_file
 from moderncnn.io.errors import ConfigError, DataError
 
 from .export import SUFFIXES, ExportFormat, export_model
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None, read_config: Callable[[str], Any] | None
     )
     if not args.int8:
         out = export(out)
+        if args.format == "onnx":  # predict on the source runs this file, not a second export
+            key = export_key(loaded.network, loaded.card)
+            update_sidecar(out, export_key=key, onnx_sha256=sha256_file(out))
         diff = json.loads(sidecar_path(out).read_text())["max_abs_diff"]
         print(f"wrote {out} and {sidecar_path(out)} (max |logit diff| vs eager: {diff:.2e})")
         return 0

@@ -44,7 +44,7 @@ from moderncnn.models.pretrained import find_pretrained, load_pretrained
 
 from .backbone import headless, under_bf16, weights_sha256
 from .heads import ProbeClassifier, ProbeHead
-from .onnx_cache import cached_export
+from .onnx_cache import cached_export, verified_export
 from .optimize import optimize_for_inference
 from .quantize import int8_path
 from .runtimes import (
@@ -260,6 +260,15 @@ def _cached_export(network: nn.Module, card: ModelCard, path: Path, key: str) ->
     size = None
     if card.preprocess is not None:
         size = (card.in_chans, card.preprocess.image_size, card.preprocess.image_size)
+    # Beside `moderncnn export`'s own model.onnx (issue 24): that file when it is this network's
+    # dynamic-batch export, else the user cache, so no model.KEY.onnx appears beside it.
+    exported = stem.with_suffix(".onnx")
+    if exported.is_file():
+        if verified_export(exported, key) and read_sidecar(sidecar_path(exported)).get(
+            "dynamic_batch"
+        ):
+            return exported
+        return cached_export(network, card, (fallback,), key, size)
     written = cached_export(network, card, (out, fallback), key, size)
     _remove_stale_exports(written, key)
     return written
@@ -488,14 +497,19 @@ def _check_backbone_chain(folder: Path, card: ModelCard) -> None:
         card = _probe_card(parent)
 
 
-def _offline_weights(weights: str, architecture: str) -> str:
+def _offline_weights(weights: str, architecture: str, where: str = "model card") -> str:
     """``weights`` as a local file: a named or URL source must already be in the cache."""
     if Path(weights).expanduser().is_file():
         return str(Path(weights).expanduser())
     entry = None if "://" in weights else find_pretrained(architecture, weights)
     name = Path(weights).name if "://" in weights else (entry.file_name if entry else None)
     if name is None:
-        raise MissingFileError(f"backbone weights {weights!r} not found: the file is gone")
+        # A probe folder names its backbone's file by absolute path (issue 24).
+        raise MissingFileError(
+            f"{where}: its backbone's weights {weights} are gone (moved or deleted?): put the "
+            f"file back there, then `moderncnn export {where} --format safetensors` writes a "
+            "self-contained copy that no longer needs it"
+        )
     local = cache_dir() / name
     if not local.is_file():
         raise MissingFileError(
@@ -518,7 +532,7 @@ def build_backbone(card: ModelCard, where: str = "model card") -> nn.Module:
         network = headless(build_network(card.replace(kind="backbone"), where))
         if weights is not None:
             load_pretrained(
-                network, _offline_weights(str(weights), card.architecture),
+                network, _offline_weights(str(weights), card.architecture, where),
                 model_name=card.architecture, progress=False,
             )  # fmt: skip
     expected = card.source.get("weights_sha256")

@@ -360,3 +360,36 @@ def test_a_file_named_and_inside_a_named_folder_is_classified_once(
     files = [p.file for p in predict(inputs, checkpoint, topk=1)]
     assert len(files) == 12 == len(set(files))  # each of the 12 images once
     assert Path(files[0]) == named  # in first-seen order, as given
+
+
+def test_a_probe_folder_runs_its_own_onnx_export_and_names_the_fix_for_a_moved_backbone(
+    checkpoint: Path, grey_folder: Path, tmp_path: Path
+) -> None:
+    # Issue 24: predict left model.<hash>.onnx beside an exported model.onnx, and a probe whose
+    # backbone checkpoint moved said only "the file is gone".
+    pytest.importorskip("onnxruntime")
+    cache = extract_features(
+        None, grey_folder, tmp_path / "cache", weights=checkpoint, progress=False
+    )
+    probe = tmp_path / "probe"
+    train_probe(cache, epochs=5, val_fraction=0.0, out=probe)
+    argv = ["export", str(probe), "--format", "onnx", "--dynamic-batch"]
+    assert cli_main(argv) == 0
+    by_torch = predict(grey_folder, probe, runtime="torch")
+    by_onnx = predict(grey_folder, probe, runtime="onnxruntime")
+    assert [p.classes[0] for p in by_onnx] == [p.classes[0] for p in by_torch]
+    assert sorted(f.name for f in probe.glob("*.onnx")) == ["model.onnx"]
+
+    moved = tmp_path / "elsewhere.ckpt"
+    checkpoint.rename(moved)
+    with pytest.raises(
+        MissingFileError, match=r"moved or deleted.*moderncnn export .*probe --format safetensors"
+    ):
+        load_model(probe).predict(grey_folder)
+    moved.rename(checkpoint)  # put back: the export makes a copy that no longer needs it
+    assert (
+        cli_main(["export", str(probe), "--format", "safetensors", "-o", str(tmp_path / "own")])
+        == 0
+    )
+    checkpoint.unlink()
+    assert len(load_model(tmp_path / "own").predict(grey_folder)) == 12
