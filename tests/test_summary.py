@@ -137,3 +137,16 @@ def test_rows_follow_the_forward_pass() -> None:
     assert rows[:5] == ["conv1", "bn1", "relu", "maxpool", "layer1"] and rows[-1] == "fc"
     nested = [row.name for row in summary(model, (3, 64, 64), depth=2).rows]
     assert nested.index("layer1") < nested.index("layer1.0") < nested.index("layer2")
+
+
+def test_a_functional_global_pool_gets_its_row() -> None:
+    """Issue 24: forward_head pools with a function, so no hook saw it and the table went from
+    layer4 (N x C x H x W) straight to fc (N x C)."""
+    model = create_model("resnet18", num_classes=10, channels=[4, 8, 8, 16])
+    result = summary(model, (3, 64, 64), depth=1)
+    names = [row.name for row in result.rows]
+    assert names[-3:] == ["layer4", "global_pool", "fc"]
+    pool = result.rows[-2]
+    assert pool.output_shape == (1, 16) and pool.params == 0 and "global_pool" in str(result)
+    plain = summary(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)), (3, 8, 8))
+    assert "global_pool" not in [row.name for row in plain.rows]  # a module has its own row

@@ -186,6 +186,14 @@ def summary(
 
     handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
     handles += [m.register_forward_pre_hook(enter(n)) for n, m in modules.items()]
+    pooled: list[Shape] = []  # the classifier's input: the globally pooled features
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(classifier, nn.Module):
+        handles.append(
+            classifier.register_forward_pre_hook(
+                lambda _m, inputs: pooled.append(_shape_of(inputs[0]))
+            )
+        )
     modes = {m: m.training for m in model.modules()}
     counter = FlopCounterMode(display=False)
     try:
@@ -214,6 +222,7 @@ def summary(
         for name, module in _forward_order(modules, first_call)
         if name and name.count(".") < depth
     ]
+    rows = _with_functional_pool(model, rows, pooled)
     params = list(model.parameters())
     stages = [
         StageRow(info.module, shapes.get(info.module), info.reduction)
@@ -245,6 +254,24 @@ def _forward_order(
         last = (first_call[name], 0) if name in first_call else (last[0], index + 1)
         keyed.append((last, index, name, module))
     return [(name, module) for _, _, name, module in sorted(keyed)]
+
+
+def _with_functional_pool(
+    model: nn.Module, rows: list[LayerRow], pooled: list[Shape]
+) -> list[LayerRow]:
+    """A row for the global average pooling that ``forward_head`` does as a function (no
+    module, so no hook sees it), just before the first head row that runs after it."""
+    if not pooled or not hasattr(model, "forward_head"):
+        return rows
+    if any(isinstance(m, nn.AdaptiveAvgPool2d | nn.AvgPool2d) and n.count(".") == 0
+           for n, m in model.named_children()):  # fmt: skip
+        return rows  # pooled by a module: it has its own row
+    head = {getattr(model, "classifier_name", "fc"), "dropout", "head_drop"}
+    at = next((i for i, r in enumerate(rows) if r.depth == 1 and r.name in head), None)
+    if at is None:
+        return rows
+    pool = LayerRow("global_pool", 1, "adaptive_avg_pool2d", pooled[0], 0, 0)
+    return [*rows[:at], pool, *rows[at:]]
 
 
 def _shape_of(output: Any) -> Shape:
