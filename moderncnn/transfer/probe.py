@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -372,16 +373,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: CACHE/probe)")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.cache) / "probe"
-    result = train_probe(
-        args.cache,
-        hidden=args.mlp,
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        out=out,
-    )
+    with warnings.catch_warnings(record=True) as caught:  # shown below as one line each
+        warnings.simplefilter("default")
+        result = train_probe(
+            args.cache,
+            hidden=args.mlp,
+            epochs=args.epochs,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            out=out,
+        )
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     print(format_report(result.metrics))
     print(f"saved the probe in {out} ({HEAD_FILE}, {INFO_FILE}, confusion_matrix.png)")
     return 0

@@ -43,7 +43,7 @@ def test_probe_on_fashion_mnist_pixels_beats_chance(fashion_mnist_dir: Path, tmp
 
 
 def test_probe_default_fits_a_small_folder_and_warns_when_underfit(
-    fashion_mnist_dir: Path, tmp_path: Path
+    fashion_mnist_dir: Path, tmp_path: Path, capsys
 ) -> None:
     # Issue 24: about 40 real images per class; the old default (AdamW, 100 epochs of 2 steps
     # at lr 1e-3) underfits, train accuracy level with val; 1,000 epochs is the reference.
@@ -65,6 +65,9 @@ def test_probe_default_fits_a_small_folder_and_warns_when_underfit(
     assert new["train"]["accuracy"] > new["val"]["accuracy"] + 0.1  # it fits the training set
     config = json.loads((tmp_path / "probe" / "probe.json").read_text())["config"]
     assert config["solver"] == "lbfgs" and config["weight_decay"] == pytest.approx(4 / 400)
+    assert cli_main(["probe", str(tmp_path / "c"), "--epochs", "100", "--lr", "1e-3"]) == 0
+    printed = capsys.readouterr().err  # one line, no source line of ours
+    assert "warning: the probe may underfit" in printed and "UserWarning" not in printed
 
 
 def test_probe_cli_with_mlp(cifar_folder: Path, tmp_path: Path, capsys) -> None:
