@@ -21,6 +21,7 @@ from moderncnn.cli import COMMANDS, main
 Row = tuple[Callable[[str, str], list[str]], bool]
 ROWS: dict[str, Row] = {
     "models": (lambda p, o: [], False),
+    "configs": (lambda p, o: [], False),
     "summary": (lambda p, o: [p, "--diagram", f"{o}.png"], False),
     "fit": (lambda p, o: ["-c", p], True),
     "lr-find": (lambda p, o: ["-c", p, "-o", f"{o}.png"], True),
@@ -57,7 +58,9 @@ def _bad_input(case: str, folder: Path, config: bool) -> str:
         path = folder / "broken.yaml"
         path.write_text("model:\n  model: [resnet18\ntrainer: {max_epochs: 1\n")
         return str(path)
-    return str(folder / f"missing{suffix}")  # unknown flag: added below
+    # unknown flag (added below): with a config that exists, so that the flag is the one fault
+    # (a missing config as well is reported first, as the user-fixable error it is)
+    return "quickstart" if config else str(folder / "missing")
 
 
 def _listing(folder: Path) -> list[str]:
@@ -77,8 +80,8 @@ def test_bad_input_is_one_line_and_writes_nothing(
     command = row.split()[0]
     if case == "broken yaml" and not config:
         pytest.skip(f"{command} takes no config")
-    if command == "models" and case != "unknown flag":
-        pytest.skip("models reads no file")
+    if command in ("models", "configs") and case != "unknown flag":
+        pytest.skip(f"{command} reads no file")
     bad = _bad_input(case, tmp_path, config)
     argv = [command, *argv_of(bad, str(tmp_path / "out"))]
     if case == "unknown flag":

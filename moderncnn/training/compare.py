@@ -34,7 +34,7 @@ from moderncnn.io.atomic import atomic_write, atomic_write_text
 from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.models import list_models
-from moderncnn.viz._figure import finish, new_figure
+from moderncnn.viz._figure import figures_not_shown, finish, new_figure
 
 from .trials import (
     TRIAL_CONFIG,
@@ -275,8 +275,9 @@ def write_reports(
 
     atomic_write(out / "results.csv", write_csv)
     atomic_write_text(out / "results.md", markdown_table(summaries, config, overrides))
-    plot_accuracy_vs_macs(summaries, save=out / "accuracy_vs_macs.png")
-    plot_val_curves(summaries, save=out / "curves.png")
+    with figures_not_shown():  # files of the comparison; the plot functions show them
+        plot_accuracy_vs_macs(summaries, save=out / "accuracy_vs_macs.png")
+        plot_val_curves(summaries, save=out / "curves.png")
 
 
 def markdown_table(
