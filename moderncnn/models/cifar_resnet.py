@@ -33,9 +33,12 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moderncnn.io.errors import ConfigError
+
 from ._base import ClassifierModel, FeatureInfo
 from ._config import SMALL_IMAGE_SIZE, VariantConfig
 from ._registry import get_variant_config, register_model, register_variants
+from .layers import check_stages
 from .preact_resnet import PreActBasicBlock, PreActBottleneck, PreActResNet
 from .resnet import conv3x3, projection
 
@@ -55,7 +58,7 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
         super().__init__()
         if out_chs < in_chs:
-            raise ValueError(f"zero padding cannot drop channels: {in_chs} -> {out_chs}")
+            raise ConfigError(f"zero padding cannot drop channels: {in_chs} -> {out_chs}")
         self.extra, self.stride = out_chs - in_chs, stride
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,22 +126,13 @@ class CifarResNet(ClassifierModel):
     ) -> None:
         super().__init__()
         if stem != "cifar":
-            raise ValueError(
+            raise ConfigError(
                 f"the CIFAR ResNets have only the paper's 3x3 stem ('cifar'), got {stem!r}; "
                 "for an ImageNet stem use resnet18, resnet34, ..."
             )
         if shortcut not in ("A", "B", "none"):
-            raise ValueError(f"shortcut must be 'A', 'B' or 'none', got {shortcut!r}")
-        if len(layers) != len(channels) or not layers:
-            raise ValueError(
-                f"layers and channels need one entry per stage, got layers={list(layers)} "
-                f"and channels={list(channels)}"
-            )
-        if min(layers) < 1 or min(channels) < 1:
-            raise ValueError(
-                f"every stage needs >= 1 unit and >= 1 channel, got layers={list(layers)} "
-                f"and channels={list(channels)}"
-            )
+            raise ConfigError(f"shortcut must be 'A', 'B' or 'none', got {shortcut!r}")
+        check_stages(layers, channels)
         self.num_classes = num_classes
         self.shortcut = shortcut
         self.input_size = (in_chans, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIZE)

@@ -62,7 +62,7 @@ class DenseLayer(nn.Module):
     ) -> None:
         super().__init__()
         if bn_size < 0 or (memory_efficient and bn_size == 0):
-            raise ValueError(
+            raise ConfigError(
                 f"bn_size must be >= 0 (0: no bottleneck) and memory_efficient needs a "
                 f"bottleneck to recompute, got bn_size={bn_size}, "
                 f"memory_efficient={memory_efficient}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from moderncnn.io.errors import ConfigError
@@ -31,6 +33,20 @@ class ConvBNAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
+
+
+def check_stages(layers: Sequence[int], channels: Sequence[int]) -> None:
+    """One entry per stage in both, each stage at least one unit and one channel."""
+    if len(layers) != len(channels) or not layers:
+        raise ConfigError(
+            f"layers and channels need one entry per stage, got layers={list(layers)} "
+            f"and channels={list(channels)}"
+        )
+    if min(layers) < 1 or min(channels) < 1:
+        raise ConfigError(
+            f"every stage needs >= 1 unit and >= 1 channel, got layers={list(layers)} "
+            f"and channels={list(channels)}"
+        )
 
 
 WIDTH_DIVISOR = 8

@@ -38,6 +38,7 @@ from ._registry import (
     register_small_image_twins,
     register_variants,
 )
+from .layers import check_stages
 from .resnet import conv1x1, conv3x3
 
 __all__ = ["PreActBasicBlock", "PreActBottleneck", "PreActResNet"]
@@ -133,16 +134,7 @@ class PreActResNet(ClassifierModel):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if len(layers) != len(channels) or not layers:
-            raise ConfigError(
-                f"layers and channels need one entry per stage, got layers={list(layers)} "
-                f"and channels={list(channels)}"
-            )
-        if min(layers) < 1 or min(channels) < 1:
-            raise ConfigError(
-                f"every stage needs >= 1 unit and >= 1 channel, got layers={list(layers)} "
-                f"and channels={list(channels)}"
-            )
+        check_stages(layers, channels)
         self.num_classes = num_classes
         stem_chs = channels[0]
         if stem == "imagenet":

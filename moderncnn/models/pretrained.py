@@ -228,7 +228,7 @@ def _check_keys(model_name: str, path: Path, state: dict, own: dict, allowed: se
     channels = _channel_difference(state, own)
     if channels is not None and not missing and not unexpected and len(shapes) == 1:
         file_chans, model_chans = channels
-        raise ValueError(
+        raise DataError(
             f"{path} does not fit {model_name}: its first convolution takes {file_chans}-channel "
             f"images ({'grey' if file_chans == 1 else 'colour' if file_chans == 3 else 'other'}), "
             f"the model {model_chans} (in_chans={model_chans}); build the model with "
