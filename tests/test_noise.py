@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
-from moderncnn import Trainer
+from lightning.pytorch.utilities.model_summary import summarize
+
+from moderncnn import Trainer, summary
+from moderncnn.data import FashionMNISTDataModule
 from moderncnn.io.noise import SILENCED_LOG_LINES, SILENCED_WARNINGS, silence_known_noise
+from moderncnn.training.module import ImageClassifier
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_each_silenced_message_says_why() -> None:
@@ -30,3 +37,34 @@ def test_a_trainer_prints_no_advertisement(tmp_path, capfd, caplog) -> None:
     printed = "".join(capfd.readouterr()) + caplog.text
     assert "GPU available" in printed  # Lightning's other lines still show
     assert "Tip:" not in printed and "litlogger" not in printed
+
+
+def test_the_model_summary_counts_flops_at_the_datas_image_size(tmp_path) -> None:
+    """Every run printed "Total FLOPs: 0": the module had no example input. It now has one
+    blank image of the data's size, which Lightning's summary runs through the network (and
+    through the data module's batch hook, which must take it as it is)."""
+    data = FashionMNISTDataModule(
+        data_dir=FASHION_MNIST_DIR, batch_size=16, train_subset=32, val_size=16
+    )
+    model = ImageClassifier(
+        "resnet18_cifar",
+        num_classes=10,
+        in_chans=1,
+        model_kwargs={"channels": [4, 8], "layers": [1, 1]},
+    )
+    assert summarize(model).total_flops == 0  # no example input before the data is known
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=1,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=data)
+    assert tuple(model.example_input_array.shape) == (1, 1, 28, 28)
+    table = summarize(model)
+    macs = summary(model.model, (1, 28, 28)).macs
+    assert table.total_flops == 2 * macs  # FLOPs: a multiply and an add per MAC
+    assert table.in_sizes[0] == [1, 1, 28, 28] and table.out_sizes[0] == [1, 10]

@@ -189,7 +189,13 @@ class TensorDataModule(L.LightningDataModule):
         return self._loader(self.test_set)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augments (training only) and normalises a uint8 batch on the model's device."""
+        """Augments (training only) and normalises a uint8 batch on the model's device.
+
+        A bare tensor is the model's example input (Lightning's summary sends it through this
+        hook): a blank image the network takes as it is.
+        """
+        if isinstance(batch, Tensor):
+            return batch
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             images = self.augment(images)

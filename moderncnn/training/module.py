@@ -372,6 +372,15 @@ class ImageClassifier(L.LightningModule):
             self.hparams.class_names = list(names)
         if self.hparams.preprocess is None:
             self.hparams.preprocess = preprocess_of(data)
+        self._set_example_input()
+
+    def _set_example_input(self) -> None:
+        """One blank image of the size the network sees: Lightning's model summary runs it
+        through the network to show each layer's input and output shape and FLOPs (without it,
+        every run printed "Total FLOPs: 0", issue 24)."""
+        size = (self.hparams.preprocess or {}).get("image_size")
+        if self.example_input_array is None and isinstance(size, int):
+            self.example_input_array = torch.zeros(1, self.hparams.in_chans, size, size)
 
     @staticmethod
     def _build_model(
