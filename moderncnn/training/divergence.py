@@ -20,21 +20,39 @@ class DivergenceWarning(L.Callback):
     """Warns (once per run) when ``val_loss`` exceeds ``loss_factor`` x ln(classes), the loss of
     a uniform guess, while ``val_acc`` is below ``chance_factor`` / classes.
 
+    A validation within the first ``min_steps`` optimiser steps is not judged: BatchNorm's
+    running statistics still hold much of their initial values (momentum 0.1 keeps 35% of
+    them after 10 steps, 0.5% after 50), so a healthy network can score a huge loss there
+    (the degradation config validates from step 10). A run shorter than that is judged once,
+    on its last validation, when training ends.
+
     Args:
         loss_factor: how many uniform-guess losses count as exploded.
         chance_factor: how many times chance still counts as chance.
+        min_steps: optimiser steps before a validation is judged.
     """
 
-    def __init__(self, loss_factor: float = 3.0, chance_factor: float = 1.5) -> None:
+    def __init__(
+        self, loss_factor: float = 3.0, chance_factor: float = 1.5, min_steps: int = 50
+    ) -> None:
         self.loss_factor = loss_factor
         self.chance_factor = chance_factor
+        self.min_steps = min_steps
         self.warned = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.warned = False
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.warned:
+        if trainer.sanity_checking or trainer.global_step < self.min_steps:
+            return
+        self._judge(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._judge(trainer, pl_module)  # the last validation of a run shorter than min_steps
+
+    def _judge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.warned:
             return
         classes = getattr(pl_module, "num_classes", None)
         loss = trainer.callback_metrics.get("val_loss")

@@ -164,12 +164,13 @@ def test_from_config_names_an_unknown_key(config_file: Path) -> None:
         from_config(config_file, **{"trainer.max_epoks": 1})
 
 
-def fake_run(val_loss: float, val_acc: float, max_epochs: int = 1):
+def fake_run(val_loss: float, val_acc: float, max_epochs: int = 1, global_step: int = 100):
     trainer = SimpleNamespace(
         sanity_checking=False,
         callback_metrics={"val_loss": val_loss, "val_acc": val_acc},
         max_epochs=max_epochs,
         current_epoch=0,
+        global_step=global_step,
     )
     module = SimpleNamespace(num_classes=10, hparams={"lr": 0.1, "warmup_epochs": 2})
     return trainer, module
@@ -183,6 +184,21 @@ def test_exploded_validation_loss_at_chance_warns_with_the_likely_cause() -> Non
     for metrics in [(2.2, 0.094), (91.8, 0.6)]:  # an untrained guess; a confident learner
         healthy.on_validation_epoch_end(*fake_run(*metrics, max_epochs=200))
     assert not healthy.warned
+
+
+def test_an_early_validation_is_not_judged_but_a_short_runs_last_one_is() -> None:
+    # BatchNorm's running statistics after 10 steps: a healthy network can score a huge loss.
+    early = DivergenceWarning()
+    early.on_validation_epoch_end(*fake_run(14.4, 0.112, max_epochs=-1, global_step=10))
+    assert not early.warned
+    early.on_validation_epoch_end(*fake_run(0.6, 0.8, max_epochs=-1, global_step=60))
+    early.on_train_end(*fake_run(0.6, 0.8, max_epochs=-1, global_step=200))
+    assert not early.warned  # it recovered: no warning at all
+    short = DivergenceWarning()
+    short.on_validation_epoch_end(*fake_run(91.8, 0.094, global_step=4))
+    assert not short.warned
+    with pytest.warns(UserWarning, match="val_loss 91.8"):
+        short.on_train_end(*fake_run(91.8, 0.094, global_step=4))
 
 
 def test_the_learning_rate_is_logged_every_step_of_a_short_run(tmp_path: Path) -> None:
