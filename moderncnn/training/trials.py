@@ -13,9 +13,11 @@ import copy
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -322,7 +324,12 @@ def run_trial(
         raise
     speed = TrainingSpeed()
     trainer.callbacks.extend([speed, *callbacks])
-    trainer.fit(model, datamodule=data)
+    with warnings.catch_warnings():
+        # The trial folder is the run folder of both loggers and holds trial.yaml: Lightning's
+        # CSV logger finds it "not empty" and warns that earlier logs will be deleted. The
+        # folder is this trial's own (made above; never reused), so there are none.
+        warnings.filterwarnings("ignore", message=re.escape(f"Experiment logs directory {folder}"))
+        trainer.fit(model, datamodule=data)
     best = trainer.checkpoint_callback
     best_path = getattr(best, "best_model_path", "") or None
     test_acc = test_loss = None

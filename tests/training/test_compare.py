@@ -182,3 +182,14 @@ def test_a_value_one_model_refuses_stops_the_compare_before_any_training(
     assert err.startswith("moderncnn compare: error: ") and err.count("\n") == 1, err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_trial_does_not_warn_that_its_own_folder_holds_earlier_logs(
+    fashion_mnist_dir: Path, tmp_path: Path, tiny_config: Path, recwarn
+) -> None:
+    # Lightning's CSV logger warned "Previous log files in this directory will be deleted"
+    # for every trial: the folder holds trial.yaml (and TensorBoard's file), written by us.
+    compare(tiny_config, MODELS[:1], seeds=1, out=tmp_path / "out", overrides=OVERRIDES)
+    messages = [str(w.message) for w in recwarn]
+    assert not [m for m in messages if "Experiment logs directory" in m]
+    assert (tmp_path / "out" / "runs" / MODELS[0] / "seed0" / "metrics.csv").is_file()
