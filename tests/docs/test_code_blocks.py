@@ -26,15 +26,17 @@ BLOCK = re.compile(r"(?:<!--\s*docs-test:\s*(.*?)\s*-->\s*\n)?```python\n(.*?)``
 SKIP = re.compile(r"^(network|gpu) \((.+)\)$")
 
 TINY = {
-    "tutorials/resnet.md": "MAX_EPOCHS = 1\nTRAIN_SUBSET = 256\nVAL_SIZE = 64\nBATCH_SIZE = 64\n"
-    "LIMIT_TEST_BATCHES = 2",
+    "tutorials/resnet.md": "MAX_EPOCHS = 1\nTRAIN_SUBSET = 128\nVAL_SIZE = 32\nBATCH_SIZE = 32\n"
+    "LIMIT_TEST_BATCHES = 1",
     "tutorials/densenet-probe.md": "PRETRAIN_EPOCHS = 1\nPRETRAIN_SUBSET = 200\n"
     "IMAGES_PER_CLASS = 12",
     "tutorials/googlenet.md": "MAX_EPOCHS = 1\nTRAIN_SUBSET = 128\nVAL_SIZE = 32\n"
-    "BATCH_SIZE = 32\nLIMIT_TRAIN_BATCHES = 2",
+    "BATCH_SIZE = 16\nLIMIT_TRAIN_BATCHES = 2\nWIDTH = 0.125",
     "tutorials/degradation.md": "STEPS = 4\nVAL_EVERY = 2\nBATCH_SIZE = 16\nTRAIN_SUBSET = 160\n"
-    "VAL_SIZE = 32\nLIMIT_TEST_BATCHES = 1\nSEEDS = 1\nNET_KWARGS = {'channels': [4, 8, 8]}",
-    "how-to/compare-tune.md": "SEEDS = 1\nMAX_EPOCHS = 1\nLIMIT_BATCHES = 2",
+    "VAL_SIZE = 32\nLIMIT_TEST_BATCHES = 1\nSEEDS = 1\nNET_KWARGS = {'channels': [4, 8, 8]}\n"
+    "MODELS = ['plain20', 'resnet20']",
+    "how-to/compare-tune.md": "MODELS = ['resnet18_cifar', 'densenet121_cifar']\nSEEDS = 1\n"
+    "MAX_EPOCHS = 1\nLIMIT_BATCHES = 1",
 }
 # Lightning's own environment defaults for every Trainer a page builds without saying.
 TRAINER_ENV = {
