@@ -150,11 +150,17 @@ def _table(rows: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _code(text: Any) -> str:
+    """``text`` as inline code in a Markdown table cell: no backtick or pipe can end it early."""
+    flat = " ".join(str(text).split())  # a newline would end the table row
+    return "`" + flat.replace("`", "'").replace("|", "\\|") + "`"
+
+
 def model_card_markdown(card: ModelCard, repo_id: str) -> str:
     """The Hub's ``README.md`` for a saved model: what it is, what it predicts, how to load it."""
     names = card.names()
     pre = card.preprocess
-    shown = ", ".join(f"`{name}`" for name in names[:50])
+    shown = ", ".join(_code(name) for name in names[:50])
     if len(names) > 50:
         shown += f", ... ({len(names)} in all)"
     facts = {
@@ -170,7 +176,7 @@ def model_card_markdown(card: ModelCard, repo_id: str) -> str:
             f"{list(pre.mean)} and std {list(pre.std)}"
             + (" (images converted to 8-bit grey first)" if pre.in_chans == 1 else "")
         )
-    metrics = {key: value for key, value in card.metrics.items()}
+    metrics = {_code(key): value for key, value in card.metrics.items()}
     metric_text = _table(metrics) if metrics else "No metrics were recorded with this model."
     plain = plain_pytorch_snippet(card, repo_id)
     plain_text = (
@@ -224,6 +230,7 @@ def push_to_hub(
     private: bool = False,
     token: str | None = None,
     commit_message: str = "Upload a moderncnn model",
+    metrics: Mapping[str, float] | None = None,
 ) -> str:
     """Upload ``model`` to the Hugging Face Hub as a saved model folder with a model card.
 
@@ -234,14 +241,19 @@ def push_to_hub(
         private: create the repository private.
         token: a Hub token; by default huggingface_hub's own (``HF_TOKEN``, ``hf auth login``).
         commit_message: the commit's message on the Hub.
+        metrics: results to record in the card and show on the model card page (e.g.
+            ``{"test_acc": 0.906}``), added to those the card already holds.
 
     Returns:
         The URL of the commit, as ``HfApi.upload_folder`` reports it.
     """
     repo_id, _ = parse_hub_id(repo_id)
     hub = hub_module(f"push_to_hub({repo_id!r})")
+    card = getattr(model, "card", None)
+    if metrics and isinstance(card, ModelCard):
+        card = card.replace(metrics={**card.metrics, **metrics})
     with tempfile.TemporaryDirectory(prefix="moderncnn-hub-") as tmp:
-        folder = save_model(model, Path(tmp) / "model")
+        folder = save_model(model, Path(tmp) / "model", card=card)
         text = model_card_markdown(read_card(folder), repo_id)
         (folder / "README.md").write_text(text, encoding="utf-8")
         api = hub.HfApi(token=token)

@@ -69,7 +69,9 @@ def pushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     model = load_model(_saved(tmp_path, "resnet18_cifar"), runtime="torch")
-    record["url"] = moderncnn.push_to_hub(model, f"hf_hub:{REPO_ID}", private=True)
+    record["url"] = moderncnn.push_to_hub(
+        model, f"hf_hub:{REPO_ID}", private=True, metrics={"val_acc": 0.9}
+    )
     record["folder"] = tmp_path / "uploaded"
     record["model"] = model
     return record
@@ -121,7 +123,8 @@ def test_push_uploads_the_saved_folder_and_a_model_card(pushed: dict) -> None:
         "`boot`, `shirt`, `bag`",
         "resize to 28x28",
         "[0.4]",
-        "| test_acc | 0.875 |",
+        "| `test_acc` | 0.875 |",
+        "| `val_acc` | 0.9 |",
         f'load_model("hf_hub:{REPO_ID}")',
         "images converted",
     ):
