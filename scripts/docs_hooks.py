@@ -121,6 +121,15 @@ def on_files(files: Files, config: Any) -> Files:
     return files
 
 
+# Sphinx cross-reference roles in docstrings (":func:`~moderncnn.save_model`"), as Markdown
+# renders them: the role's name is dropped, and "~" keeps the last dotted part, as in Sphinx.
+_ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc):<code>(~?)([\w.]+)</code>")
+
+
+def on_page_content(html: str, page: Any, **kwargs: Any) -> str:
+    return _ROLE.sub(lambda m: f"<code>{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}</code>", html)
+
+
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     if BENCHMARKS_MARKER in markdown:
         markdown = markdown.replace(BENCHMARKS_MARKER, benchmarks_markdown())

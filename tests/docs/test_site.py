@@ -52,6 +52,7 @@ def test_the_api_page_documents_every_public_name(site: Path) -> None:
         assert f"{moderncnn._LAZY[name]}.{name}" in ids, name
     # generated from the docstrings: e.g. load_model's own parameter text, not a hand copy
     assert "HF_HUB_OFFLINE" in page and "a plain state dict" in page
+    assert not re.search(r":(func|class|mod|meth|attr):<code>", page)  # Sphinx roles, rendered
 
 
 def test_the_cli_page_is_every_command_s_own_help(site: Path) -> None:
