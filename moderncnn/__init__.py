@@ -21,6 +21,7 @@ _LAZY = {
     "load_model": "moderncnn.inference",
     "save_model": "moderncnn.inference",
     "predict": "moderncnn.inference",
+    "push_to_hub": "moderncnn.inference",
     "ModelCard": "moderncnn.io.card",
     "Preprocess": "moderncnn.io.card",
     "ModernCNNError": "moderncnn.io.errors",
@@ -47,7 +48,13 @@ _LAZY = {
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.py keeps it whole
     from moderncnn.data import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule
-    from moderncnn.inference import load_model, optimize_for_inference, predict, save_model
+    from moderncnn.inference import (
+        load_model,
+        optimize_for_inference,
+        predict,
+        push_to_hub,
+        save_model,
+    )
     from moderncnn.io.card import ModelCard, Preprocess
     from moderncnn.io.errors import ModernCNNError
     from moderncnn.models import create_model, list_models
@@ -86,6 +93,7 @@ __all__ = [
     "load_model",
     "save_model",
     "predict",
+    "push_to_hub",
     "ModelCard",
     "Preprocess",
     "ModernCNNError",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .loading import LoadedModel, Prediction, load_model, save_model
 from .optimize import conv_bn_pairs, optimize_for_inference
 from .prediction import predict
+from .publish import push_to_hub
 
 __all__ = [
     "LoadedModel",
@@ -14,5 +15,6 @@ __all__ = [
     "load_model",
     "optimize_for_inference",
     "predict",
+    "push_to_hub",
     "save_model",
 ]

@@ -9,6 +9,7 @@ artifact           what it is
 ``model.onnx``     an export, with its card in ``model.onnx.json``
 ``.torchscript``   an export, likewise
 ``.pth``           a plain state dict: give ``architecture=`` and ``num_classes=``
+``hf_hub:u/r``     a saved model folder on the Hugging Face Hub, read through its cache
 =================  =======================================================================
 
 Each gives a :class:`LoadedModel`: its :class:`~moderncnn.io.card.ModelCard`, the network, and
@@ -38,6 +39,7 @@ from moderncnn.io.card import CARD_FORMAT, ModelCard
 from moderncnn.io.checkpoint import read_checkpoint, read_state_dict, unwrap_state_dict
 from moderncnn.io.download import cache_dir
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError, OutputError
+from moderncnn.io.hub import hub_folder, is_hub_id
 from moderncnn.models import create_model, is_model
 from moderncnn.models.factory import check_model_kwargs, check_parameter_count
 from moderncnn.models.pretrained import find_pretrained, load_pretrained
@@ -665,7 +667,8 @@ def load_model(
     """Load a checkpoint, probe folder, saved model folder, export or state dict (see above).
 
     Args:
-        path: the artifact.
+        path: the artifact, or ``hf_hub:user/repo`` for a saved model folder on the Hugging
+            Face Hub (the ``hub`` extra; from the cache when HF_HUB_OFFLINE is set).
         runtime: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``
             (:mod:`~moderncnn.inference.runtimes`); chosen for the device on the first call.
         precision: ``fp32``, ``bf16`` (CPUs with bf16 units, GPUs) or ``int8`` (the file
@@ -676,7 +679,7 @@ def load_model(
         backbone: for a probe whose backbone is not a registered model: the module itself.
         **model_kwargs: for a plain state dict: ``in_chans`` and the entry point's arguments.
     """
-    path = Path(path).expanduser()
+    path = hub_folder(str(path)) if is_hub_id(path) else Path(path).expanduser()
     if not path.exists():
         raise MissingFileError(
             f"model {str(path)!r} does not exist; give a .ckpt from `moderncnn fit`, a folder "

@@ -172,11 +172,12 @@ class ImageClassifier(L.LightningModule):
             convolutions' neighbours; worth it for long GPU runs, the first steps are slow
             while it compiles). If compiling fails, a warning says why and training goes on
             in eager mode.
-        mixup_alpha, cutmix_alpha: MixUp (Zhang et al. 2018) / CutMix (Yun et al. 2019) of each
-            training batch on its device, with Beta(alpha, alpha) mixing weights (1.0 is usual;
-            0: off; both on: one of the two per batch). The loss takes the soft targets; train
-            accuracy is counted against each mixed image's dominant label. Helps long runs
-            (tens of epochs); on a few epochs it mostly slows learning.
+        mixup_alpha: MixUp (Zhang et al. 2018) of each training batch on its device, with
+            Beta(alpha, alpha) mixing weights (1.0 is usual; 0: off; with ``cutmix_alpha``
+            too: one of the two per batch). The loss takes the soft targets; train accuracy
+            is counted against each mixed image's dominant label. Helps long runs (tens of
+            epochs); on a few epochs it mostly slows learning.
+        cutmix_alpha: CutMix (Yun et al. 2019), likewise: a pasted rectangle instead of a blend.
         tta: test-time augmentation for ``test`` and ``predict``: the mean probabilities over
             the image and its views, ``hflip`` (mirror) and ``shift`` (two 2-px shifts). A few
             tenths of a point for a cost of 2-4x the test time; validation stays plain.
