@@ -75,6 +75,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def schedule(config: dict) -> str:
+    """The learning-rate schedule in words: constant, or a linear warm-up then constant."""
+    model = config["model"]
+    if model.get("scheduler", "onecycle") == "none":
+        return "constant"
+    data = config["data"]["init_args"]
+    steps_per_epoch = -(-(60_000 - data["val_size"]) // data["batch_size"])
+    warmup = round(model.get("warmup_epochs", 0) * steps_per_epoch)
+    return f"linear warm-up over {warmup} steps, then constant"
+
+
 def test_images(config: dict) -> str:
     """Which test images the budget tests on (``limit_test_batches``: a count or a fraction)."""
     limit = config["trainer"].get("limit_test_batches")
@@ -95,7 +106,7 @@ def report(trials: dict[str, list[TrialResult]], config: dict, minutes: float, l
         f"{torch.get_num_threads()} threads; fp32",
         f"- load average (1 min) at start: {load:.2f}; whole benchmark: {minutes:.1f} min",
         f"- budget (`{CONFIG.relative_to(REPO)}`): {trainer['max_steps']} steps of batch "
-        f"{config['data']['init_args']['batch_size']}, SGD lr {model['lr']} (constant), "
+        f"{config['data']['init_args']['batch_size']}, SGD lr {model['lr']} ({schedule(config)}), "
         f"momentum {model['momentum']}, weight decay {model['weight_decay']}; validation on "
         f"{config['data']['init_args']['val_size']} held-out images every "
         f"{trainer['val_check_interval']} steps; test on {test_images(config)}; "
