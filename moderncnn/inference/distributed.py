@@ -116,12 +116,16 @@ class ShardBatches(Sampler[list[int]]):
         self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
+        if not self.shards:
+            # Lightning skips the end-of-predict hooks of a process without a batch, and with
+            # them the barrier the others wait at: such a process runs one empty batch.
+            yield []
         for shard in self.shards:
             for start in range(shard.start, shard.stop, self.batch_size):
                 yield list(range(start, min(start + self.batch_size, shard.stop)))
 
     def __len__(self) -> int:
-        return sum(math.ceil(len(s) / self.batch_size) for s in self.shards)
+        return sum(math.ceil(len(s) / self.batch_size) for s in self.shards) or 1
 
 
 @dataclass
@@ -209,8 +213,6 @@ def _join(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 class _ShardedPredict(L.LightningModule):
     """Runs ``step(batch, module)`` over this process's shards of ``dataset``."""
-
-    allow_zero_length_dataloader_with_multiple_devices = True  # a process may have no shard
 
     def __init__(self, network, step, dataset, collate, shards, batch_size, num_workers) -> None:
         super().__init__()
@@ -310,6 +312,9 @@ def run_sharded(
     progress: bool = False,
 ) -> None:
     """``Trainer.predict`` of ``step`` over the shards ``todo``; ``writer`` saves them."""
+    if not todo:  # all written by an earlier run: only the result is missing
+        writer.finish()
+        return
     module = _ShardedPredict(network, step, dataset, collate, list(todo), batch_size, num_workers)
     trainer = L.Trainer(
         **trainer_kwargs(settings, device),

@@ -101,6 +101,8 @@ class _IndexedSplits(Dataset):
         return self.datasets[part][index - self.starts[part]], index
 
     def collate(self, items: list[tuple[Any, int]]) -> tuple[Any, Tensor]:
+        if not items:  # the empty batch of a process without a shard
+            return None, torch.empty(0, dtype=torch.long)
         collate = self.collates[self._part(items[0][1])]  # a batch lies in one shard, one split
         return collate([item for item, _ in items]), torch.tensor([i for _, i in items])
 
@@ -129,6 +131,9 @@ class _FeatureStep:
             # moderncnn's tensor data modules normalise here (and augment only while a trainer
             # is training, which this is not).
             given, indices = batch
+            if given is None:
+                return {"features": torch.empty(0), "labels": indices, "indices": indices,
+                        "errors": []}  # fmt: skip
             dm = self.dm
             images, labels = dm.on_after_batch_transfer(dm.on_before_batch_transfer(given, 0), 0)
             labels, errors = labels.long(), []
