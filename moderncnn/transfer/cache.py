@@ -224,7 +224,9 @@ class FeatureCache:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CacheInvalidError(f"{path}: unreadable manifest ({err})") from err
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise CacheInvalidError(f"{path}: not a {FORMAT} manifest")
+            raise CacheInvalidError(
+                f"{path}: not a {FORMAT} manifest (an older cache?); run `moderncnn features` again"
+            )
         return manifest
 
     @classmethod
