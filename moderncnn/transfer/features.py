@@ -279,13 +279,13 @@ def extract_features(
             transform,
         )
         collate, sizes = collate_images, {split.name: len(split.files) for split in splits}
-        step = _FeatureStep(None)
+        step_data: tuple[Any, Any] = (None, None)
     else:
         indexed = _IndexedSplits(loaders)
         names = [name for loader in loaders.values() for name in _files_or_none(loader)]
         dataset, collate = indexed, indexed.collate
         sizes = {split: len(loader.dataset) for split, loader in loaders.items()}
-        step = _FeatureStep(None, dm, transform)
+        step_data = (dm, transform)  # batches go through the data module's hooks
     meta = {
         "card": card.to_dict(),
         "backbone": card.architecture,
@@ -318,9 +318,9 @@ def extract_features(
         )  # fmt: skip
         return fn
 
+    step = _FeatureStep(make_fn, *step_data)
     if trainer.processes == 1:  # checked (stage, runtime) before any image is read
         step.fn = make_fn(model.to(device), device)
-    step.make_fn = make_fn
     shards = plan_shards(sizes, shard_size)
     start_cache(out)
     todo = [s for s in shards if s.name not in finished_shards(out, key, shards)]
