@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("moderncnn.training.cli", "main", "-c CONFIG, or --checkpoint CKPT FILES: top-k"),
     "features": ("moderncnn.transfer.features", "main", "cache a frozen backbone's features"),
     "probe": ("moderncnn.transfer.probe", "main", "train a linear probe on cached features"),
+    "pack": ("moderncnn.data.packed", "main", "image folder -> litdata chunks to stream from"),
     "export": ("moderncnn.cli", "export_main", "ONNX, TorchScript or safetensors, checked"),
     "explain": ("moderncnn.viz.gradcam", "main", "Grad-CAM: where the network looked, a PNG each"),
     "report": ("moderncnn.training.run_report", "main", "one self-contained HTML page of a run"),

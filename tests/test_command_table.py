@@ -32,6 +32,7 @@ ROWS: dict[str, Row] = {
     "features": (lambda p, o: ["--data", p, "--out", o, "--backbone", "resnet18"], False),
     "features --backbone": (lambda p, o: ["--data", p, "--out", o, "--backbone", "resnt18"], False),
     "probe": (lambda p, o: [p, "--out", o], False),
+    "pack": (lambda p, o: [p, "--out", o], False),
     "export": (lambda p, o: [p, "--format", "onnx", "-o", f"{o}.onnx"], False),
     "explain": (lambda p, o: ["--checkpoint", p, p, "--out", o], False),
     "report": (lambda p, o: [p], False),

@@ -171,6 +171,37 @@ class FitToSize(nn.Module):
         return v2.functional.center_crop(image, [self.size, self.size])
 
 
+def train_geometry(
+    image_size: int, resize_size: int, augmentations: list[AugmentationSpec] | None
+) -> list:
+    """The training crops and flips: RandomResizedCrop + flip, or the named augmentations."""
+    if augmentations is None:
+        return [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+    return [*build_transforms(augmentations), FitToSize(image_size, resize_size)]
+
+
+def eval_geometry(image_size: int, resize_size: int) -> list:
+    return [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
+
+
+def compose_transform(
+    geometry: list, in_chans: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> v2.Compose:
+    """PIL image -> normalised tensor through ``geometry``."""
+    # in_chans=1: photos become 8-bit grey exactly as `features` and `predict` convert them
+    # (the card's preprocessing), so a model trained on grey images fine-tunes on them.
+    grey = [ToGrey()] if in_chans == 1 else []
+    return v2.Compose(
+        [
+            *grey,
+            v2.ToImage(),  # uint8 tensor first: the v2 kernels are fastest on tensors
+            *geometry,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
 class ImageFolderSamples(Dataset):
     """(path, label) samples decoded with :func:`load_image` and transformed.
 
@@ -323,10 +354,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.test_files = self._held_out_files(self.test_root, "test_root")
         self.val_files = self._held_out_files(self.val_root, "val folder")
 
-        self.train_transform = self._compose(self._train_augmentations(augmentations))
-        self.eval_transform = self._compose(
-            [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(self.image_size)]
-        )
+        geometry = train_geometry(self.image_size, self.resize_size, augmentations)
+        self.train_transform = compose_transform(geometry, in_chans, self.mean, self.std)
+        geometry = eval_geometry(self.image_size, self.resize_size)
+        self.eval_transform = compose_transform(geometry, in_chans, self.mean, self.std)
         self.bad_files: dict[Path, str] | None = None  # set by setup()
         self.train_set = self.val_set = self.test_set = None
 
@@ -372,26 +403,6 @@ class ImageFolderDataModule(L.LightningDataModule):
             if folder == top or top in folder.parents:
                 return boundary
         return folder.resolve()
-
-    def _train_augmentations(self, augmentations: list[AugmentationSpec] | None) -> list:
-        if augmentations is None:
-            crop = v2.RandomResizedCrop(self.image_size, antialias=True)
-            return [crop, v2.RandomHorizontalFlip()]
-        return [*build_transforms(augmentations), FitToSize(self.image_size, self.resize_size)]
-
-    def _compose(self, geometry: list) -> v2.Compose:
-        # in_chans=1: photos become 8-bit grey exactly as `features` and `predict` convert them
-        # (the card's preprocessing), so a model trained on grey images fine-tunes on them.
-        grey = [ToGrey()] if self.in_chans == 1 else []
-        return v2.Compose(
-            [
-                *grey,
-                v2.ToImage(),  # uint8 tensor first: the v2 kernels are fastest on tensors
-                *geometry,
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
-            ]
-        )
 
     def setup(self, stage: str | None = None) -> None:
         """Decodes every file once, reports the bad ones, and makes the seeded split."""

@@ -171,7 +171,7 @@ class LoadedModel:
             raise ConfigError(f"topk must be a positive int, got {topk!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
-        files = _expand(inputs)
+        files = expand_inputs(inputs)
         k = min(topk, len(self.class_names))
         dataset = DecodedImageFiles(files, [0] * len(files), transform or self.transform)
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_images)
@@ -185,17 +185,25 @@ class LoadedModel:
                 results[index] = Prediction(str(files[index]), error=error)
             if batch.images is None:
                 continue
-            images = batch.images.to(device)
-            if tta:
-                probs = tta_logits(self, images, tta).exp().cpu()
-            else:
-                probs = self(images).float().softmax(1).cpu()
-            _check_width(probs, len(self.class_names), self.path)
-            top = probs.topk(k, dim=1)
-            for row, index in enumerate(batch.indices.tolist()):
-                names = [self.class_names[i] for i in top.indices[row].tolist()]
-                results[index] = Prediction(str(files[index]), names, top.values[row].tolist())
+            top = self.top_classes(batch.images.to(device), k, tta)
+            for (names, probs), index in zip(top, batch.indices.tolist(), strict=True):
+                results[index] = Prediction(str(files[index]), names, probs)
         return [r for r in results if r is not None]
+
+    def top_classes(
+        self, images: Tensor, k: int, tta: Sequence[str] | None = None
+    ) -> list[tuple[list[str], list[float]]]:
+        """The ``k`` most probable classes of each image of a batch, with their probabilities."""
+        if tta:
+            probs = tta_logits(self, images, tta).exp().cpu()
+        else:
+            probs = self(images).float().softmax(1).cpu()
+        _check_width(probs, len(self.class_names), self.path)
+        top = probs.topk(k, dim=1)
+        return [
+            ([self.class_names[i] for i in classes], values)
+            for classes, values in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ]
 
 
 @dataclass
@@ -208,7 +216,7 @@ class Prediction:
     error: str | None = None
 
 
-def _expand(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Files as given, folders as the image files below them; each file once, in first-seen
     order (a file named and also inside a named folder, or two spellings of one path)."""
     items = [inputs] if isinstance(inputs, str | Path) else list(inputs)

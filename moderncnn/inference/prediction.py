@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -20,12 +21,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from moderncnn.data.files import DecodedImageFiles, ImageBatch, collate_images
 from moderncnn.io.atomic import atomic_write_text
 from moderncnn.io.command_line import CommandParser
+from moderncnn.io.errors import ConfigError
 from moderncnn.io.safe_text import spreadsheet_safe
 
-from .loading import Prediction, load_model
+from .distributed import (
+    PredictSettings,
+    Shard,
+    ShardWriter,
+    add_trainer_arguments,
+    is_rank_zero,
+    plan_shards,
+    run_sharded,
+    trainer_settings,
+)
+from .loading import Prediction, expand_inputs, load_model
 from .runtimes import PRECISIONS, RUNTIMES, THREADS_ENV
+from .tta import check_tta
 
 __all__ = ["Prediction", "main", "predict", "spreadsheet_safe", "write_csv", "write_json"]
 
@@ -43,6 +57,9 @@ def predict(
     precision: str = "fp32",
     threads: int | None = None,
     tta: Sequence[str] | None = None,
+    trainer: PredictSettings | None = None,
+    parts: str | Path | None = None,
+    shard_size: int = 4096,
 ) -> list[Prediction]:
     """Top-k classes and probabilities of image files (folders are searched for images).
 
@@ -60,13 +77,89 @@ def predict(
         threads: intra-op threads (default $MODERNCNN_THREADS, else the usable cores).
         tta: test-time augmentation views (``["hflip"]``, ``["hflip", "shift"]``): the mean
             probabilities over each image and its views.
+        trainer: processes to run on (devices, nodes, strategy, accelerator); default one, on
+            ``device``. Several processes each classify every N-th shard of the files and
+            write its rows to ``parts``; process 0 returns them all, in the files' order (the
+            others return an empty list). They run the network in torch.
+        parts: folder (on a disk every process sees) for the rows of each shard, with several
+            processes; the shards already there are kept, so a stopped run resumes.
+        shard_size: files per shard (with several processes).
     """
+    trainer = trainer or PredictSettings()
+    trainer.check()
+    if trainer.processes > 1:
+        if runtime not in ("auto", "torch"):
+            raise ConfigError(
+                f"runtime {runtime!r} runs in one process; with {trainer.processes} processes "
+                "use runtime 'torch'"
+            )
+        if parts is None:
+            raise ConfigError(
+                f"predict on {trainer.processes} processes writes its rows to a folder: give "
+                "parts=... (on the command line: --csv or --json)"
+            )
+        runtime = "torch"
     model = load_model(
         checkpoint, backbone=backbone, runtime=runtime, precision=precision, threads=threads
     )
-    return model.predict(
-        inputs, topk=topk, batch_size=batch_size, transform=transform, device=device, tta=tta
-    )
+    if trainer.processes == 1:
+        return model.predict(
+            inputs, topk=topk, batch_size=batch_size, transform=transform, device=device, tta=tta
+        )
+    job = _ShardedPredictions(model, expand_inputs(inputs), topk, check_tta(tta), Path(parts))
+    shards = plan_shards({"all": len(job.files)}, shard_size)
+    job.parts.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in shards if not job.finished(s)]
+    writer = ShardWriter(shards, job.save, lambda: job.finish(shards))
+    dataset = DecodedImageFiles(job.files, [0] * len(job.files), transform or model.transform)
+    run_sharded(
+        trainer, torch.device(device), model.network, job.step, dataset, collate_images, todo,
+        writer, batch_size=batch_size,
+    )  # fmt: skip
+    return job.result
+
+
+class _ShardedPredictions:
+    """The rows of each shard of files, written to ``parts``; process 0 joins them."""
+
+    def __init__(self, model, files: list[Path], topk: int, tta: list[str], parts: Path) -> None:
+        if not isinstance(topk, int) or topk < 1:
+            raise ConfigError(f"topk must be a positive int, got {topk!r}")
+        self.model, self.files, self.tta, self.parts = model, files, tta, parts
+        self.k = min(topk, len(model.class_names))
+        self.result: list[Prediction] = []
+
+    def _part(self, shard: Shard) -> Path:
+        return self.parts / f"{shard.name}.json"
+
+    def finished(self, shard: Shard) -> bool:
+        try:
+            rows = json.loads(self._part(shard).read_text())
+        except (OSError, ValueError):
+            return False
+        return [r.get("file") for r in rows] == [
+            str(f) for f in self.files[shard.start : shard.stop]
+        ]
+
+    def step(self, batch: ImageBatch, module: Any) -> dict[str, Any]:
+        top = []
+        if batch.images is not None:
+            top = self.model.top_classes(batch.images.to(module.device), self.k, self.tta)
+        return {"indices": batch.indices, "errors": batch.errors, "top": top}
+
+    def save(self, shard: Shard, rows: dict[str, Any]) -> None:
+        found = {
+            index: Prediction(str(self.files[index]), names, probs)
+            for index, (names, probs) in zip(rows["indices"].tolist(), rows["top"], strict=True)
+        }
+        found |= {index: Prediction(str(self.files[index]), error=e) for index, e in rows["errors"]}
+        ordered = [asdict(found[i]) for i in sorted(found)]
+        atomic_write_text(self._part(shard), json.dumps(ordered) + "\n")
+
+    def finish(self, shards: list[Shard]) -> None:
+        self.result = [
+            Prediction(**row) for s in shards for row in json.loads(self._part(s).read_text())
+        ]
 
 
 def write_csv(predictions: list[Prediction], path: str | Path) -> None:
@@ -111,12 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         "--tta", default="", metavar="VIEWS",
         help="test-time augmentation: hflip, shift or hflip,shift (mean over the views)",
     )  # fmt: skip
+    add_trainer_arguments(parser)
     args = parser.parse_args(argv)
+    trainer = trainer_settings(args)
+    # Several processes write their rows beside the output, then process 0 joins them there.
+    output = args.csv or args.json
+    parts = Path(f"{output}.parts") if output and trainer.processes > 1 else None
     predictions = predict(
         args.files, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
         device=args.device, runtime=args.runtime, precision=args.precision, threads=args.threads,
-        tta=[view for view in args.tta.split(",") if view],
+        tta=[view for view in args.tta.split(",") if view], trainer=trainer, parts=parts,
     )  # fmt: skip
+    if not is_rank_zero():
+        return 0  # the other processes of a multi-process run: process 0 reports
     failed = [p for p in predictions if p.error is not None]
     for p in predictions:
         if p.error is None:
@@ -130,5 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(predictions, args.csv)
     if args.json:
         write_json(predictions, args.json)
+    if parts is not None:
+        shutil.rmtree(parts)
     print(f"{len(predictions) - len(failed)} images classified, {len(failed)} unreadable")
     return 1 if failed and len(failed) == len(predictions) else 0

@@ -25,20 +25,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from moderncnn.data.files import DecodedImageFiles, collate_images, content_stamps, read_folder
 from moderncnn.inference.backbone import weights_sha256
+from moderncnn.inference.distributed import (
+    PredictSettings,
+    Shard,
+    ShardWriter,
+    add_trainer_arguments,
+    is_rank_zero,
+    plan_shards,
+    run_sharded,
+    trainer_settings,
+)
 from moderncnn.inference.fast_features import backbone_features
 from moderncnn.inference.runtimes import RUNTIMES, THREADS_ENV
 from moderncnn.io.card import Preprocess
 from moderncnn.io.command_line import CommandParser
-from moderncnn.io.errors import DataError
+from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.training.config import datamodule_from_config
 
 from .backbones import resolve_backbone
-from .cache import FeatureCache, write_cache
+from .cache import FeatureCache, finished_shards, start_cache, write_manifest, write_shard
 from .sources import (
     datamodule_files,
     datamodule_identity,
@@ -46,7 +55,7 @@ from .sources import (
     datamodule_preprocess,
 )
 
-__all__ = ["FeatureCache", "extract_features", "main"]
+__all__ = ["FeatureCache", "PredictSettings", "extract_features", "main"]
 
 HALF_TOLERANCE = 1e-3  # largest relative (Frobenius) change float16 storage may make
 
@@ -70,55 +79,69 @@ def _to_storage(features: Tensor, where: str, half: bool) -> Tensor:
     return stored
 
 
-@torch.inference_mode()
-def _run_folder(fn, root: Path, splits, transform, loader_args: dict, device, progress, half):
-    out = {}
-    for split in splits:
-        dataset = DecodedImageFiles([root / f for f in split.files], split.labels, transform)
-        loader = DataLoader(dataset, collate_fn=collate_images, **loader_args)
-        feats, labels, kept, skipped = [], [], [], []
-        for batch in tqdm(loader, desc=f"features {split.name}", disable=not progress):
-            skipped += [{"file": split.files[i], "error": e} for i, e in batch.errors]
+class _IndexedSplits(Dataset):
+    """A data module's split datasets as one, numbered across the splits; each item comes with
+    its global index, so a batch knows which images it holds."""
+
+    def __init__(self, loaders: dict[str, DataLoader]) -> None:
+        self.datasets = [loader.dataset for loader in loaders.values()]
+        self.collates = [loader.collate_fn for loader in loaders.values()]
+        self.starts = [0]
+        for dataset in self.datasets:
+            self.starts.append(self.starts[-1] + len(dataset))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _part(self, index: int) -> int:
+        return next(i for i in range(len(self.datasets)) if index < self.starts[i + 1])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        part = self._part(index)
+        return self.datasets[part][index - self.starts[part]], index
+
+    def collate(self, items: list[tuple[Any, int]]) -> tuple[Any, Tensor]:
+        if not items:  # the empty batch of a process without a shard
+            return None, torch.empty(0, dtype=torch.long)
+        collate = self.collates[self._part(items[0][1])]  # a batch lies in one shard, one split
+        return collate([item for item, _ in items]), torch.tensor([i for _, i in items])
+
+
+class _FeatureStep:
+    """One batch -> its rows: features, labels, global indices and the images that failed.
+
+    The backbone's feature function is made on the first batch, on the process's device."""
+
+    def __init__(self, make_fn: Callable[[nn.Module, torch.device], Callable], dm: Any = None,
+                 batch_transform: Callable[[Tensor], Tensor] | None = None) -> None:  # fmt: skip
+        self.make_fn, self.dm, self.batch_transform = make_fn, dm, batch_transform
+        self.fn: Callable[[Tensor], Tensor] | None = None
+
+    def __call__(self, batch: Any, module: Any) -> dict[str, Any]:
+        if self.fn is None:
+            self.fn = self.make_fn(module.network, module.device)
+        if self.dm is None:  # an image folder: ImageBatch
+            errors = list(batch.errors)
             if batch.images is None:
-                continue
-            feats.append(fn(batch.images.to(device)).float().cpu())
-            labels.append(batch.labels)
-            kept += [split.files[i] for i in batch.indices.tolist()]
-        if not feats:
-            raise DataError(f"no image of split {split.name!r} in {root} could be decoded")
-        features = _to_storage(torch.cat(feats), f"{root} ({split.name})", half)
-        out[split.name] = {
-            "features": features,
-            "labels": torch.cat(labels),
-            "files": kept,
-            "skipped": skipped,
-        }
-    return out
-
-
-@torch.inference_mode()
-def _run_datamodule(fn, dm, loaders, batch_transform, device, progress, half):
-    out = {}
-    # Files the data module itself left out when it scanned them (reported with train).
-    bad = [{"file": str(f), "error": e} for f, e in (getattr(dm, "bad_files", None) or {}).items()]
-    for split, loader in loaders.items():
-        feats, labels = [], []
-        for batch in tqdm(loader, desc=f"features {split}", disable=not progress):
+                empty = torch.empty(0)
+                return {"features": empty, "labels": batch.labels, "indices": batch.indices,
+                        "errors": errors}  # fmt: skip
+            images, labels, indices = batch.images, batch.labels, batch.indices
+        else:
             # moderncnn's tensor data modules normalise here (and augment only while a trainer
             # is training, which this is not).
-            images, target = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
-            images = images.to(device)
-            if batch_transform is not None:
-                images = batch_transform(images)
-            feats.append(fn(images).float().cpu())
-            labels.append(target.long())
-        out[split] = {
-            "features": _to_storage(torch.cat(feats), f"{type(dm).__name__} {split}", half),
-            "labels": torch.cat(labels),
-            "files": datamodule_files(loader),
-            "skipped": bad if split == "train" else [],
-        }
-    return out
+            given, indices = batch
+            if given is None:
+                return {"features": torch.empty(0), "labels": indices, "indices": indices,
+                        "errors": []}  # fmt: skip
+            dm = self.dm
+            images, labels = dm.on_after_batch_transfer(dm.on_before_batch_transfer(given, 0), 0)
+            labels, errors = labels.long(), []
+        images = images.to(module.device)
+        if self.batch_transform is not None:
+            images = self.batch_transform(images)
+        features = self.fn(images).float().cpu()
+        return {"features": features, "labels": labels.cpu(), "indices": indices, "errors": errors}
 
 
 def _resize_batch(size: int) -> Callable[[Tensor], Tensor]:
@@ -146,6 +169,8 @@ def extract_features(
     progress: bool = True,
     runtime: str = "auto",
     threads: int | None = None,
+    trainer: PredictSettings | None = None,
+    shard_size: int = 4096,
 ) -> FeatureCache:
     """Pooled features of every image in ``data``, cached in ``out`` (reused when unchanged).
 
@@ -177,6 +202,12 @@ def extract_features(
         runtime: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``: where the backbone runs
             (:mod:`~moderncnn.inference.fast_features`); fp32 features agree within round-off.
         threads: intra-op threads (default $MODERNCNN_THREADS, else the usable cores).
+        trainer: processes to run on (devices, nodes, strategy, accelerator): the images are
+            shared out in shards, each process writes its own, and the cache is the same as one
+            process makes (:mod:`~moderncnn.inference.distributed`). Default: one process on
+            ``device``. Several processes run the backbone in torch.
+        shard_size: images per cache file. A run that stops part-way keeps its finished shards
+            and computes only the missing ones when run again with the same arguments.
     """
     device = torch.device(device)
     folder = isinstance(data, str | Path)
@@ -228,24 +259,33 @@ def extract_features(
     model = None
     weights_id = source.weights_id
     if weights_id is None:  # random initial weights: only the built network says which
-        model = source.build()
+        # Drawn from seed 0: every process of a run, and a resumed run, builds the same one.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = source.build()
         weights_id = "sha256:" + weights_sha256(model)
     key = _hash([card.to_dict(), weights_id, settings, class_names, data_id])
     cached = FeatureCache.open_if_valid(out, key)
     if cached is not None:
         return cached
 
-    model = (model if model is not None else source.build()).to(device)
+    model = model if model is not None else source.build()
     card = card.replace(source={**card.source, "weights_sha256": weights_sha256(model)})
-    fn, _ = backbone_features(
-        model, card, out, stage, runtime=runtime, precision="bf16" if bf16 else "fp32",
-        threads=threads, device=device,
-    )  # fmt: skip
     if folder:
-        loader_args = {"batch_size": batch_size, "num_workers": num_workers}
-        results = _run_folder(fn, root, splits, transform, loader_args, device, progress, half)
+        names = [name for split in splits for name in split.files]
+        dataset: Dataset = DecodedImageFiles(
+            [root / name for name in names],
+            [label for split in splits for label in split.labels],
+            transform,
+        )
+        collate, sizes = collate_images, {split.name: len(split.files) for split in splits}
+        step_data: tuple[Any, Any] = (None, None)
     else:
-        results = _run_datamodule(fn, dm, loaders, transform, device, progress, half)
+        indexed = _IndexedSplits(loaders)
+        names = [name for loader in loaders.values() for name in _files_or_none(loader)]
+        dataset, collate = indexed, indexed.collate
+        sizes = {split: len(loader.dataset) for split, loader in loaders.items()}
+        step_data = (dm, transform)  # batches go through the data module's hooks
     meta = {
         "card": card.to_dict(),
         "backbone": card.architecture,
@@ -254,9 +294,91 @@ def extract_features(
         **settings,
         "preprocess": None if preprocess is None else preprocess.to_dict(),
         "source": str(root.resolve()) if folder else type(dm).__name__,
-        "num_features": int(next(iter(results.values()))["features"].shape[1]),
     }
-    return write_cache(out, key, meta, class_names, results)
+    # Files a data module itself left out when it scanned them (reported with train).
+    bad = [] if folder else [{"file": str(f), "error": e} for f, e in _bad_files(dm)]
+    job = _CacheJob(Path(out), key, meta, class_names, names, half, {"train": bad} if bad else {})
+    trainer = trainer or PredictSettings()
+    trainer.check()
+    if trainer.processes > 1:
+        # Every process makes its own copy on its own device; ONNX Runtime and OpenVINO run
+        # one process (their export is shared, their threads are not).
+        if runtime not in ("auto", "torch"):
+            raise ConfigError(
+                f"runtime {runtime!r} runs in one process; with trainer.devices x "
+                f"trainer.num_nodes = {trainer.processes} processes use runtime 'torch'"
+            )
+        runtime = "torch"
+    precision = "bf16" if bf16 else "fp32"
+
+    def make_fn(network: nn.Module, on: torch.device) -> Callable[[Tensor], Tensor]:
+        fn, _ = backbone_features(
+            network, card, out, stage, runtime=runtime, precision=precision, threads=threads,
+            device=on,
+        )  # fmt: skip
+        return fn
+
+    step = _FeatureStep(make_fn, *step_data)
+    if trainer.processes == 1:  # checked (stage, runtime) before any image is read
+        step.fn = make_fn(model.to(device), device)
+    shards = plan_shards(sizes, shard_size)
+    start_cache(out)
+    todo = [s for s in shards if s.name not in finished_shards(out, key, shards)]
+    writer = ShardWriter(shards, job.save, lambda: job.finish(shards))
+    run_sharded(
+        trainer, device, model, step, dataset, collate, todo, writer,
+        batch_size=batch_size, num_workers=num_workers, progress=progress,
+    )  # fmt: skip
+    return FeatureCache(out)
+
+
+def _files_or_none(loader: DataLoader) -> list[str | None]:
+    return datamodule_files(loader) or [None] * len(loader.dataset)
+
+
+def _bad_files(dm: Any) -> list[tuple[Any, str]]:
+    return list((getattr(dm, "bad_files", None) or {}).items())
+
+
+class _CacheJob:
+    """Writes a feature cache's shards (any process) and its manifest (process 0, last)."""
+
+    def __init__(self, root, key, meta, class_names, names, half, skipped) -> None:
+        self.root, self.key, self.meta, self.class_names = root, key, meta, class_names
+        self.names, self.half, self.skipped = names, half, skipped
+
+    def save(self, shard: Shard, rows: dict[str, Any]) -> None:
+        files = [self.names[i] for i in rows["indices"].tolist()]
+        features = rows["features"]
+        if len(files):
+            features = _to_storage(features, f"{self.root} ({shard.name})", self.half)
+        else:  # a shard of unreadable images only
+            features = torch.empty(0, 0, dtype=torch.float16 if self.half else torch.float32)
+        skipped = [{"file": self.names[i], "error": e} for i, e in rows["errors"]]
+        content = {
+            "features": features,
+            "labels": rows["labels"],
+            "files": [] if None in files else files,
+            "skipped": skipped,
+        }
+        write_shard(self.root, self.key, shard, content)
+
+    def finish(self, shards: list[Shard]) -> FeatureCache:
+        from safetensors import safe_open
+
+        widths = {}
+        for shard in shards:
+            with safe_open(str(self.root / f"{shard.name}.safetensors"), "pt") as f:
+                rows, width = f.get_slice("features").get_shape()
+            if rows:
+                widths[shard.split] = width
+        for split in dict.fromkeys(s.split for s in shards):
+            if split not in widths:
+                raise DataError(
+                    f"no image of split {split!r} in {self.meta['source']} could be decoded"
+                )
+        meta = {**self.meta, "num_features": int(next(iter(widths.values())))}
+        return write_manifest(self.root, self.key, meta, self.class_names, shards, self.skipped)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help=f"intra-op threads (default ${THREADS_ENV})"
     )
+    parser.add_argument(
+        "--shard-size", type=int, default=4096, help="images per cache file (the unit of resume)"
+    )
+    add_trainer_arguments(parser)
     args = parser.parse_args(argv)
     # The same reading of a config's `data:` section as `moderncnn preview`.
     data = args.data if args.data else datamodule_from_config(args.config)
@@ -310,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         bf16=args.bf16,
         runtime=args.runtime,
         threads=args.threads,
+        trainer=trainer_settings(args),
+        shard_size=args.shard_size,
     )
+    if not is_rank_zero():
+        return 0  # the other processes of a multi-process run: process 0 reports
     for split in cache.splits:
         skipped = cache.skipped(split)
         print(

@@ -114,9 +114,9 @@ def test_truncated_or_unlisted_files_are_refused(tmp_path: Path) -> None:
     _tiny_cache(tmp_path, "k", 1.0)
     assert FeatureCache.open_if_valid(tmp_path, "k") is not None
     assert FeatureCache.open_if_valid(tmp_path, "other key") is None
-    data = (tmp_path / "test.safetensors").read_bytes()
-    (tmp_path / "test.safetensors").write_bytes(data[:-10])
-    with pytest.raises(CacheInvalidError, match="test.safetensors does not match"):
+    data = (tmp_path / "test-00000.safetensors").read_bytes()
+    (tmp_path / "test-00000.safetensors").write_bytes(data[:-10])
+    with pytest.raises(CacheInvalidError, match="test-00000.safetensors does not match"):
         FeatureCache(tmp_path)
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(CacheInvalidError, match="no manifest.json"):
