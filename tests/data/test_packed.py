@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import yaml
@@ -147,3 +148,55 @@ def test_two_processes_train_from_packed_data(folder: Path, tmp_path: Path) -> N
     # both the same number of batches, or DDP's gradient all-reduce would wait forever).
     assert max(steps) == 3 * 6 - 1
     assert _val_acc(tmp_path) >= 0.5  # chance: 0.25
+
+
+class _SeenLabels(L.Callback):
+    """The labels of every training batch, by global step."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.by_step[trainer.global_step] = batch[1].tolist()
+
+
+def _fit(data: StreamingDataModule, root: Path, max_steps: int, ckpt_path: str | None = None):
+    from moderncnn import ImageClassifier
+
+    L.seed_everything(3)
+    model = ImageClassifier(
+        "resnet18_cifar",
+        num_classes=4,
+        model_kwargs={"channels": [4, 4, 4, 4], "layers": [1] * 4},
+        scheduler="none",  # the same schedule whether the run stops at step 3 or 8
+    )
+    seen = _SeenLabels()
+    last = L.pytorch.callbacks.ModelCheckpoint(root, every_n_train_steps=1, save_top_k=-1)
+    trainer = L.Trainer(
+        max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=[seen, last],
+        default_root_dir=root,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return seen.by_step
+
+
+def test_a_streamed_run_resumed_mid_epoch_goes_on_with_the_batches_it_had_not_seen(
+    folder: Path, tmp_path: Path
+) -> None:
+    """litdata's loader state travels in the checkpoint (Lightning saves a stateful loader's
+    state): resumed at step 3 of an 11-step epoch, the run sees steps 3-7 of the uninterrupted
+    run, not the epoch's first batches again."""
+    assert cli_main(["pack", str(folder), "--out", str(tmp_path / "packed")]) == 0
+
+    def data() -> StreamingDataModule:
+        return StreamingDataModule(str(tmp_path / "packed"), **STATS)
+
+    whole = _fit(data(), tmp_path / "whole", max_steps=8)
+    assert sorted(whole) == list(range(8))
+    _fit(data(), tmp_path / "first", max_steps=3)
+    (checkpoint,) = (tmp_path / "first").glob("*step=3.ckpt")
+    resumed = _fit(data(), tmp_path / "resumed", max_steps=8, ckpt_path=str(checkpoint))
+    assert sorted(resumed) == [3, 4, 5, 6, 7]
+    assert [resumed[s] for s in range(3, 8)] == [whole[s] for s in range(3, 8)]
+    assert [resumed[s] for s in range(3, 6)] != [whole[s] for s in range(3)]
