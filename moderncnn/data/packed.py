@@ -1,6 +1,7 @@
 """Images packed into litdata's chunks, streamed from a local folder or object storage.
 
-``moderncnn pack IMAGE_FOLDER --out DIR`` (:func:`pack_image_folder`) checks that every image
+``moderncnn pack IMAGE_FOLDER --out DIR`` (:func:`pack_image_folder`; or a CSV of
+``path,label`` rows) checks that every image
 decodes and writes each split's files, unchanged (encoded bytes), with their labels and names,
 into ``litdata.optimize``'s compressed-free chunks: ``DIR/train/``, ``DIR/val/``, ``DIR/test/``
 (an image folder without split folders becomes ``train/``), and ``DIR/moderncnn.json`` with the
@@ -16,6 +17,7 @@ resumed fit goes on mid-epoch. Images get the transforms of :class:`ImageFolderD
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -28,12 +30,12 @@ from PIL import Image, ImageOps
 from moderncnn.io.errors import ConfigError, DataError, OutputError
 
 from ._checks import check_non_negative_int, check_positive_int, check_seed
-from .files import read_folder
+from .files import FolderSplit, read_folder
 from .image_folder import compose_transform, eval_geometry, train_geometry
 from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image, to_rgb
 from .stats import GREY_IMAGENET, IMAGENET
 
-__all__ = ["StreamingDataModule", "pack_image_folder"]
+__all__ = ["StreamingDataModule", "pack_image_folder", "read_csv_list"]
 
 INFO = "moderncnn.json"
 FORMAT = "moderncnn-packed/1"
@@ -57,13 +59,49 @@ def _sample(item: tuple[str, str, int]):
     yield {"image": Path(path).read_bytes(), "label": label, "file": name}
 
 
+def read_csv_list(path: Path) -> tuple[list[str], list[FolderSplit]]:
+    """Class names and splits of a CSV of ``path,label`` rows (and an optional ``split`` column).
+
+    Paths are relative to the CSV's folder (or absolute); labels are class names, numbered in
+    sorted order as a folder's class sub-folders are; ``split`` is train, val or test (train
+    when the column is absent or empty).
+    """
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            columns = set(rows[0]) if rows else set()
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: not a readable CSV file ({err})") from err
+    if not {"path", "label"} <= columns:
+        raise DataError(
+            f"{path}: needs a header with columns path,label (and optionally split), "
+            f"got {sorted(c for c in columns if c)}"
+        )
+    class_names = sorted({row["label"] for row in rows})
+    index = {name: i for i, name in enumerate(class_names)}
+    by_split: dict[str, tuple[list[str], list[int]]] = {}
+    for line, row in enumerate(rows, start=2):
+        split = (row.get("split") or "train").strip()
+        if split not in ("train", "val", "test"):
+            raise DataError(f"{path}:{line}: split must be train, val or test, got {split!r}")
+        if not row["path"] or not (path.parent / row["path"]).is_file():
+            raise DataError(f"{path}:{line}: image file {row['path']!r} not found")
+        files, labels = by_split.setdefault(split, ([], []))
+        files.append(row["path"])
+        labels.append(index[row["label"]])
+    splits = [FolderSplit(name, *by_split[name]) for name in ("train", "val", "test")
+              if name in by_split]  # fmt: skip
+    return class_names, splits
+
+
 def pack_image_folder(
     folder: str | Path, out: str | Path, *, workers: int = 1, chunk_bytes: str = "64MB"
 ) -> Path:
-    """Pack an image folder (class sub-folders, or train/val/test folders of them) into ``out``.
+    """Pack an image folder (class sub-folders, or train/val/test folders of them), or a CSV
+    listing images (:func:`read_csv_list`), into ``out``.
 
     Args:
-        folder: the image folder, read as ``moderncnn features`` reads it.
+        folder: the image folder, read as ``moderncnn features`` reads it, or a ``.csv`` file.
         out: a new or empty folder (or one packed before, which is replaced).
         workers: processes checking and packing the images.
         chunk_bytes: size of each chunk file; larger chunks suit object storage.
@@ -73,9 +111,13 @@ def pack_image_folder(
     check_positive_int("workers", workers)
     if out.is_dir() and any(out.iterdir()) and not (out / INFO).is_file():
         raise OutputError(f"{out} is not empty and not a packed folder: give a new --out folder")
-    class_names, splits = read_folder(root)
+    if root.suffix.lower() == ".csv" and root.is_file():
+        class_names, splits = read_csv_list(root)
+        root = root.parent
+    else:
+        class_names, splits = read_folder(root)
     if len(class_names) < 2:
-        raise DataError(f"{root} needs one sub-folder of images per class, 2 classes or more")
+        raise DataError(f"{root} needs images of 2 classes or more (one sub-folder each)")
     counts = {}
     for split in splits:
         name = "train" if split.name == "all" else split.name

@@ -200,3 +200,50 @@ def test_a_streamed_run_resumed_mid_epoch_goes_on_with_the_batches_it_had_not_se
     assert sorted(resumed) == [3, 4, 5, 6, 7]
     assert [resumed[s] for s in range(3, 8)] == [whole[s] for s in range(3, 8)]
     assert [resumed[s] for s in range(3, 6)] != [whole[s] for s in range(3)]
+
+
+def test_a_csv_of_paths_and_labels_packs_as_the_folder_does(folder: Path, tmp_path: Path) -> None:
+    rows = ["path,label,split"] + [
+        f"{f.relative_to(folder.parent).as_posix()},{f.parent.name},{f.parts[-3]}"
+        for f in sorted(folder.rglob("*.png"))
+        if f.name != "broken.png"
+    ]
+    listing = folder.parent / "images.csv"
+    listing.write_text("\n".join(rows) + "\n")
+    assert cli_main(["pack", str(listing), "--out", str(tmp_path / "from_csv")]) == 0
+    assert cli_main(["pack", str(folder), "--out", str(tmp_path / "from_folder")]) == 0
+    info = {
+        k: json.loads((tmp_path / k / "moderncnn.json").read_text())
+        for k in ("from_csv", "from_folder")
+    }
+    assert info["from_csv"]["class_names"] == info["from_folder"]["class_names"]
+    assert info["from_csv"]["images"]["train"] == 48 and info["from_csv"]["images"]["val"] == 16
+
+    def labels(packed: str) -> list[int]:
+        data = StreamingDataModule(str(tmp_path / packed), **STATS)
+        return sorted(int(y) for _, ys in data.val_dataloader() for y in ys)
+
+    assert labels("from_csv") == labels("from_folder")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("file,class\na.png,x\n", "columns path,label"),
+        ("path,label\nmissing.png,x\n", "images.csv:2: image file 'missing.png' not found"),
+        (
+            "path,label,split\nimages/val/c0/000.png,c0,holdout\n",
+            "split must be train, val or test",
+        ),
+        ("", "columns path,label"),
+    ],
+)
+def test_a_bad_csv_is_one_line_naming_the_row(
+    folder: Path, tmp_path: Path, capsys, text: str, says: str
+) -> None:
+    listing = folder.parent / "images.csv"
+    listing.write_text(text)
+    assert cli_main(["pack", str(listing), "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and says in error, error
+    assert not (tmp_path / "out").exists()
