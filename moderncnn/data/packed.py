@@ -210,18 +210,23 @@ class StreamingDataModule(L.LightningDataModule):
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_workers = check_non_negative_int("num_workers", num_workers)
         self.seed = check_seed("seed", seed)
+        # Each transform takes a packed sample (its encoded bytes) to (image tensor, label), so
+        # whoever swaps a dataset's transform for the evaluation one (features) gets images.
         geometry = train_geometry(self.image_size, self.resize_size, augmentations)
-        self.train_transform = compose_transform(geometry, in_chans, self.mean, self.std)
+        grey = in_chans == 1
+        self.train_transform = _Transformed(
+            compose_transform(geometry, in_chans, self.mean, self.std), grey
+        )
         geometry = eval_geometry(self.image_size, self.resize_size)
-        self.eval_transform = compose_transform(geometry, in_chans, self.mean, self.std)
+        self.eval_transform = _Transformed(
+            compose_transform(geometry, in_chans, self.mean, self.std), grey
+        )
         self.cache_dir = cache_dir
         self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # checked when packed
 
     def _dataset(self, split: str, train: bool):
         litdata = _litdata()
-        transform = _Transformed(
-            self.train_transform if train else self.eval_transform, self.in_chans == 1
-        )
+        transform = self.train_transform if train else self.eval_transform
         return litdata.StreamingDataset(
             f"{self.input_dir}/{split}", cache_dir=self.cache_dir, shuffle=train, seed=self.seed,
             # Every process gets as many whole batches (litdata #408: unequal ones hang), so
@@ -235,6 +240,20 @@ class StreamingDataModule(L.LightningDataModule):
         return litdata.StreamingDataLoader(
             self._dataset(split, train), batch_size=self.batch_size, num_workers=self.num_workers
         )
+
+    def content_identity(self) -> dict[str, Any]:
+        """What identifies the packed images: each split's chunk index (names, sizes, counts),
+        so a feature cache made from them is invalidated when they are packed again from
+        other images."""
+        local = Path(self.input_dir).expanduser()
+        identity = {}
+        for split in ("train", "val", "test"):
+            index = local / split / "index.json"
+            if index.is_file():
+                chunks = json.loads(index.read_text()).get("chunks", [])
+                identity[split] = [[c.get("filename"), c.get("chunk_bytes"), c.get("chunk_size")]
+                                   for c in chunks]  # fmt: skip
+        return identity
 
     def _has(self, split: str) -> bool:
         local = Path(self.input_dir).expanduser()

@@ -65,12 +65,15 @@ def datamodule_identity(dm: Any, loaders: dict[str, DataLoader]) -> dict[str, An
         for split, loader in loaders.items()
         for stamp in content_stamps([Path(name) for name in datamodule_files(loader)])
     ]
-    return {
+    identity = {
         "class": f"{type(dm).__module__}.{type(dm).__qualname__}",
         "hparams": dict(getattr(dm, "hparams", {}) or {}),
         "sizes": {split: len(loader.dataset) for split, loader in loaders.items()},
         "files": files,
     }
+    if hasattr(dm, "content_identity"):  # images without files (packed chunks)
+        identity["content"] = dm.content_identity()
+    return identity
 
 
 def datamodule_preprocess(dm: Any, image_size: int | None) -> Preprocess | None:

@@ -247,3 +247,47 @@ def test_a_bad_csv_is_one_line_naming_the_row(
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and says in error, error
     assert not (tmp_path / "out").exists()
+
+
+def test_features_from_a_packed_config_equal_the_folders(folder: Path, tmp_path: Path) -> None:
+    """`features --config` with a StreamingDataModule: the packed images give the features
+    their folder gives (same preprocessing), and repacking other images invalidates the cache."""
+    from moderncnn.transfer import FeatureCache
+
+    assert cli_main(["pack", str(folder), "--out", str(tmp_path / "packed")]) == 0
+    tiny = '{"channels": [8, 8, 8, 8], "layers": [1, 1, 1, 1]}'
+    caches = {}
+    for name, data in (
+        ("packed", {"class_path": "moderncnn.data.StreamingDataModule",
+                    "init_args": {"input_dir": str(tmp_path / "packed"), **STATS}}),
+        ("folder", {"class_path": "moderncnn.data.ImageFolderDataModule",
+                    "init_args": {"root": str(folder), **STATS}}),
+    ):  # fmt: skip
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"data": data}))
+        argv = ["features", "--backbone", "resnet18_cifar", "--model-kwargs", tiny,
+                "--runtime", "torch", "--config", str(tmp_path / f"{name}.yaml"),
+                "--out", str(tmp_path / name)]  # fmt: skip
+        assert cli_main(argv) == 0
+        caches[name] = FeatureCache(tmp_path / name)
+    for split in ("train", "val"):
+        packed, folder_ = caches["packed"], caches["folder"]
+        assert packed.features(split).shape == folder_.features(split).shape
+
+        # litdata reads a split in packing order: sort both by (label, feature sum) to compare
+        def rows(cache, split=split):
+            labels, sums = cache.labels(split).tolist(), cache.features(split).sum(1).tolist()
+            return sorted(zip(labels, sums, strict=True))
+
+        for (la, fa), (lb, fb) in zip(rows(packed), rows(folder_), strict=True):
+            assert la == lb and abs(fa - fb) <= 1e-4 * max(1.0, abs(fb))
+    key = json.loads((tmp_path / "packed" / "manifest.json").read_text())["key"]
+    (folder / "train" / "c0" / "000.png").unlink()  # other images, packed again
+    assert cli_main(["pack", str(folder), "--out", str(tmp_path / "packed")]) == 0
+    assert (
+        cli_main(
+            argv[:-2]
+            + ["--config", str(tmp_path / "packed.yaml"), "--out", str(tmp_path / "packed_cache")]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "packed_cache" / "manifest.json").read_text())["key"] != key
