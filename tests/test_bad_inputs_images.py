@@ -24,10 +24,10 @@ from PIL import Image
 
 from moderncnn.cli import main as moderncnn_main
 from moderncnn.data import ImageFolderDataModule
-from moderncnn.data.augment import denormalize
 from moderncnn.data.image_folder import EmptyClassError
 from moderncnn.data.images import BadImageError, load_image
 from moderncnn.io.errors import DataError
+from moderncnn.io.pixels import denormalize
 from moderncnn.training.cli import main
 
 SIZE = 16  # model input side (px)

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from moderncnn.io.errors import ConfigError, DataError
+from moderncnn.io.pixels import denormalize, normalize
 
 from ._checks import (
     check_non_negative_int,
@@ -23,7 +24,7 @@ from ._checks import (
     check_split_size,
     split_count,
 )
-from .augment import AugmentationSpec, BatchAugment, denormalize, normalize
+from .augment import AugmentationSpec, BatchAugment
 from .stats import ChannelStats
 
 

@@ -26,11 +26,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from moderncnn.io.card import ToGrey
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError
+from moderncnn.io.pixels import denormalize, pixel_transform
 
 from ._checks import check_fraction, check_non_negative_int, check_positive_int, check_seed
-from .augment import AugmentationSpec, build_transforms, denormalize
+from .augment import AugmentationSpec, build_transforms
 from .images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_EXTENSIONS,
@@ -182,24 +182,6 @@ def train_geometry(
 
 def eval_geometry(image_size: int, resize_size: int) -> list:
     return [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
-
-
-def compose_transform(
-    geometry: list, in_chans: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> v2.Compose:
-    """PIL image -> normalised tensor through ``geometry``."""
-    # in_chans=1: photos become 8-bit grey exactly as `features` and `predict` convert them
-    # (the card's preprocessing), so a model trained on grey images fine-tunes on them.
-    grey = [ToGrey()] if in_chans == 1 else []
-    return v2.Compose(
-        [
-            *grey,
-            v2.ToImage(),  # uint8 tensor first: the v2 kernels are fastest on tensors
-            *geometry,
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ]
-    )
 
 
 class ImageFolderSamples(Dataset):
@@ -355,9 +337,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.val_files = self._held_out_files(self.val_root, "val folder")
 
         geometry = train_geometry(self.image_size, self.resize_size, augmentations)
-        self.train_transform = compose_transform(geometry, in_chans, self.mean, self.std)
+        self.train_transform = pixel_transform(geometry, in_chans, self.mean, self.std)
         geometry = eval_geometry(self.image_size, self.resize_size)
-        self.eval_transform = compose_transform(geometry, in_chans, self.mean, self.std)
+        self.eval_transform = pixel_transform(geometry, in_chans, self.mean, self.std)
         self.bad_files: dict[Path, str] | None = None  # set by setup()
         self.train_set = self.val_set = self.test_set = None
 

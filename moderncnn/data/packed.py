@@ -26,10 +26,11 @@ import torch
 from PIL import Image, ImageOps
 
 from moderncnn.io.errors import ConfigError, DataError, OutputError
+from moderncnn.io.pixels import pixel_transform
 
 from ._checks import check_non_negative_int, check_positive_int, check_seed
 from .files import read_folder
-from .image_folder import compose_transform, eval_geometry, train_geometry
+from .image_folder import eval_geometry, train_geometry
 from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image, to_rgb
 from .stats import GREY_IMAGENET, IMAGENET
 
@@ -169,9 +170,9 @@ class StreamingDataModule(L.LightningDataModule):
         self.num_workers = check_non_negative_int("num_workers", num_workers)
         self.seed = check_seed("seed", seed)
         geometry = train_geometry(self.image_size, self.resize_size, augmentations)
-        self.train_transform = compose_transform(geometry, in_chans, self.mean, self.std)
+        self.train_transform = pixel_transform(geometry, in_chans, self.mean, self.std)
         geometry = eval_geometry(self.image_size, self.resize_size)
-        self.eval_transform = compose_transform(geometry, in_chans, self.mean, self.std)
+        self.eval_transform = pixel_transform(geometry, in_chans, self.mean, self.std)
         self.cache_dir = cache_dir
         self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # checked when packed
 

@@ -9,10 +9,11 @@ predicts, exports and explains like any classifier.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moderncnn.io.errors import ConfigError
+
+from .backbone import pooled_features
 
 __all__ = ["ProbeClassifier", "ProbeHead"]
 
@@ -67,13 +68,7 @@ class ProbeClassifier(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """N x D pooled features, as the feature cache holds them."""
-        if self.stage is not None:
-            x = self.backbone.forward_intermediates(x, indices=[self.stage])[0]
-        elif hasattr(self.backbone, "forward_features"):
-            x = self.backbone.forward_features(x)
-        else:
-            x = self.backbone(x)
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1) if x.ndim == 4 else x
+        return pooled_features(self.backbone, x, self.stage)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

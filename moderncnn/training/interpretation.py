@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
-from moderncnn.data.augment import denormalize
 from moderncnn.io.atomic import atomic_write_text
 from moderncnn.io.errors import ModernCNNError
+from moderncnn.io.pixels import denormalize
 from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
 from moderncnn.models.layer_table import summary
 from moderncnn.viz import grad_cam, image_grid
