@@ -77,16 +77,14 @@ def _link_reason(path: Path, boundary: Path) -> str:
     )
 
 
-def find_class_folders(
+def class_folders(
     root: Path, within: Path | None = None, skipped: dict[Path, str] | None = None
-) -> list[str]:
-    """Names of the non-hidden sub-folders of ``root``, sorted; errors name ``root``.
+) -> list[Path]:
+    """The non-hidden sub-folders of ``root``, sorted by name.
 
     With ``within`` (a resolved folder), a sub-folder that is a symlink leading outside it is
     no class: it is left out, and recorded in ``skipped`` (``{path: reason}``).
     """
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
     entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if within is not None:
         outside = [p for p in entries if p.is_symlink() and leads_outside(p, within)]
@@ -94,7 +92,16 @@ def find_class_folders(
             if skipped is not None:
                 skipped[path] = _link_reason(path, within)
         entries = [p for p in entries if p not in outside]
-    folders = sorted(p.name for p in entries)
+    return sorted(entries, key=lambda p: p.name)
+
+
+def find_class_folders(
+    root: Path, within: Path | None = None, skipped: dict[Path, str] | None = None
+) -> list[str]:
+    """Names of the class folders of ``root`` (:func:`class_folders`); errors name ``root``."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    folders = [p.name for p in class_folders(root, within, skipped)]
     if not folders:
         raise DataError(
             f"{root} has no class folders: put the images of each class in their own "

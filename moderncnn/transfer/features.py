@@ -213,7 +213,8 @@ def extract_features(
     folder = isinstance(data, str | Path)
     if folder:
         root = Path(data).expanduser()
-        class_names, splits = read_folder(root)
+        links: dict[str, list[dict[str, str]]] = {}  # symlinks out of the root: skipped
+        class_names, splits = read_folder(root, skipped=links)
         data_chans = None
     else:
         dm = data
@@ -295,9 +296,11 @@ def extract_features(
         "preprocess": None if preprocess is None else preprocess.to_dict(),
         "source": str(root.resolve()) if folder else type(dm).__name__,
     }
-    # Files a data module itself left out when it scanned them (reported with train).
+    # Files a data module itself left out when it scanned them (reported with train); a
+    # folder's symlinks out of its root, with their split.
     bad = [] if folder else [{"file": str(f), "error": e} for f, e in _bad_files(dm)]
-    job = _CacheJob(Path(out), key, meta, class_names, names, half, {"train": bad} if bad else {})
+    skipped = links if folder else ({"train": bad} if bad else {})
+    job = _CacheJob(Path(out), key, meta, class_names, names, half, skipped)
     trainer = trainer or PredictSettings()
     trainer.check()
     if trainer.processes > 1:
