@@ -227,7 +227,7 @@ def test_output_folder_check_leaves_nothing_behind(tmp_path: Path) -> None:
 
 from moderncnn.io.errors import ConfigError, OutputError  # noqa: E402
 from moderncnn.training.callbacks import AtomicCheckpointIO  # noqa: E402
-from moderncnn.training.cli import claim_run_folder  # noqa: E402
+from moderncnn.training.run_folders import claim_run_folder  # noqa: E402
 
 # Callbacks that the runs in subprocesses load from the test's folder.
 FAULT_CALLBACKS = """

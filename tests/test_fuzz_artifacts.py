@@ -41,8 +41,8 @@ from test_fuzz import FUZZ_SEED, ODD_VALUES, budget, mutated_bytes, set_key, tim
 
 from moderncnn import create_model
 from moderncnn.cli import main as cli
-from moderncnn.inference.heads import ProbeHead
 from moderncnn.inference.loading import load_model, read_card, save_model
+from moderncnn.inference.probe import ProbeHead
 from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.errors import ModernCNNError
 

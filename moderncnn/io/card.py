@@ -12,9 +12,11 @@ sidecar (``model.onnx.json``), a saved model folder (``config.json``), a probe f
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -23,7 +25,7 @@ from torchvision.transforms import v2
 from .errors import DataError
 from .pixels import ToGrey, normalize, pixel_transform
 
-__all__ = ["CARD_FORMAT", "KINDS", "ModelCard", "Preprocess", "ToGrey"]
+__all__ = ["CARD_FORMAT", "KINDS", "ModelCard", "Preprocess", "ToGrey", "read_card_json"]
 
 CARD_FORMAT = "moderncnn-card/1"
 # classifier: a network with its own head; backbone: a headless feature extractor;
@@ -361,4 +363,18 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    return value
+
+
+def read_card_json(path: Path) -> dict[str, Any]:
+    """The JSON object in a card file (``config.json``, ``probe.json``); one-line errors naming
+    ``path`` for an unreadable, malformed or hostile file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: unreadable ({err})") from err
+    except (RecursionError, ValueError) as err:  # nested 100k deep; an int of 5000 digits
+        raise DataError(f"{path}: not a card moderncnn writes ({type(err).__name__})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
