@@ -1,6 +1,6 @@
 """What one forward pass runs: every module that was called, in the order it was entered,
 with its input and output shapes. The layer table (:mod:`.layer_table`) and the architecture
-diagram (:mod:`moderncnn.viz._stages`) both read a model through this one trace.
+diagram (:mod:`moderncnn.viz.diagram_stages`) both read a model through this one trace.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from .framework_internals import (
     logger_version_given,
     set_logger_version,
 )
-from .interpretation import RunFacts, TopLossesReport
 from .preflight import (
     LOG_MARGIN_BYTES,
     UNKNOWN,
@@ -44,7 +43,9 @@ from .preflight import (
     min_free_bytes,
     run_folders,
 )
+from .run_facts import RunFacts
 from .run_report import RunReport
+from .top_losses import TopLossesReport
 
 __all__ = [
     "CHECKPOINT_DEFAULTS",

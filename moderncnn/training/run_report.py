@@ -32,7 +32,8 @@ from moderncnn.viz.confusion import CONFUSION_CSV
 from moderncnn.viz.interpret import most_confused
 
 from .callbacks import run_dir
-from .interpretation import MAX_SECONDS, RUN_FACTS, TOP_LOSSES_CSV, read_run_facts, valid_facts
+from .run_facts import MAX_SECONDS, RUN_FACTS, read_run_facts, valid_facts
+from .top_losses import TOP_LOSSES_CSV
 
 REPORT = "report.html"
 FIGURES = {
