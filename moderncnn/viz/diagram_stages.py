@@ -157,30 +157,18 @@ def _runs(stages: list[Stage]) -> list[Stage]:
     return merged
 
 
+# One step of a branch: (its step number, the module's dotted name, the module).
+_Step = tuple[int, str, nn.Module]
+
+
 def _branches(
     prefix: str, block: nn.Module, calls: dict[str, _Call]
 ) -> tuple[tuple[Branch, ...], str]:
     """The parallel branches of an Inception-style block, and what runs after their concat."""
-    groups: dict[str, list[tuple[int, str, nn.Module]]] = {}
-    rest: list[nn.Module] = []
-    for name, child in _called_children(block, prefix, calls):
-        match = _BRANCH_NAME.fullmatch(name.rsplit(".", 1)[-1])
-        if match:
-            groups.setdefault(match.group(1), []).append((int(match.group(2) or 0), name, child))
-        else:
-            rest.append(child)
+    groups, rest = _branch_groups(prefix, block, calls)
     if len(groups) < 2:
         return (), ""
-    branches = []
-    for key, steps in groups.items():
-        last = max(step for step, _, _ in steps)
-        ends = [calls[n].output_shape for step, n, _ in steps if step == last]
-        channels = sum(shape[0] for shape in ends if shape)
-        by_step: dict[int, list[str]] = {}
-        for step, _, child in steps:
-            by_step.setdefault(step, []).append(_ops(child))
-        ops = " → ".join(" | ".join(o for o in same if o) for same in by_step.values())
-        branches.append(Branch(key, ops.strip(" →") or "-", channels))
+    branches = [_branch(key, steps, calls) for key, steps in groups.items()]
     _, shape_in, shape_out = calls[prefix]
     concat = sum(b.channels for b in branches)
     if rest:  # Inception-ResNet: a 1x1 conv back to the input's width, added to the input
@@ -190,6 +178,34 @@ def _branches(
     if shape_out and shape_out[0] > concat:  # a pool in forward(), not a module: pass-through
         branches.append(Branch("pool", "pool (in forward)", shape_out[0] - concat))
     return tuple(branches), ""
+
+
+def _branch_groups(
+    prefix: str, block: nn.Module, calls: dict[str, _Call]
+) -> tuple[dict[str, list[_Step]], list[nn.Module]]:
+    """The block's children that ran, as branch name -> its steps, and the other children."""
+    groups: dict[str, list[_Step]] = {}
+    rest: list[nn.Module] = []
+    for name, child in _called_children(block, prefix, calls):
+        match = _BRANCH_NAME.fullmatch(name.rsplit(".", 1)[-1])
+        if match:
+            groups.setdefault(match.group(1), []).append((int(match.group(2) or 0), name, child))
+        else:
+            rest.append(child)
+    return groups, rest
+
+
+def _branch(key: str, steps: list[_Step], calls: dict[str, _Call]) -> Branch:
+    """One branch: its kernels step by step (side-by-side modules joined by "|") and the
+    channels of its last step's outputs."""
+    last = max(step for step, _, _ in steps)
+    ends = [calls[n].output_shape for step, n, _ in steps if step == last]
+    channels = sum(shape[0] for shape in ends if shape)
+    by_step: dict[int, list[str]] = {}
+    for step, _, child in steps:
+        by_step.setdefault(step, []).append(_ops(child))
+    ops = " → ".join(" | ".join(o for o in same if o) for same in by_step.values())
+    return Branch(key, ops.strip(" →") or "-", channels)
 
 
 def _ops(module: nn.Module) -> str:
