@@ -80,31 +80,40 @@ def read_folder(
     links: dict[str, dict[Path, str]] = {name: {} for name in tops}
     classes = {name: class_folders(top, within, links[name]) for name, top in tops.items()}
     folders = sorted({c.name for dirs in classes.values() for c in dirs})
-    index = {name: i for i, name in enumerate(folders)}
-    splits = []
-    for name in ("train", "val", "test", "all"):
-        if name not in tops:
-            continue
-        top, found = tops[name], links[name]
-        if folders:
-            pairs = [
-                (f, index[c.name])
-                for c in classes[name]
-                for f in list_image_files(c, within, found)
-            ]
-        else:
-            pairs = [(f, -1) for f in list_image_files(top, within, found)]
-        if not pairs:
-            raise DataError(
-                f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {top}; expected one "
-                "sub-folder of images per class (or only train/, val/, test/ holding such folders)"
-            )
-        files = [f.relative_to(root).as_posix() for f, _ in pairs]
-        splits.append(FolderSplit(name, files, [label for _, label in pairs]))
+    splits = [
+        _read_split(root, name, tops[name], classes[name], folders, within, links[name])
+        for name in ("train", "val", "test", "all")
+        if name in tops
+    ]
     for name, found in links.items():
         if found and skipped is not None:
             skipped[name] = [{"file": _relative(p, root), "error": e} for p, e in found.items()]
     return _class_names(folders), splits
+
+
+def _read_split(
+    root: Path,
+    name: str,
+    top: Path,
+    classes: list[Path],
+    folders: list[str],
+    within: Path | None,
+    links: dict[Path, str],
+) -> FolderSplit:
+    """The files under ``top`` with their labels (the index of their class folder's name in
+    ``folders``; -1 where there are no class folders), relative to ``root``."""
+    if folders:
+        index = {folder: i for i, folder in enumerate(folders)}
+        pairs = [(f, index[c.name]) for c in classes for f in list_image_files(c, within, links)]
+    else:
+        pairs = [(f, -1) for f in list_image_files(top, within, links)]
+    if not pairs:
+        raise DataError(
+            f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {top}; expected one "
+            "sub-folder of images per class (or only train/, val/, test/ holding such folders)"
+        )
+    files = [_relative(f, root) for f, _ in pairs]
+    return FolderSplit(name, files, [label for _, label in pairs])
 
 
 def _relative(path: Path, root: Path) -> str:
