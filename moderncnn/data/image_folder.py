@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,47 @@ def eval_geometry(image_size: int, resize_size: int) -> list:
     return [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
 
 
+def check_sizes(image_size: int, resize_size: int | None) -> tuple[int, int]:
+    """(image_size, resize_size), checked; resize_size defaults to image_size * 256 / 224 (the
+    ImageNet evaluation ratio)."""
+    image_size = check_positive_int("image_size", image_size)
+    resize = resize_size if resize_size is not None else round(image_size * 256 / 224)
+    return image_size, check_positive_int("resize_size", resize)
+
+
+def check_normalization(
+    in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std of ``in_chans`` images (1: grey, 3: RGB), ImageNet's (or
+    their grey average) where not given; a ConfigError naming the bad value."""
+    if in_chans not in (1, 3):
+        raise ConfigError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+    stats = GREY_IMAGENET if in_chans == 1 else IMAGENET
+    mean, std = stats.mean if mean is None else mean, stats.std if std is None else std
+    if len(mean) != in_chans or len(std) != in_chans or min(std) <= 0:
+        raise ConfigError(
+            f"mean and std need in_chans={in_chans} values, std > 0; got mean={mean}, std={std}"
+        )
+    return tuple(mean), tuple(std)
+
+
+def image_transforms(
+    image_size: int,
+    resize_size: int,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augmentations: list[AugmentationSpec] | None,
+) -> tuple[v2.Compose, v2.Compose]:
+    """(training, evaluation) transforms: PIL image -> normalised tensor."""
+    train = train_geometry(image_size, resize_size, augmentations)
+    evaluation = eval_geometry(image_size, resize_size)
+    return (
+        pixel_transform(train, in_chans, mean, std),
+        pixel_transform(evaluation, in_chans, mean, std),
+    )
+
+
 class ImageFolderSamples(Dataset):
     """(path, label) samples decoded with :func:`load_image` and transformed.
 
@@ -288,20 +330,9 @@ class ImageFolderDataModule(L.LightningDataModule):
                 f"give either test_root ({test_root!r}) or test_fraction ({test_fraction}), "
                 "not both"
             )
-        self.image_size = check_positive_int("image_size", image_size)
-        self.resize_size = check_positive_int(
-            "resize_size", resize_size if resize_size is not None else round(image_size * 256 / 224)
-        )
-        if in_chans not in (1, 3):
-            raise ConfigError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+        self.image_size, self.resize_size = check_sizes(image_size, resize_size)
         self.in_chans = in_chans
-        stats = GREY_IMAGENET if in_chans == 1 else IMAGENET
-        mean, std = stats.mean if mean is None else mean, stats.std if std is None else std
-        if len(mean) != in_chans or len(std) != in_chans or min(std) <= 0:
-            raise ConfigError(
-                f"mean and std need in_chans={in_chans} values, std > 0; got mean={mean}, std={std}"
-            )
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = check_normalization(in_chans, mean, std)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_workers = check_non_negative_int("num_workers", num_workers)
         if max_image_pixels is not None:
@@ -343,10 +374,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.test_files = self._held_out_files(self.test_root, "test_root")
         self.val_files = self._held_out_files(self.val_root, "val folder")
 
-        geometry = train_geometry(self.image_size, self.resize_size, augmentations)
-        self.train_transform = pixel_transform(geometry, in_chans, self.mean, self.std)
-        geometry = eval_geometry(self.image_size, self.resize_size)
-        self.eval_transform = pixel_transform(geometry, in_chans, self.mean, self.std)
+        self.train_transform, self.eval_transform = image_transforms(
+            self.image_size, self.resize_size, in_chans, self.mean, self.std, augmentations
+        )
         self.bad_files: dict[Path, str] | None = None  # set by setup()
         self.train_set = self.val_set = self.test_set = None
 

@@ -26,13 +26,11 @@ import torch
 from PIL import Image, ImageOps
 
 from moderncnn.io.errors import ConfigError, DataError, OutputError
-from moderncnn.io.pixels import pixel_transform
 
 from ._checks import check_non_negative_int, check_positive_int, check_seed
 from .files import read_folder
-from .image_folder import eval_geometry, train_geometry
+from .image_folder import check_normalization, check_sizes, image_transforms
 from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image, to_rgb
-from .stats import GREY_IMAGENET, IMAGENET
 
 __all__ = ["StreamingDataModule", "pack_image_folder"]
 
@@ -158,21 +156,15 @@ class StreamingDataModule(L.LightningDataModule):
             class_names = json.loads(info.read_text())["class_names"]
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
-        self.image_size = check_positive_int("image_size", image_size)
-        self.resize_size = resize_size or round(image_size * 256 / 224)
-        if in_chans not in (1, 3):
-            raise ConfigError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
-        stats = GREY_IMAGENET if in_chans == 1 else IMAGENET
+        self.image_size, self.resize_size = check_sizes(image_size, resize_size)
         self.in_chans = in_chans
-        self.mean = tuple(stats.mean if mean is None else mean)
-        self.std = tuple(stats.std if std is None else std)
+        self.mean, self.std = check_normalization(in_chans, mean, std)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_workers = check_non_negative_int("num_workers", num_workers)
         self.seed = check_seed("seed", seed)
-        geometry = train_geometry(self.image_size, self.resize_size, augmentations)
-        self.train_transform = pixel_transform(geometry, in_chans, self.mean, self.std)
-        geometry = eval_geometry(self.image_size, self.resize_size)
-        self.eval_transform = pixel_transform(geometry, in_chans, self.mean, self.std)
+        self.train_transform, self.eval_transform = image_transforms(
+            self.image_size, self.resize_size, in_chans, self.mean, self.std, augmentations
+        )
         self.cache_dir = cache_dir
         self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # checked when packed
 

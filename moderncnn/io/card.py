@@ -366,15 +366,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_card_json(path: Path) -> dict[str, Any]:
-    """The JSON object in a card file (``config.json``, ``probe.json``); one-line errors naming
-    ``path`` for an unreadable, malformed or hostile file."""
+def read_card_json(path: Path, what: str = "card", fix: str = "") -> dict[str, Any]:
+    """The JSON object in one of our files (a card: ``config.json``, ``probe.json``; an export's
+    sidecar); one-line errors naming ``path`` (and ``what`` it is, with ``fix``: what to do) for
+    an unreadable, malformed or hostile file."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: unreadable ({err})") from err
+        raise DataError(f"{path}: unreadable {what} ({err}){fix}") from err
     except (RecursionError, ValueError) as err:  # nested 100k deep; an int of 5000 digits
-        raise DataError(f"{path}: not a card moderncnn writes ({type(err).__name__})") from None
+        raise DataError(f"{path}: not a {what} moderncnn writes ({type(err).__name__})") from None
     if not isinstance(value, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
+        raise DataError(f"{path}: a {what} is a JSON object, got {type(value).__name__}")
     return value
