@@ -7,8 +7,7 @@ State-dict keys and shapes are torchvision's ``googlenet``, so its checkpoints l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +25,10 @@ from ._config import (
     VariantConfig,
 )
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
 from .layers import ConvBNAct, check_width_multiplier, scale_width
 
@@ -322,10 +321,8 @@ class GoogLeNet(ClassifierModel):
         return x, aux1, aux2
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> GoogLeNet:
-    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return GoogLeNet(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (the stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(GoogLeNet)
 
 
 VARIANTS = register_variants(

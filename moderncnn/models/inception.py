@@ -10,8 +10,7 @@ Shape comments are for a 299 x 299 input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +21,10 @@ from moderncnn.io.errors import ConfigError
 from ._base import ClassifierModel, FeatureInfo
 from ._config import INCEPTION_MEAN, INCEPTION_STD, PretrainedWeights, VariantConfig
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
 from .googlenet import BN_EPS, STEMS, check_transform_input, renormalize_imagenet
 from .layers import ConvBNAct, check_width_multiplier, scale_width
@@ -402,10 +401,8 @@ class InceptionV3(ClassifierModel):
         return x, aux
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> InceptionV3:
-    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return InceptionV3(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (the stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(InceptionV3)
 
 
 VARIANTS = register_variants(

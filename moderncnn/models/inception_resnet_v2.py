@@ -14,9 +14,6 @@ ImageNet weights load. Shape comments are for a 299 x 299 input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
@@ -31,10 +28,10 @@ from ._config import (
     VariantConfig,
 )
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
 from .googlenet import STEMS, check_transform_input, renormalize_imagenet
 from .inception_v4 import ReductionA, avg_pool_3x3, conv
@@ -318,12 +315,8 @@ class InceptionResNetV2(ClassifierModel):
         return self.conv2d_7b(x)  # N x 1536 x 8 x 8
 
 
-def _create(
-    name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]
-) -> InceptionResNetV2:
-    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return InceptionResNetV2(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (the stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(InceptionResNetV2)
 
 
 def _timm_weights(file_name: str, hub_id: str) -> PretrainedWeights:

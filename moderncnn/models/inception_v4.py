@@ -12,9 +12,6 @@ Shape comments are for a 299 x 299 input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
@@ -29,10 +26,10 @@ from ._config import (
     VariantConfig,
 )
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
 from .googlenet import BN_EPS, STEMS, check_transform_input, renormalize_imagenet
 from .layers import ConvBNAct, check_width_multiplier, scale_width
@@ -388,10 +385,8 @@ class InceptionV4(ClassifierModel):
         return self.features(x)
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> InceptionV4:
-    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return InceptionV4(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (the stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(InceptionV4)
 
 
 VARIANTS = register_variants(

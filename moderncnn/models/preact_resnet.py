@@ -23,8 +23,8 @@ The ``_cifar`` twins' 3x3 stem has 7,680 fewer weights than the 7x7.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -33,10 +33,10 @@ from moderncnn.io.errors import ConfigError
 from ._base import ClassifierModel, FeatureInfo
 from ._config import VariantConfig
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
 from .layers import check_stages
 from .resnet import conv1x1, conv3x3
@@ -191,10 +191,8 @@ class PreActResNet(ClassifierModel):
         return self.act(self.norm(x))  # N x num_features x H/reduction x W/reduction
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> PreActResNet:
-    """What the variant fixes (block, depth, stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return PreActResNet(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (block, depth, stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(PreActResNet)
 
 
 def _variant(name: str, block: Block, layers: tuple[int, ...], description: str):

@@ -10,8 +10,8 @@ bottleneck downsamples in its 3x3 conv, not its first 1x1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -20,10 +20,10 @@ from moderncnn.io.errors import ConfigError
 from ._base import ClassifierModel, FeatureInfo
 from ._config import PretrainedWeights, VariantConfig
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
 from .layers import check_stages
 
@@ -212,10 +212,8 @@ class ResNet(ClassifierModel):
         return x
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> ResNet:
-    """What the variant fixes (block, depth, groups, stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return ResNet(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (block, depth, groups, stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(ResNet)
 
 
 def _variant(
