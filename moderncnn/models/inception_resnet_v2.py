@@ -17,8 +17,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from moderncnn.io.errors import ConfigError
-
 from ._base import ClassifierModel, FeatureInfo
 from ._config import (
     INCEPTION_MEAN,
@@ -33,9 +31,9 @@ from ._registry import (
     register_variants,
     variant_builder,
 )
-from .googlenet import STEMS, check_transform_input, renormalize_imagenet
+from .googlenet import check_inception_args, renormalize_imagenet
 from .inception_v4 import ReductionA, avg_pool_3x3, conv
-from .layers import check_width_multiplier, scale_width
+from .layers import scale_width
 
 __all__ = [
     "InceptionResNetA",
@@ -227,18 +225,12 @@ class InceptionResNetV2(ClassifierModel):
         scales: tuple[float, float, float] = (0.17, 0.10, 0.20),
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
-        check_width_multiplier(width_multiplier)
-        check_transform_input(transform_input, in_chans)
+        w = check_inception_args(stem, width_multiplier, transform_input, in_chans)
         self.num_classes = num_classes
         self.transform_input = transform_input
         small = stem == "cifar"
         wm = width_multiplier
         scale_a, scale_b, scale_c = scales
-
-        def w(chs: int) -> int:
-            return scale_width(chs, wm)
 
         # The stem, 299 -> 35: unpadded 3x3s, the first at stride 2, and two 3x3/2 max-pools.
         # The small-image stem pads the 3x3s, keeps stride 1 and drops the pools.

@@ -15,8 +15,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from moderncnn.io.errors import ConfigError
-
 from ._base import ClassifierModel, FeatureInfo
 from ._config import (
     INCEPTION_MEAN,
@@ -31,8 +29,8 @@ from ._registry import (
     register_variants,
     variant_builder,
 )
-from .googlenet import BN_EPS, STEMS, check_transform_input, renormalize_imagenet
-from .layers import ConvBNAct, check_width_multiplier, scale_width
+from .googlenet import BN_EPS, check_inception_args, renormalize_imagenet
+from .layers import ConvBNAct, scale_width
 
 __all__ = [
     "InceptionA",
@@ -313,17 +311,11 @@ class InceptionV4(ClassifierModel):
         width_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
-        check_width_multiplier(width_multiplier)
-        check_transform_input(transform_input, in_chans)
+        w = check_inception_args(stem, width_multiplier, transform_input, in_chans)
         self.num_classes = num_classes
         self.transform_input = transform_input
         small = stem == "cifar"
         wm = width_multiplier
-
-        def w(chs: int) -> int:
-            return scale_width(chs, wm)
 
         # The stem (paper Fig. 3): unpadded ("V") convs and stride-2 splits, 299 -> 35. The
         # small-image stem pads every conv and keeps stride 1, so Inception-A sees 32 x 32.
