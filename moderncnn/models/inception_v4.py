@@ -30,7 +30,7 @@ from ._registry import (
     variant_builder,
 )
 from .googlenet import BN_EPS, check_inception_args, renormalize_imagenet
-from .layers import ConvBNAct, scale_width
+from .layers import ConvBNAct, init_conv_bn, scale_width
 
 __all__ = [
     "InceptionA",
@@ -359,12 +359,7 @@ class InceptionV4(ClassifierModel):
 
     def _init_weights(self) -> None:
         """He-normal convs (fan-in), unit BN; Linear keeps PyTorch's default (as timm)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, mode="fan_in")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Inception-C's map (N x 1536 x 8 x 8 for a 299 x 299 image)."""

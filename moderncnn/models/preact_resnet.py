@@ -38,7 +38,7 @@ from ._registry import (
     register_variants,
     variant_builder,
 )
-from .layers import check_stages
+from .layers import check_stages, init_conv_bn
 from .resnet import conv1x1, conv3x3
 
 __all__ = ["PreActBasicBlock", "PreActBottleneck", "PreActResNet"]
@@ -175,12 +175,7 @@ class PreActResNet(ClassifierModel):
 
     def _init_weights(self) -> None:
         """He-normal convs (fan-out, as ResNet's), unit BN; Linear keeps PyTorch's default."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The final BN-ReLU map (N x 512 x 4 x 4 for preact_resnet18_cifar on 32 x 32)."""

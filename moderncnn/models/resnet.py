@@ -25,7 +25,7 @@ from ._registry import (
     register_variants,
     variant_builder,
 )
-from .layers import check_stages
+from .layers import check_stages, init_conv_bn
 
 Stem = Literal["imagenet", "cifar"]
 
@@ -189,12 +189,7 @@ class ResNet(ClassifierModel):
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         """torchvision's: He-normal convs (fan-out), unit BN; Linear keeps PyTorch's default."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
