@@ -39,6 +39,7 @@ from .images import (
     load_image,
     scan_images,
 )
+from .loaders import batch_loader
 from .stats import GREY_IMAGENET, IMAGENET
 
 log = logging.getLogger(__name__)
@@ -512,19 +513,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
 
     def _loader(self, dataset: ImageFolderSamples | None, train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() (or let the Trainer call it) before the dataloaders")
-        workers = self.num_workers > 0
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            # A last training batch of one image would make BatchNorm fail.
-            drop_last=train and len(dataset) % self.batch_size == 1,
-            num_workers=self.num_workers,
-            persistent_workers=workers,
-            pin_memory=workers and torch.cuda.is_available(),
-        )
+        pin = self.num_workers > 0 and torch.cuda.is_available()
+        return batch_loader(dataset, self.batch_size, self.num_workers, train, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
