@@ -33,7 +33,7 @@ from ._registry import (
 )
 from .googlenet import check_inception_args, renormalize_imagenet
 from .inception_v4 import ReductionA, avg_pool_3x3, conv
-from .layers import scale_width
+from .layers import init_conv_bn, scale_width
 
 __all__ = [
     "InceptionResNetA",
@@ -276,13 +276,9 @@ class InceptionResNetV2(ClassifierModel):
 
     def _init_weights(self) -> None:
         """He-normal convs (fan-in), unit BN; Linear keeps PyTorch's default (as timm)."""
+        init_conv_bn(self, mode="fan_in")
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
