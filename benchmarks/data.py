@@ -35,8 +35,8 @@ from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 from torchvision.transforms import v2
 
 from moderncnn.data import CIFAR10DataModule, FashionMNISTDataModule
-from moderncnn.data._tensor import TensorDataModule
 from moderncnn.data.fashion_mnist import DEBIAN_DIR
+from moderncnn.data.in_memory import TensorDataModule
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data.md"
 GOAL = 5.0  # ours / glue, batches per second (higher is better)

@@ -21,13 +21,14 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from torch import nn
 
 from moderncnn.cli import main as moderncnn_main
 from moderncnn.data import ImageFolderDataModule
-from moderncnn.data.augment import denormalize
 from moderncnn.data.image_folder import EmptyClassError
 from moderncnn.data.images import BadImageError, load_image
 from moderncnn.io.errors import DataError
+from moderncnn.io.pixels import denormalize
 from moderncnn.training.cli import main
 
 SIZE = 16  # model input side (px)
@@ -317,6 +318,36 @@ def test_image_symlink_out_of_the_root_is_skipped_unless_followed(tmp_path: Path
     followed.setup("fit")
     assert root / "cats" / "leak.png" in {path for path, _ in followed.train_set.samples}
     assert not followed.bad_files
+
+
+def test_features_and_the_data_module_skip_the_same_links_out_of_the_root(tmp_path: Path) -> None:
+    from moderncnn.data.files import read_folder
+    from moderncnn.transfer.features import extract_features
+
+    root = _two_classes(tmp_path / "data")
+    elsewhere = _two_classes(tmp_path / "elsewhere")
+    (root / "cats" / "leak.png").symlink_to(elsewhere / "cats" / "0.png")
+    (root / "cats" / "alias.png").symlink_to(root / "dogs" / "0.png")  # inside: kept
+    (root / "linked").symlink_to(elsewhere / "dogs")  # a class folder out of the root
+    dm = _module(root, val_fraction=0.0)
+    dm.setup("fit")
+    read_by_module = sorted(path.relative_to(root).as_posix() for path, _ in dm.train_set.samples)
+    skipped_by_module = sorted(path.relative_to(root).as_posix() for path in dm.skipped_links)
+
+    skipped: dict[str, list[dict[str, str]]] = {}
+    names, (split,) = read_folder(root, skipped=skipped)
+    assert names == dm.class_names == ["cats", "dogs"]
+    assert sorted(split.files) == read_by_module
+    assert "cats/alias.png" in read_by_module and "cats/leak.png" not in read_by_module
+    assert sorted(row["file"] for row in skipped["all"]) == skipped_by_module
+    assert skipped_by_module == ["cats/leak.png", "linked"]
+    assert all("outside" in row["error"] for row in skipped["all"])
+
+    cache = extract_features(nn.Conv2d(3, 4, 3), root, tmp_path / "cache", progress=False)
+    assert sorted(cache.files("all")) == read_by_module
+    assert sorted(row["file"] for row in cache.skipped("all")) == skipped_by_module
+    _, (followed,) = read_folder(root, follow_symlinks=True)
+    assert "cats/leak.png" in followed.files and "linked/0.png" in followed.files
 
 
 def test_followed_class_symlink_is_a_class(tmp_path: Path) -> None:

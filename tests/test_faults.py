@@ -9,6 +9,7 @@ half_read`` and ``test_writer_killed_before_manifest_invalidates_old_cache``.)
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -226,7 +227,7 @@ def test_output_folder_check_leaves_nothing_behind(tmp_path: Path) -> None:
 
 from moderncnn.io.errors import ConfigError, OutputError  # noqa: E402
 from moderncnn.training.callbacks import AtomicCheckpointIO  # noqa: E402
-from moderncnn.training.cli import claim_run_folder  # noqa: E402
+from moderncnn.training.run_folders import claim_run_folder  # noqa: E402
 
 # Callbacks that the runs in subprocesses load from the test's folder.
 FAULT_CALLBACKS = """
@@ -358,7 +359,7 @@ def test_checkpoint_is_written_beside_its_destination_never_in_tmpdir(
         renames.append((Path(src), Path(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr("moderncnn.training.callbacks.os.replace", replace)
+    monkeypatch.setattr("moderncnn.io.atomic.os.replace", replace)
     destination = tmp_path / "run" / "checkpoints" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, destination)
     assert [(src.parent, dst) for src, dst in renames] == [(destination.parent, destination)]
@@ -379,9 +380,9 @@ def test_a_failed_checkpoint_write_keeps_the_earlier_file_and_leaves_no_temporar
         raise OSError(errno.ENOSPC, "No space left on device")
 
     target = {
-        "write": "moderncnn.training.callbacks.os.fdopen",
-        "fsync": "moderncnn.training.callbacks.os.fsync",
-        "replace": "moderncnn.training.callbacks.os.replace",
+        "write": "pathlib.Path.write_bytes",
+        "fsync": "moderncnn.io.atomic.os.fsync",
+        "replace": "moderncnn.io.atomic.os.replace",
     }[failing]
     monkeypatch.setattr(target, full)
     with pytest.raises(OutputError, match=r"the disk is full: writing the checkpoint .*last\.ckpt"):
@@ -621,6 +622,32 @@ def test_atomic_writes_keep_the_replaced_files_mode_or_follow_the_umask(
     assert mode(tmp_path / "notes.txt") == 0o604
     AtomicCheckpointIO().save_checkpoint({"epoch": 0}, tmp_path / "last.ckpt")
     assert mode(tmp_path / "last.ckpt") == 0o640
+
+
+def test_a_block_that_refuses_its_file_writes_nothing(tmp_path: Path, umask_027) -> None:
+    from moderncnn.io.atomic import atomic_replace
+
+    target = tmp_path / "model.onnx"
+    target.write_text("the earlier export")
+    with pytest.raises(RuntimeError, match="check failed"):
+        with atomic_replace(target) as tmp:
+            tmp.write_text("a wrong export")
+            raise RuntimeError("check failed")
+    assert target.read_text() == "the earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    with atomic_replace(tmp_path / "new.bin", suffix=".partial") as tmp:
+        assert tmp.name.endswith(".partial")
+        tmp.write_bytes(b"done")
+    assert (tmp_path / "new.bin").read_bytes() == b"done"
+    assert mode(tmp_path / "new.bin") == 0o640  # not mkstemp's 0600
+
+
+def test_the_channels_last_verdicts_follow_the_umask(tmp_path: Path, umask_027) -> None:
+    from moderncnn.training import preflight
+
+    preflight._write_json_atomically(tmp_path / "verdicts.json", {"a": True})
+    assert json.loads((tmp_path / "verdicts.json").read_text()) == {"a": True}
+    assert mode(tmp_path / "verdicts.json") == 0o640
 
 
 def test_a_swapped_cached_export_is_never_run(tmp_path: Path) -> None:

@@ -41,8 +41,8 @@ from test_fuzz import FUZZ_SEED, ODD_VALUES, budget, mutated_bytes, set_key, tim
 
 from moderncnn import create_model
 from moderncnn.cli import main as cli
-from moderncnn.inference.heads import ProbeHead
 from moderncnn.inference.loading import load_model, read_card, save_model
+from moderncnn.inference.probe import ProbeHead
 from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.errors import ModernCNNError
 
@@ -413,7 +413,7 @@ def make_run(root: Path, files: dict[str, bytes | str | None]) -> Path:
 
 
 def check_run(files: dict[str, bytes | str | None]) -> None:
-    from moderncnn.training.interpretation import read_run_facts
+    from moderncnn.training.run_facts import read_run_facts
     from moderncnn.training.run_report import render_report
     from moderncnn.viz import plot_confusion_matrix, plot_curves, read_confusion_matrix
     from moderncnn.viz.curves import read_learning_rates, read_metrics

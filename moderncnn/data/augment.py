@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from moderncnn.io.errors import ConfigError
+from moderncnn.io.pixels import denormalize, normalize  # noqa: F401  (kept importable here)
 
 AugmentationSpec = str | dict[str, dict[str, Any]]
 
@@ -318,18 +319,3 @@ class BatchAugment(nn.Module):
         for step in self.steps:
             x = step(x)
         return x
-
-
-def _channel_view(values: Sequence[float], x: Tensor) -> Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-
-
-def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 (0..255) or float ([0, 1]) images -> float32 ``(x - mean) / std`` per channel."""
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    return (x - _channel_view(mean, x)) / _channel_view(std, x)
-
-
-def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Inverse of :func:`normalize`, clamped to [0, 1] for display."""
-    return (x * _channel_view(std, x) + _channel_view(mean, x)).clamp(0, 1)

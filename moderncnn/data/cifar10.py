@@ -20,8 +20,8 @@ from torch import Tensor
 from moderncnn.io.errors import DataError
 
 from . import stats
-from ._tensor import TensorDataModule
 from .augment import AugmentationSpec
+from .in_memory import TensorDataModule
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct

@@ -16,9 +16,9 @@ from torch import Tensor
 from moderncnn.io.errors import DataError
 
 from . import stats
-from ._tensor import TensorDataModule
 from .augment import AugmentationSpec
 from .idx import read_idx
+from .in_memory import TensorDataModule
 
 # Where Debian's dataset-fashion-mnist package puts the files (module-level so tests can move it).
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -6,7 +6,8 @@ sub-folder per class, classes in sorted order, named without a leading number --
 (split ``"all"``) or, when the root holds only split folders, as ``train/``, ``val/`` and
 ``test/`` folders of that form (:func:`~moderncnn.data.image_folder.split_folders`). Files are
 decoded by :func:`moderncnn.data.images.load_image`; one that cannot be decoded is reported and
-skipped, never fatal.
+skipped, never fatal. A class folder or an image file that is a symlink leading outside the root
+is skipped and reported, as the data module skips it (``follow_symlinks=True`` follows it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 
 from moderncnn.io.errors import DataError, MissingFileError
 
-from .image_folder import class_name, list_image_files, split_folders
+from .image_folder import class_folders, class_name, list_image_files, split_folders
 from .images import IMAGE_EXTENSIONS, BadImageError, load_image
 
 __all__ = [
@@ -51,10 +52,6 @@ def find_images(folder: Path) -> list[Path]:
     return list_image_files(folder)
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def _class_names(folders: list[str]) -> list[str]:
     # Named as ImageFolderDataModule names them ("001.Albatross" -> "Albatross"), unless two
     # folders would get the same name.
@@ -62,34 +59,65 @@ def _class_names(folders: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else folders
 
 
-def read_folder(root: str | Path) -> tuple[list[str], list[FolderSplit]]:
+def read_folder(
+    root: str | Path,
+    skipped: dict[str, list[dict[str, str]]] | None = None,
+    follow_symlinks: bool = False,
+) -> tuple[list[str], list[FolderSplit]]:
     """Class names and splits of an image folder (see the module docstring for the layouts).
 
     A folder of images without class sub-folders gives one unlabelled split (labels -1).
+    Symlinks leading outside ``root`` are left out, as
+    :class:`~moderncnn.data.ImageFolderDataModule` leaves them out, unless ``follow_symlinks``;
+    with ``skipped``, each split's are recorded there as ``{"file": ..., "error": ...}`` (the
+    file relative to ``root``).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise MissingFileError(f"image folder {str(root)!r} does not exist or is not a folder")
+    within = None if follow_symlinks else root.resolve()
     tops = split_folders(root) or {"all": root}
-    folders = sorted({c.name for top in tops.values() for c in _class_dirs(top)})
-    index = {name: i for i, name in enumerate(folders)}
-    splits = []
-    for name in ("train", "val", "test", "all"):
-        if name not in tops:
-            continue
-        top = tops[name]
-        if folders:
-            pairs = [(f, index[c.name]) for c in _class_dirs(top) for f in find_images(c)]
-        else:
-            pairs = [(f, -1) for f in find_images(top)]
-        if not pairs:
-            raise DataError(
-                f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {top}; expected one "
-                "sub-folder of images per class (or only train/, val/, test/ holding such folders)"
-            )
-        files = [f.relative_to(root).as_posix() for f, _ in pairs]
-        splits.append(FolderSplit(name, files, [label for _, label in pairs]))
+    links: dict[str, dict[Path, str]] = {name: {} for name in tops}
+    classes = {name: class_folders(top, within, links[name]) for name, top in tops.items()}
+    folders = sorted({c.name for dirs in classes.values() for c in dirs})
+    splits = [
+        _read_split(root, name, tops[name], classes[name], folders, within, links[name])
+        for name in ("train", "val", "test", "all")
+        if name in tops
+    ]
+    for name, found in links.items():
+        if found and skipped is not None:
+            skipped[name] = [{"file": _relative(p, root), "error": e} for p, e in found.items()]
     return _class_names(folders), splits
+
+
+def _read_split(
+    root: Path,
+    name: str,
+    top: Path,
+    classes: list[Path],
+    folders: list[str],
+    within: Path | None,
+    links: dict[Path, str],
+) -> FolderSplit:
+    """The files under ``top`` with their labels (the index of their class folder's name in
+    ``folders``; -1 where there are no class folders), relative to ``root``."""
+    if folders:
+        index = {folder: i for i, folder in enumerate(folders)}
+        pairs = [(f, index[c.name]) for c in classes for f in list_image_files(c, within, links)]
+    else:
+        pairs = [(f, -1) for f in list_image_files(top, within, links)]
+    if not pairs:
+        raise DataError(
+            f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {top}; expected one "
+            "sub-folder of images per class (or only train/, val/, test/ holding such folders)"
+        )
+    files = [_relative(f, root) for f, _ in pairs]
+    return FolderSplit(name, files, [label for _, label in pairs])
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 def content_stamps(paths: Sequence[Path]) -> list[list[Any]]:

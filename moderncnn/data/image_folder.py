@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from moderncnn.io.card import ToGrey
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError
+from moderncnn.io.pixels import denormalize, pixel_transform
 
 from ._checks import check_fraction, check_non_negative_int, check_positive_int, check_seed
-from .augment import AugmentationSpec, build_transforms, denormalize
+from .augment import AugmentationSpec, build_transforms
 from .images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_EXTENSIONS,
@@ -38,6 +39,7 @@ from .images import (
     load_image,
     scan_images,
 )
+from .loaders import batch_loader
 from .stats import GREY_IMAGENET, IMAGENET
 
 log = logging.getLogger(__name__)
@@ -77,16 +79,14 @@ def _link_reason(path: Path, boundary: Path) -> str:
     )
 
 
-def find_class_folders(
+def class_folders(
     root: Path, within: Path | None = None, skipped: dict[Path, str] | None = None
-) -> list[str]:
-    """Names of the non-hidden sub-folders of ``root``, sorted; errors name ``root``.
+) -> list[Path]:
+    """The non-hidden sub-folders of ``root``, sorted by name.
 
     With ``within`` (a resolved folder), a sub-folder that is a symlink leading outside it is
     no class: it is left out, and recorded in ``skipped`` (``{path: reason}``).
     """
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
     entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if within is not None:
         outside = [p for p in entries if p.is_symlink() and leads_outside(p, within)]
@@ -94,7 +94,16 @@ def find_class_folders(
             if skipped is not None:
                 skipped[path] = _link_reason(path, within)
         entries = [p for p in entries if p not in outside]
-    folders = sorted(p.name for p in entries)
+    return sorted(entries, key=lambda p: p.name)
+
+
+def find_class_folders(
+    root: Path, within: Path | None = None, skipped: dict[Path, str] | None = None
+) -> list[str]:
+    """Names of the class folders of ``root`` (:func:`class_folders`); errors name ``root``."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    folders = [p.name for p in class_folders(root, within, skipped)]
     if not folders:
         raise DataError(
             f"{root} has no class folders: put the images of each class in their own "
@@ -184,21 +193,44 @@ def eval_geometry(image_size: int, resize_size: int) -> list:
     return [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
 
 
-def compose_transform(
-    geometry: list, in_chans: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> v2.Compose:
-    """PIL image -> normalised tensor through ``geometry``."""
-    # in_chans=1: photos become 8-bit grey exactly as `features` and `predict` convert them
-    # (the card's preprocessing), so a model trained on grey images fine-tunes on them.
-    grey = [ToGrey()] if in_chans == 1 else []
-    return v2.Compose(
-        [
-            *grey,
-            v2.ToImage(),  # uint8 tensor first: the v2 kernels are fastest on tensors
-            *geometry,
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ]
+def check_sizes(image_size: int, resize_size: int | None) -> tuple[int, int]:
+    """(image_size, resize_size), checked; resize_size defaults to image_size * 256 / 224 (the
+    ImageNet evaluation ratio)."""
+    image_size = check_positive_int("image_size", image_size)
+    resize = resize_size if resize_size is not None else round(image_size * 256 / 224)
+    return image_size, check_positive_int("resize_size", resize)
+
+
+def check_normalization(
+    in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std of ``in_chans`` images (1: grey, 3: RGB), ImageNet's (or
+    their grey average) where not given; a ConfigError naming the bad value."""
+    if in_chans not in (1, 3):
+        raise ConfigError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+    stats = GREY_IMAGENET if in_chans == 1 else IMAGENET
+    mean, std = stats.mean if mean is None else mean, stats.std if std is None else std
+    if len(mean) != in_chans or len(std) != in_chans or min(std) <= 0:
+        raise ConfigError(
+            f"mean and std need in_chans={in_chans} values, std > 0; got mean={mean}, std={std}"
+        )
+    return tuple(mean), tuple(std)
+
+
+def image_transforms(
+    image_size: int,
+    resize_size: int,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augmentations: list[AugmentationSpec] | None,
+) -> tuple[v2.Compose, v2.Compose]:
+    """(training, evaluation) transforms: PIL image -> normalised tensor."""
+    train = train_geometry(image_size, resize_size, augmentations)
+    evaluation = eval_geometry(image_size, resize_size)
+    return (
+        pixel_transform(train, in_chans, mean, std),
+        pixel_transform(evaluation, in_chans, mean, std),
     )
 
 
@@ -299,20 +331,9 @@ class ImageFolderDataModule(L.LightningDataModule):
                 f"give either test_root ({test_root!r}) or test_fraction ({test_fraction}), "
                 "not both"
             )
-        self.image_size = check_positive_int("image_size", image_size)
-        self.resize_size = check_positive_int(
-            "resize_size", resize_size if resize_size is not None else round(image_size * 256 / 224)
-        )
-        if in_chans not in (1, 3):
-            raise ConfigError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+        self.image_size, self.resize_size = check_sizes(image_size, resize_size)
         self.in_chans = in_chans
-        stats = GREY_IMAGENET if in_chans == 1 else IMAGENET
-        mean, std = stats.mean if mean is None else mean, stats.std if std is None else std
-        if len(mean) != in_chans or len(std) != in_chans or min(std) <= 0:
-            raise ConfigError(
-                f"mean and std need in_chans={in_chans} values, std > 0; got mean={mean}, std={std}"
-            )
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = check_normalization(in_chans, mean, std)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_workers = check_non_negative_int("num_workers", num_workers)
         if max_image_pixels is not None:
@@ -354,10 +375,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.test_files = self._held_out_files(self.test_root, "test_root")
         self.val_files = self._held_out_files(self.val_root, "val folder")
 
-        geometry = train_geometry(self.image_size, self.resize_size, augmentations)
-        self.train_transform = compose_transform(geometry, in_chans, self.mean, self.std)
-        geometry = eval_geometry(self.image_size, self.resize_size)
-        self.eval_transform = compose_transform(geometry, in_chans, self.mean, self.std)
+        self.train_transform, self.eval_transform = image_transforms(
+            self.image_size, self.resize_size, in_chans, self.mean, self.std, augmentations
+        )
         self.bad_files: dict[Path, str] | None = None  # set by setup()
         self.train_set = self.val_set = self.test_set = None
 
@@ -493,19 +513,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
 
     def _loader(self, dataset: ImageFolderSamples | None, train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() (or let the Trainer call it) before the dataloaders")
-        workers = self.num_workers > 0
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            # A last training batch of one image would make BatchNorm fail.
-            drop_last=train and len(dataset) % self.batch_size == 1,
-            num_workers=self.num_workers,
-            persistent_workers=workers,
-            pin_memory=workers and torch.cuda.is_available(),
-        )
+        pin = self.num_workers > 0 and torch.cuda.is_available()
+        return batch_loader(dataset, self.batch_size, self.num_workers, train, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

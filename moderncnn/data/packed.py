@@ -31,9 +31,8 @@ from moderncnn.io.errors import ConfigError, DataError, OutputError
 
 from ._checks import check_non_negative_int, check_positive_int, check_seed
 from .files import FolderSplit, read_folder
-from .image_folder import compose_transform, eval_geometry, train_geometry
+from .image_folder import check_normalization, check_sizes, image_transforms
 from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image, to_rgb
-from .stats import GREY_IMAGENET, IMAGENET
 
 __all__ = ["StreamingDataModule", "pack_image_folder", "read_csv_list"]
 
@@ -199,28 +198,20 @@ class StreamingDataModule(L.LightningDataModule):
             class_names = json.loads(info.read_text())["class_names"]
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
-        self.image_size = check_positive_int("image_size", image_size)
-        self.resize_size = resize_size or round(image_size * 256 / 224)
-        if in_chans not in (1, 3):
-            raise ConfigError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
-        stats = GREY_IMAGENET if in_chans == 1 else IMAGENET
+        self.image_size, self.resize_size = check_sizes(image_size, resize_size)
         self.in_chans = in_chans
-        self.mean = tuple(stats.mean if mean is None else mean)
-        self.std = tuple(stats.std if std is None else std)
+        self.mean, self.std = check_normalization(in_chans, mean, std)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_workers = check_non_negative_int("num_workers", num_workers)
         self.seed = check_seed("seed", seed)
         # Each transform takes a packed sample (its encoded bytes) to (image tensor, label), so
         # whoever swaps a dataset's transform for the evaluation one (features) gets images.
-        geometry = train_geometry(self.image_size, self.resize_size, augmentations)
+        train, evaluation = image_transforms(
+            self.image_size, self.resize_size, in_chans, self.mean, self.std, augmentations
+        )
         grey = in_chans == 1
-        self.train_transform = _Transformed(
-            compose_transform(geometry, in_chans, self.mean, self.std), grey
-        )
-        geometry = eval_geometry(self.image_size, self.resize_size)
-        self.eval_transform = _Transformed(
-            compose_transform(geometry, in_chans, self.mean, self.std), grey
-        )
+        self.train_transform = _Transformed(train, grey)
+        self.eval_transform = _Transformed(evaluation, grey)
         self.cache_dir = cache_dir
         self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # checked when packed
 

@@ -25,6 +25,7 @@ __all__ = [
     "feature_fn",
     "headless",
     "pool_features",
+    "pooled_features",
     "under_bf16",
     "weights_sha256",
 ]
@@ -96,11 +97,7 @@ def feature_fn(
             raise ConfigError(f"stage must be in 0..{len(info) - 1}, got {stage}")
 
     def run(net: nn.Module, x: Tensor) -> Tensor:
-        if stage is not None:
-            return pool_features(net.forward_intermediates(x, indices=[stage])[0])
-        if hasattr(net, "forward_features") and hasattr(net, "forward_head"):
-            return net.forward_head(net.forward_features(x), pre_logits=True)
-        return pool_features(net(x))
+        return pooled_features(net, x, stage)
 
     fast = fast_inference_copy(backbone) if optimize else None
     checked = False
@@ -133,7 +130,19 @@ def under_bf16(fn: Callable[[Tensor], Tensor], device_type: str) -> Callable[[Te
     return run
 
 
+def pooled_features(net: nn.Module, x: Tensor, stage: int | None = None) -> Tensor:
+    """N x D features of images ``x``, as the feature cache holds them: stage ``stage``'s map
+    average-pooled, else the pooled pre-logits (``forward_head(..., pre_logits=True)``) of a
+    model that has them, else ``net(x)`` (average-pooled when it is a 4-D map)."""
+    if stage is not None:
+        return pool_features(net.forward_intermediates(x, indices=[stage])[0])
+    if hasattr(net, "forward_features") and hasattr(net, "forward_head"):
+        return net.forward_head(net.forward_features(x), pre_logits=True)
+    return pool_features(net(x))
+
+
 def pool_features(out: Tensor) -> Tensor:
+    """A 4-D map average-pooled to N x C; N x D features as they are."""
     if out.ndim == 4:  # N x C x H x W -> N x C
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
     if out.ndim == 2:

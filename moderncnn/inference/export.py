@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -27,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from moderncnn.io.atomic import atomic_write_text, temporary_sibling
+from moderncnn.io.atomic import atomic_replace, atomic_write_text
 from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.errors import ConfigError, DataError, ModernCNNError
 
@@ -113,7 +112,7 @@ def export_model(
     card = _card_for(card, model, expected.shape[1], size, class_names, mean, std, model_name)
 
     net = _inference_copy(model, optimize)
-    with temporary_sibling(out) as tmp:
+    with atomic_replace(out) as tmp:
         with torch.no_grad():
             if format == "onnx":
                 _export_onnx(net, example, tmp, dynamic_batch)
@@ -146,7 +145,6 @@ def export_model(
             "torch_version": torch.__version__,
             "card": card.to_dict(),
         }
-        os.replace(tmp, out)
     atomic_write_text(sidecar_path(out), json.dumps(meta, indent=1) + "\n")
     return out
 

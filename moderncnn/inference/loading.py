@@ -35,19 +35,19 @@ from torch.utils.data import DataLoader
 
 from moderncnn.data.files import DecodedImageFiles, collate_images, find_images
 from moderncnn.io.atomic import atomic_write, atomic_write_text
-from moderncnn.io.card import CARD_FORMAT, ModelCard
+from moderncnn.io.card import CARD_FORMAT, ModelCard, read_card_json
 from moderncnn.io.checkpoint import read_checkpoint, read_state_dict, unwrap_state_dict
 from moderncnn.io.download import cache_dir
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError, OutputError
 from moderncnn.io.hub import hub_folder, is_hub_id
 from moderncnn.models import create_model, is_model
-from moderncnn.models.factory import check_model_kwargs, check_parameter_count
+from moderncnn.models.factory import check_model_kwargs
 from moderncnn.models.pretrained import find_pretrained, load_pretrained
 
 from .backbone import headless, under_bf16, weights_sha256
-from .heads import ProbeClassifier, ProbeHead
 from .onnx_cache import cached_export, verified_export
 from .optimize import optimize_for_inference
+from .probe import PROBE_INFO, ProbeClassifier, load_probe, probe_head
 from .quantize import int8_path
 from .runtimes import (
     EXPORT_FORMATS,
@@ -76,7 +76,6 @@ __all__ = [
 ]
 
 CARD_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-PROBE_INFO, PROBE_HEAD = "probe.json", "probe_head.safetensors"
 
 
 @dataclass
@@ -424,87 +423,15 @@ def _from_state_dict(path: Path, architecture: str, num_classes: int, **kwargs: 
     return LoadedModel(card, path, network)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: unreadable ({err})") from err
-    except (RecursionError, ValueError) as err:  # nested 100k deep; an int of 5000 digits
-        raise DataError(f"{path}: not a card moderncnn writes ({type(err).__name__})") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def _from_saved(folder: Path) -> LoadedModel:
-    card = ModelCard.from_dict(_read_json(folder / CARD_FILE), str(folder / CARD_FILE))
+    card = ModelCard.from_dict(read_card_json(folder / CARD_FILE), str(folder / CARD_FILE))
     state = read_state_dict(folder / WEIGHTS_FILE)
     if card.kind == "probe":
         backbone = headless(build_network(card.parent, str(folder)))
-        network: nn.Module = ProbeClassifier(backbone, _probe_head(card), card.head.get("stage"))
+        network: nn.Module = ProbeClassifier(backbone, probe_head(card), card.head.get("stage"))
     else:
         network = build_network(card, str(folder))
     return LoadedModel(card, folder, _load_state(network, state, card, str(folder)))
-
-
-def _probe_head(card: ModelCard) -> ProbeHead:
-    return ProbeHead(int(card.head["num_features"]), card.num_classes, card.head.get("hidden"))
-
-
-def load_probe(folder: str | Path) -> tuple[ProbeHead, ModelCard]:
-    """The head saved by ``moderncnn probe`` and its card."""
-    folder = Path(folder)
-    if not (folder / PROBE_INFO).is_file() or not (folder / PROBE_HEAD).is_file():
-        raise MissingFileError(
-            f"{folder} is not a probe folder (needs {PROBE_INFO} and {PROBE_HEAD}); make one with "
-            "`moderncnn probe CACHE --out DIR`"
-        )
-    card = _probe_card(folder)
-    _check_backbone_chain(folder, card)
-    features, hidden = card.head["num_features"], card.head.get("hidden")
-    weights = (
-        features * hidden + hidden * card.num_classes if hidden else features * card.num_classes
-    )
-    check_parameter_count(weights, f"{folder / PROBE_INFO}'s head")
-    head = _probe_head(card)
-    state = read_state_dict(folder / PROBE_HEAD)  # CheckpointError for crafted bytes
-    try:
-        head.load_state_dict(state)
-    except (RuntimeError, OSError) as err:  # torch's message spans lines: one line here
-        why = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        raise DataError(f"{folder / PROBE_HEAD} does not fit {PROBE_INFO}: {why}") from err
-    return head.eval(), card
-
-
-def _probe_card(folder: Path) -> ModelCard:
-    info = _read_json(folder / PROBE_INFO)
-    card = ModelCard.from_dict(info.get("card"), str(folder / PROBE_INFO))
-    if card.kind != "probe" or card.parent is None:
-        raise DataError(f"{folder / PROBE_INFO}: its card is not a probe's (kind {card.kind!r})")
-    return card
-
-
-# A probe's backbone may be another probe folder; a chain longer than this is a crafted one.
-MAX_PROBE_CHAIN = 8
-
-
-def _check_backbone_chain(folder: Path, card: ModelCard) -> None:
-    """Refuses a probe whose backbone is, through other probe folders, the probe itself (its
-    loading would recurse until Python stops it)."""
-    seen = [folder.resolve()]
-    while True:
-        weights = card.parent.source.get("weights") if card.parent is not None else None
-        if not isinstance(weights, str) or not (Path(weights) / PROBE_INFO).is_file():
-            return
-        parent = Path(weights).resolve()
-        if parent in seen or len(seen) >= MAX_PROBE_CHAIN:
-            chain = " -> ".join(str(path) for path in [*seen, parent])
-            raise DataError(
-                f"{folder / PROBE_INFO}: its backbone leads back to a probe already in the chain "
-                f"or goes on too long ({chain}); point source.weights at the backbone's checkpoint"
-            )
-        seen.append(parent)
-        card = _probe_card(parent)
 
 
 def _offline_weights(weights: str, architecture: str, where: str = "model card") -> str:
@@ -657,7 +584,7 @@ def read_card(path: str | Path) -> ModelCard:
     """The card of a checkpoint or saved model folder, without building its network."""
     path = Path(path).expanduser()
     if path.is_dir():
-        return ModelCard.from_dict(_read_json(path / CARD_FILE), str(path / CARD_FILE))
+        return ModelCard.from_dict(read_card_json(path / CARD_FILE), str(path / CARD_FILE))
     return card_from_checkpoint(read_checkpoint(path), str(path))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from moderncnn.io.atomic import temporary_sibling
+from moderncnn.io.atomic import atomic_replace, temporary_sibling
 from moderncnn.io.card import ModelCard
 from moderncnn.io.errors import ConfigError, DataError, ModernCNNError
 
@@ -185,7 +184,7 @@ def quantize_export(
     if not meta.get("dynamic_batch"):
         raise DataError(f"{fp32_path}: quantize a dynamic-batch export (--dynamic-batch)")
     size = tuple(meta["input_size"][1:])
-    with temporary_sibling(out) as tmp:
+    with atomic_replace(out) as tmp:
         quantize_onnx(fp32_path, tmp, calibration)
         fp32 = run_exported(fp32_path, "onnx", runtime, "fp32", threads)
         fp32_acc, images = accuracy(fp32, validation(), size)
@@ -206,7 +205,6 @@ def quantize_export(
             "int8_drop_points": drop,
             "int8_eval_images": images,
         })  # fmt: skip
-        os.replace(tmp, out)
     shutil.copyfile(sidecar_path(fp32_path), sidecar_path(out))
     update_sidecar(
         out, precision="int8", card=card.to_dict(), fp32_file=fp32_path.name, max_drop=max_drop,

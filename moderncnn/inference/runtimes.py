@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from moderncnn.io.atomic import atomic_write_text
+from moderncnn.io.card import read_card_json
 from moderncnn.io.checkpoint import is_torchscript_archive
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 
@@ -461,15 +462,7 @@ def load_exported(
 
 def read_sidecar(path: Path) -> dict[str, Any]:
     """The JSON sidecar of an exported model; a broken one is a one-line error naming it."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: unreadable sidecar ({err}); export the model again") from err
-    except (RecursionError, ValueError) as err:  # nested 100k deep; an int of 5000 digits
-        raise DataError(f"{path}: not a sidecar moderncnn writes ({type(err).__name__})") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: a sidecar is a JSON object, got {type(meta).__name__}")
-    return meta
+    return read_card_json(path, "sidecar", "; export the model again")
 
 
 def update_sidecar(model_path: Path, **values: Any) -> dict[str, Any]:

@@ -12,19 +12,20 @@ sidecar (``model.onnx.json``), a saved model folder (``config.json``), a probe f
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
 from torch import Tensor
 from torchvision.transforms import v2
 
 from .errors import DataError
+from .pixels import ToGrey, normalize, pixel_transform
 
-__all__ = ["CARD_FORMAT", "KINDS", "ModelCard", "Preprocess", "ToGrey"]
+__all__ = ["CARD_FORMAT", "KINDS", "ModelCard", "Preprocess", "ToGrey", "read_card_json"]
 
 CARD_FORMAT = "moderncnn-card/1"
 # classifier: a network with its own head; backbone: a headless feature extractor;
@@ -40,23 +41,6 @@ CROP_FRACTION = 0.875
 MAX_IMAGE_SIZE = 4096
 MAX_CARD_DEPTH = 64
 MAX_HEAD_SIZE = 2**20
-
-
-class ToGrey:
-    """PIL image -> 8-bit grey ("L"), exactly: an RGB image with R = G = B keeps its values.
-
-    PIL's integer conversion weights sum to exactly 1 (19595 + 38470 + 7471 = 2^16), so a grey
-    file decoded to RGB comes back unchanged; torchvision's float ``Grayscale`` on uint8 pixels
-    truncates 0.9999 * v and shifts every pixel down by one level (1/255).
-    """
-
-    def __call__(self, image: Any) -> Any:
-        if isinstance(image, Image.Image):
-            return image if image.mode == "L" else image.convert("L")
-        return v2.functional.rgb_to_grayscale(image)
-
-    def __repr__(self) -> str:
-        return "ToGrey()"
 
 
 @dataclass(frozen=True)
@@ -147,20 +131,15 @@ class Preprocess:
     def transform(self) -> v2.Compose:
         """PIL image (any mode ``load_image`` gives) -> normalised float tensor."""
         size = self.image_size
-        steps: list[Any] = [ToGrey()] if self.in_chans == 1 else []
-        steps.append(v2.ToImage())
         if self.resize_size is None:
-            steps.append(v2.Resize((size, size), antialias=True))
+            geometry = [v2.Resize((size, size), antialias=True)]
         else:
-            steps += [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(size)]
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
-        return v2.Compose(steps)
+            geometry = [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(size)]
+        return pixel_transform(geometry, self.in_chans, self.mean, self.std)
 
     def normalize(self, images: Tensor) -> Tensor:
         """[0, 1] images (N x C x H x W) -> normalised, as :meth:`transform` ends."""
-        mean = images.new_tensor(self.mean).view(1, -1, 1, 1)
-        std = images.new_tensor(self.std).view(1, -1, 1, 1)
-        return (images - mean) / std
+        return normalize(images, self.mean, self.std)
 
 
 def _floats(values: Any) -> tuple[float, ...]:
@@ -384,4 +363,19 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    return value
+
+
+def read_card_json(path: Path, what: str = "card", fix: str = "") -> dict[str, Any]:
+    """The JSON object in one of our files (a card: ``config.json``, ``probe.json``; an export's
+    sidecar); one-line errors naming ``path`` (and ``what`` it is, with ``fix``: what to do) for
+    an unreadable, malformed or hostile file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: unreadable {what} ({err}){fix}") from err
+    except (RecursionError, ValueError) as err:  # nested 100k deep; an int of 5000 digits
+        raise DataError(f"{path}: not a {what} moderncnn writes ({type(err).__name__})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: a {what} is a JSON object, got {type(value).__name__}")
     return value

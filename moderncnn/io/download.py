@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
-from .atomic import new_file_mode
+from .atomic import atomic_replace
 from .errors import ConfigError, DataError, ModernCNNError
 
 __all__ = [
@@ -106,12 +105,9 @@ def _download(url: str, dst: Path, progress: bool) -> None:
     """Stream ``url`` into a temporary file beside ``dst``, then rename it (atomic)."""
     from tqdm.auto import tqdm
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
-    try:
-        os.fchmod(fd, new_file_mode(dst))  # not mkstemp's 0600
+    with atomic_replace(dst, suffix=".partial") as tmp:
         request = Request(url, headers={"User-Agent": "moderncnn"})
-        with os.fdopen(fd, "wb") as f, urlopen(request) as r:
+        with tmp.open("wb") as f, urlopen(request) as r:
             size = int(r.headers.get("Content-Length") or 0) or None
             bar = tqdm(total=size, unit="B", unit_scale=True, desc=dst.name, disable=not progress)
             with bar:
@@ -124,12 +120,8 @@ def _download(url: str, dst: Path, progress: bool) -> None:
                 f"downloaded {url}: SHA-256 {digest[: len(prefix)]}... does not match the "
                 f"{prefix!r} in its name; the download was corrupted, try again"
             )
-        os.replace(tmp, dst)
-        stat = dst.stat()
-        _CHECKED.add((str(dst.resolve()), stat.st_size, stat.st_mtime_ns))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    stat = dst.stat()
+    _CHECKED.add((str(dst.resolve()), stat.st_size, stat.st_mtime_ns))
 
 
 def cached_download(url: str, progress: bool = True) -> Path:

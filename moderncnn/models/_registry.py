@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -111,6 +111,23 @@ def check_model_name(name: str) -> None:
         f"See moderncnn.list_models() or `moderncnn models` for the {len(_MODEL_ENTRYPOINTS)} "
         "registered names."
     )
+
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def variant_builder(
+    model_class: type[ModelT],
+) -> Callable[[str, int, int, Mapping[str, Any]], ModelT]:
+    """A family's builder (a :data:`CreateFn`): the registered variant's fixed arguments
+    (depth, block, stem, ...) give way to the caller's ``kwargs`` (timm's ``_create_resnet``),
+    so the variants are data, not code."""
+
+    def create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> ModelT:
+        args = get_variant_config(name).build_args(kwargs)
+        return model_class(num_classes=num_classes, in_chans=in_chans, **args)
+
+    return create
 
 
 def get_variant_config(name: str) -> VariantConfig:

@@ -38,7 +38,7 @@ from moderncnn.io.errors import ConfigError
 from ._base import ClassifierModel, FeatureInfo
 from ._config import SMALL_IMAGE_SIZE, VariantConfig
 from ._registry import get_variant_config, register_model, register_variants
-from .layers import check_stages
+from .layers import check_stages, init_conv_bn
 from .preact_resnet import PreActBasicBlock, PreActBottleneck, PreActResNet
 from .resnet import conv3x3, projection
 
@@ -164,12 +164,7 @@ class CifarResNet(ClassifierModel):
 
     def _init_weights(self) -> None:
         """He-normal convs (the paper's reference [13]), unit BN; Linear keeps PyTorch's."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last stage's map (N x 64 x 8 x 8 on a 32 x 32 image)."""

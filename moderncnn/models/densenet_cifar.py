@@ -20,21 +20,16 @@ Parameter counts (tested; the paper's Table 2 rounds them)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from ._config import SMALL_IMAGE_SIZE, VariantConfig
-from ._registry import get_variant_config, register_model, register_variants
+from ._registry import register_model, register_variants, variant_builder
 from .densenet import DenseNet
 
 __all__: list[str] = []
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> DenseNet:
-    """What the variant fixes (depth, growth rate, bottleneck, compression) gives way to the
-    caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return DenseNet(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (depth, growth rate, bottleneck, compression) gives way to the
+# caller's ``kwargs``.
+_create = variant_builder(DenseNet)
 
 
 def _variant(name: str, description: str, **args) -> VariantConfig:

@@ -7,8 +7,9 @@ State-dict keys and shapes are torchvision's ``googlenet``, so its checkpoints l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,10 @@ from ._config import (
     VariantConfig,
 )
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
 from .layers import ConvBNAct, check_width_multiplier, scale_width
 
@@ -78,6 +79,18 @@ def check_transform_input(transform_input: bool, in_chans: int) -> None:
             f"transform_input=True re-normalises the 3 ImageNet RGB channels, got in_chans="
             f"{in_chans}; pass transform_input=False for {in_chans}-channel input"
         )
+
+
+def check_inception_args(
+    stem: str, width_multiplier: float, transform_input: bool, in_chans: int
+) -> Callable[[int], int]:
+    """Check the arguments every Inception-family model takes (a ConfigError naming the bad
+    one); returns ``w``, the family's width rule: channels -> channels x width_multiplier."""
+    if stem not in STEMS:
+        raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
+    check_width_multiplier(width_multiplier)
+    check_transform_input(transform_input, in_chans)
+    return partial(scale_width, width_multiplier=width_multiplier)
 
 
 class InceptionBlock(nn.Module):
@@ -211,22 +224,16 @@ class GoogLeNet(ClassifierModel):
         width_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
+        w = check_inception_args(stem, width_multiplier, transform_input, in_chans)
         if branch3_kernel_size not in (3, 5):
             raise ConfigError(
                 f"branch3_kernel_size must be 3 (torchvision) or 5 (paper), "
                 f"got {branch3_kernel_size!r}"
             )
-        check_width_multiplier(width_multiplier)
-        check_transform_input(transform_input, in_chans)
         self.num_classes = num_classes
         self.aux_logits = aux_logits
         self.transform_input = transform_input
         small = stem == "cifar"
-
-        def w(chs: int) -> int:
-            return scale_width(chs, width_multiplier)
 
         if small:
             # The ImageNet stem downsamples 8x before the first Inception block, which leaves a
@@ -322,10 +329,8 @@ class GoogLeNet(ClassifierModel):
         return x, aux1, aux2
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> GoogLeNet:
-    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return GoogLeNet(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (the stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(GoogLeNet)
 
 
 VARIANTS = register_variants(

@@ -10,25 +10,22 @@ Shape comments are for a 299 x 299 input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moderncnn.io.errors import ConfigError
-
 from ._base import ClassifierModel, FeatureInfo
 from ._config import INCEPTION_MEAN, INCEPTION_STD, PretrainedWeights, VariantConfig
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
-from .googlenet import BN_EPS, STEMS, check_transform_input, renormalize_imagenet
-from .layers import ConvBNAct, check_width_multiplier, scale_width
+from .googlenet import BN_EPS, check_inception_args, renormalize_imagenet
+from .layers import ConvBNAct, scale_width
 
 __all__ = [
     "AuxHead",
@@ -289,18 +286,12 @@ class InceptionV3(ClassifierModel):
         width_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
-        check_width_multiplier(width_multiplier)
-        check_transform_input(transform_input, in_chans)
+        w = check_inception_args(stem, width_multiplier, transform_input, in_chans)
         self.num_classes = num_classes
         self.aux_logits = aux_logits
         self.transform_input = transform_input
         small = stem == "cifar"
         wm = width_multiplier
-
-        def w(chs: int) -> int:
-            return scale_width(chs, wm)
 
         # The ImageNet stem downsamples 8x before the first Inception block (299 -> 35), which
         # would leave a 3x3 map from a 32x32 image; small images get padded 3x3/1 convs and no
@@ -402,10 +393,8 @@ class InceptionV3(ClassifierModel):
         return x, aux
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> InceptionV3:
-    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return InceptionV3(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (the stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(InceptionV3)
 
 
 VARIANTS = register_variants(

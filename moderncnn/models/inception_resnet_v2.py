@@ -14,13 +14,8 @@ ImageNet weights load. Shape comments are for a 299 x 299 input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import Tensor, nn
-
-from moderncnn.io.errors import ConfigError
 
 from ._base import ClassifierModel, FeatureInfo
 from ._config import (
@@ -31,14 +26,14 @@ from ._config import (
     VariantConfig,
 )
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
-from .googlenet import STEMS, check_transform_input, renormalize_imagenet
+from .googlenet import check_inception_args, renormalize_imagenet
 from .inception_v4 import ReductionA, avg_pool_3x3, conv
-from .layers import check_width_multiplier, scale_width
+from .layers import init_conv_bn, scale_width
 
 __all__ = [
     "InceptionResNetA",
@@ -230,18 +225,12 @@ class InceptionResNetV2(ClassifierModel):
         scales: tuple[float, float, float] = (0.17, 0.10, 0.20),
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
-        check_width_multiplier(width_multiplier)
-        check_transform_input(transform_input, in_chans)
+        w = check_inception_args(stem, width_multiplier, transform_input, in_chans)
         self.num_classes = num_classes
         self.transform_input = transform_input
         small = stem == "cifar"
         wm = width_multiplier
         scale_a, scale_b, scale_c = scales
-
-        def w(chs: int) -> int:
-            return scale_width(chs, wm)
 
         # The stem, 299 -> 35: unpadded 3x3s, the first at stride 2, and two 3x3/2 max-pools.
         # The small-image stem pads the 3x3s, keeps stride 1 and drops the pools.
@@ -287,13 +276,9 @@ class InceptionResNetV2(ClassifierModel):
 
     def _init_weights(self) -> None:
         """He-normal convs (fan-in), unit BN; Linear keeps PyTorch's default (as timm)."""
+        init_conv_bn(self, mode="fan_in")
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -318,12 +303,8 @@ class InceptionResNetV2(ClassifierModel):
         return self.conv2d_7b(x)  # N x 1536 x 8 x 8
 
 
-def _create(
-    name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]
-) -> InceptionResNetV2:
-    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return InceptionResNetV2(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (the stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(InceptionResNetV2)
 
 
 def _timm_weights(file_name: str, hub_id: str) -> PretrainedWeights:

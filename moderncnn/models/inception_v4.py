@@ -12,13 +12,8 @@ Shape comments are for a 299 x 299 input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import Tensor, nn
-
-from moderncnn.io.errors import ConfigError
 
 from ._base import ClassifierModel, FeatureInfo
 from ._config import (
@@ -29,13 +24,13 @@ from ._config import (
     VariantConfig,
 )
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
-from .googlenet import BN_EPS, STEMS, check_transform_input, renormalize_imagenet
-from .layers import ConvBNAct, check_width_multiplier, scale_width
+from .googlenet import BN_EPS, check_inception_args, renormalize_imagenet
+from .layers import ConvBNAct, init_conv_bn, scale_width
 
 __all__ = [
     "InceptionA",
@@ -316,17 +311,11 @@ class InceptionV4(ClassifierModel):
         width_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
-        check_width_multiplier(width_multiplier)
-        check_transform_input(transform_input, in_chans)
+        w = check_inception_args(stem, width_multiplier, transform_input, in_chans)
         self.num_classes = num_classes
         self.transform_input = transform_input
         small = stem == "cifar"
         wm = width_multiplier
-
-        def w(chs: int) -> int:
-            return scale_width(chs, wm)
 
         # The stem (paper Fig. 3): unpadded ("V") convs and stride-2 splits, 299 -> 35. The
         # small-image stem pads every conv and keeps stride 1, so Inception-A sees 32 x 32.
@@ -370,12 +359,7 @@ class InceptionV4(ClassifierModel):
 
     def _init_weights(self) -> None:
         """He-normal convs (fan-in), unit BN; Linear keeps PyTorch's default (as timm)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, mode="fan_in")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Inception-C's map (N x 1536 x 8 x 8 for a 299 x 299 image)."""
@@ -388,10 +372,8 @@ class InceptionV4(ClassifierModel):
         return self.features(x)
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> InceptionV4:
-    """What the variant fixes (the stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return InceptionV4(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (the stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(InceptionV4)
 
 
 VARIANTS = register_variants(

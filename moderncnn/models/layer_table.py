@@ -16,10 +16,10 @@ import argparse
 import html
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from moderncnn.io.command_line import CommandParser
@@ -27,9 +27,7 @@ from moderncnn.io.errors import ConfigError
 
 from ._registry import UnknownModelError
 from .factory import create_model
-
-# A tensor's shape, the shapes of a tuple of outputs (aux heads), or None (never called).
-Shape = Union[tuple[int, ...], list["Shape"], None]  # noqa: UP007  (recursive alias)
+from .trace import ModuleCall, Shape, sample_input, trace_forward
 
 
 @dataclass(frozen=True)
@@ -160,51 +158,11 @@ def summary(
         raise ConfigError(f"depth must be >= 1, got {depth}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    like = next(iter(model.parameters()), next(iter(model.buffers()), None))
-    device = like.device if like is not None else torch.device("cpu")
-    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
-    x = torch.zeros((batch_size, *input_size), device=device, dtype=dtype)
-
-    modules = dict(model.named_modules())
-    shapes: dict[str, Shape] = {}
-    calls: dict[str, int] = dict.fromkeys(modules, 0)
-
-    def record(name: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            shapes[name] = _shape_of(output)  # a module called twice keeps its last output
-            calls[name] += 1
-
-        return hook
-
-    first_call: dict[str, int] = {}
-
-    def enter(name: str):
-        def pre_hook(_module: nn.Module, _inputs: Any) -> None:
-            first_call.setdefault(name, len(first_call))  # a parent enters before its children
-
-        return pre_hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
-    handles += [m.register_forward_pre_hook(enter(n)) for n, m in modules.items()]
-    pooled: list[Shape] = []  # the classifier's input: the globally pooled features
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(classifier, nn.Module):
-        handles.append(
-            classifier.register_forward_pre_hook(
-                lambda _m, inputs: pooled.append(_shape_of(inputs[0]))
-            )
-        )
-    modes = {m: m.training for m in model.modules()}
+    x = sample_input(model, input_size, batch_size)
     counter = FlopCounterMode(display=False)
-    try:
-        model.eval()
-        with torch.inference_mode(), counter:
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes.items():
-            m.train(training)
+    with counter:
+        calls = trace_forward(model, x)
+    shapes = {name: call.output_shape for name, call in calls.items()}
 
     # FlopCounterMode names a module "<RootClass>.<dotted name>"; its counts include children.
     root = type(model).__name__
@@ -217,12 +175,12 @@ def summary(
             output_shape=shapes.get(name),
             params=sum(p.numel() for p in module.parameters()),
             macs=flops.get(f"{root}.{name}", 0) // 2,  # one multiply-add = 2 flops
-            calls=calls[name],
+            calls=calls[name].calls if name in calls else 0,
         )
-        for name, module in _forward_order(modules, first_call)
+        for name, module in _forward_order(model, calls)
         if name and name.count(".") < depth
     ]
-    rows = _with_functional_pool(model, rows, pooled)
+    rows = _with_functional_pool(model, rows, calls)
     params = list(model.parameters())
     stages = [
         StageRow(info.module, shapes.get(info.module), info.reduction)
@@ -242,26 +200,26 @@ def summary(
     )
 
 
-def _forward_order(
-    modules: dict[str, nn.Module], first_call: dict[str, int]
-) -> list[tuple[str, nn.Module]]:
+def _forward_order(model: nn.Module, calls: dict[str, ModuleCall]) -> list[tuple[str, nn.Module]]:
     """The modules in the order the forward pass first runs them (ResNet's stem: conv1, bn1,
     relu, maxpool, as torchvision's forward reads), not the order ``__init__`` registered them
     (conv1, maxpool, bn1, relu). A module the pass never ran (an aux head in eval mode) stays
     just after the module registered before it."""
     keyed, last = [], (-1, 0)
-    for index, (name, module) in enumerate(modules.items()):
-        last = (first_call[name], 0) if name in first_call else (last[0], index + 1)
+    for index, (name, module) in enumerate(model.named_modules()):
+        last = (calls[name].order, 0) if name in calls else (last[0], index + 1)
         keyed.append((last, index, name, module))
     return [(name, module) for _, _, name, module in sorted(keyed)]
 
 
 def _with_functional_pool(
-    model: nn.Module, rows: list[LayerRow], pooled: list[Shape]
+    model: nn.Module, rows: list[LayerRow], calls: dict[str, ModuleCall]
 ) -> list[LayerRow]:
     """A row for the global average pooling that ``forward_head`` does as a function (no
-    module, so no hook sees it), just before the first head row that runs after it."""
-    if not pooled or not hasattr(model, "forward_head"):
+    module, so no hook sees it), just before the first head row that runs after it: its output
+    is the classifier's input."""
+    pooled = _classifier_input(model, calls)
+    if pooled is None or not hasattr(model, "forward_head"):
         return rows
     if any(isinstance(m, nn.AdaptiveAvgPool2d | nn.AvgPool2d) and n.count(".") == 0
            for n, m in model.named_children()):  # fmt: skip
@@ -270,16 +228,17 @@ def _with_functional_pool(
     at = next((i for i, r in enumerate(rows) if r.depth == 1 and r.name in head), None)
     if at is None:
         return rows
-    pool = LayerRow("global_pool", 1, "adaptive_avg_pool2d", pooled[0], 0, 0)
+    pool = LayerRow("global_pool", 1, "adaptive_avg_pool2d", pooled, 0, 0)
     return [*rows[:at], pool, *rows[at:]]
 
 
-def _shape_of(output: Any) -> Shape:
-    if isinstance(output, Tensor):
-        return tuple(output.shape)
-    if isinstance(output, (list, tuple)):
-        return [_shape_of(o) for o in output]
-    return None
+def _classifier_input(model: nn.Module, calls: dict[str, ModuleCall]) -> Shape:
+    """The shape the classifier (``get_classifier()``) was first called on, if it ran."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(classifier, nn.Module):
+        return None
+    name = next((n for n, m in model.named_modules() if m is classifier), None)
+    return calls[name].input_shape if name in calls else None
 
 
 def _format_shape(shape: Shape) -> str:

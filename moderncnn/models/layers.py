@@ -35,6 +35,19 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+def init_conv_bn(module: nn.Module, mode: str = "fan_out") -> None:
+    """He-normal convolution weights (He et al. 2015; ``mode`` "fan_out" as torchvision's
+    ResNets, "fan_in" as timm's Inceptions) and unit BatchNorm; a Linear keeps PyTorch's
+    default. Modules are initialised in ``module.modules()`` order, so a seed gives the same
+    weights as a loop of its own."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def check_stages(layers: Sequence[int], channels: Sequence[int]) -> None:
     """One entry per stage in both, each stage at least one unit and one channel."""
     if len(layers) != len(channels) or not layers:

@@ -23,23 +23,21 @@ The ``_cifar`` twins' 3x3 stem has 7,680 fewer weights than the 7x7.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
-from moderncnn.io.errors import ConfigError
-
-from ._base import ClassifierModel, FeatureInfo
+from ._base import ClassifierModel
 from ._config import VariantConfig
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
-from .layers import check_stages
-from .resnet import conv1x1, conv3x3
+from .layers import check_stages, init_conv_bn
+from .resnet import conv1x1, conv3x3, residual_stages, stem_layers
 
 __all__ = ["PreActBasicBlock", "PreActBottleneck", "PreActResNet"]
 
@@ -137,30 +135,12 @@ class PreActResNet(ClassifierModel):
         check_stages(layers, channels)
         self.num_classes = num_classes
         stem_chs = channels[0]
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, stem_chs, 7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
-            reduction, self.input_size = 4, (in_chans, 224, 224)
-        elif stem == "cifar":
-            self.conv1 = conv3x3(in_chans, stem_chs)
-            self.maxpool = nn.Identity()
-            reduction, self.input_size = 1, (in_chans, 32, 32)
-        else:
-            raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        self.conv1, self.maxpool, reduction, self.input_size = stem_layers(stem, in_chans, stem_chs)
 
-        self.feature_info = []
-        in_chs = stem_chs
-        for i, (depth, width) in enumerate(zip(layers, channels, strict=True)):
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            out_chs = width * block.expansion
-            units = [
-                block(in_chs if j == 0 else out_chs, width, stride if j == 0 else 1)
-                for j in range(depth)
-            ]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*units))
-            self.feature_info.append(FeatureInfo(f"layer{i + 1}", out_chs, reduction))
-            in_chs = out_chs
+        stages, self.feature_info = residual_stages(block, layers, channels, stem_chs, reduction)
+        for info, stage in zip(self.feature_info, stages, strict=True):
+            setattr(self, info.module, stage)
+        in_chs, reduction = self.feature_info[-1].num_chs, self.feature_info[-1].reduction
         self.num_stages = len(layers)
         # The last unit's sum is not normalised: a final BN-ReLU before pooling (paper Fig. 4e).
         self.norm = nn.BatchNorm2d(in_chs)
@@ -175,12 +155,7 @@ class PreActResNet(ClassifierModel):
 
     def _init_weights(self) -> None:
         """He-normal convs (fan-out, as ResNet's), unit BN; Linear keeps PyTorch's default."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The final BN-ReLU map (N x 512 x 4 x 4 for preact_resnet18_cifar on 32 x 32)."""
@@ -191,10 +166,8 @@ class PreActResNet(ClassifierModel):
         return self.act(self.norm(x))  # N x num_features x H/reduction x W/reduction
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> PreActResNet:
-    """What the variant fixes (block, depth, stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return PreActResNet(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (block, depth, stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(PreActResNet)
 
 
 def _variant(name: str, block: Block, layers: tuple[int, ...], description: str):

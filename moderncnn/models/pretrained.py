@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -280,54 +281,88 @@ def load_pretrained(
     state, adapted = _adapt_stem(remap_legacy_keys(read_state_dict(path)), own)
     if entry is not None and entry.label_offset:
         _drop_label_offset(state, own, heads, entry.label_offset)
-    # Heads the model was built without are simply not needed: aux heads (aux_logits=False),
-    # the classifiers of a headless model (num_classes=0).
-    absent = [m for m in (*heads, *aux_names) if not any(_under(k, [m]) for k in own)]
-    unneeded = [k for k in state if _under(k, absent)]
-    # A head whose tensors do not fit (another class count) stays fresh, with a warning; one
-    # the file lacks (a backbone saved after reset_classifier(0)) stays fresh silently.
-    built = [h for h in heads if h not in absent]
-    misfit = [
-        h
-        for h in built
-        if any(
-            _under(k, [h]) and (k not in own or own[k].shape != v.shape) for k, v in state.items()
-        )
-    ]
-    lacking = [h for h in built if not any(_under(k, [h]) for k in state)]
-    fresh_head = [k for h in misfit for k in state if _under(k, [h])]  # the classifier first
-    for key in unneeded + fresh_head:
+    plan = _plan_heads(state, own, heads, aux_names)
+    for key in plan.unneeded + plan.fresh_head:
         del state[key]
-    headless = bool(heads) and heads[0] in lacking and not misfit
-    # An aux head the file has no tensor of at all stays as initialised (a file saved from a
-    # model without aux heads); a partly present one is an error like any other missing key.
-    in_file = {k.split(".", 1)[0] for k in state}
-    fresh_aux = [k for k in own if _under(k, aux_names) and k.split(".", 1)[0] not in in_file]
-    allowed = {k for k in own if _under(k, misfit + lacking)} | set(fresh_aux)
-    _check_keys(name, path, state, own, allowed)
+    _check_keys(name, path, state, own, plan.allowed)
     model.load_state_dict(state, strict=False)
-
-    if fresh_head:
-        warnings.warn(
-            f"{path.name}: its classifier does not fit {name}'s (another number of classes), "
-            f"so it was not loaded and the model keeps a freshly initialised head; skipped "
-            f"{', '.join(fresh_head)}",
-            stacklevel=2,
-        )
-    if headless:
-        log.info("%s has no classifier; %s keeps a freshly initialised one", path.name, name)
-    if fresh_aux:
-        log.info("%s has no aux-head weights; %d tensors stay fresh", path.name, len(fresh_aux))
-    if unneeded:
-        log.info(
-            "%s: %d head tensors not needed (%s has no such head)", path.name, len(unneeded), name
-        )
     untrained_aux = entry is not None and not entry.aux_trained
-    if untrained_aux and any(_under(k, aux_names) for k in state):
-        log.info("%s: its aux heads were never trained; train them before using them", path.name)
-    if adapted:
-        log.info("%s: adapted %s to the model's input channels", path.name, ", ".join(adapted))
+    _report(path, name, plan, adapted, untrained_aux and bool(_keys_under(state, aux_names)))
     if entry is not None and entry.transform_input and hasattr(model, "transform_input"):
         rgb = not adapted
         model.transform_input = rgb if transform_input is None else transform_input
-    return LoadReport(path, fresh_head, fresh_aux, adapted, tuple(unneeded))
+    return LoadReport(path, plan.fresh_head, plan.fresh_aux, adapted, tuple(plan.unneeded))
+
+
+class _HeadPlan(NamedTuple):
+    """What becomes of the file's head tensors and the model's heads (see :func:`_plan_heads`)."""
+
+    unneeded: list[str]  # file keys of heads the model was built without: not loaded
+    fresh_head: list[str]  # file keys of a head that does not fit (classes): not loaded
+    fresh_aux: list[str]  # model keys of aux heads the file has nothing of: stay fresh
+    allowed: set[str]  # model keys that may be missing from the file
+    headless: bool  # the file has no classifier (a backbone saved after reset_classifier(0))
+
+
+def _plan_heads(
+    state: dict[str, Tensor], own: dict[str, Tensor], heads: list[str], aux_names: list[str]
+) -> _HeadPlan:
+    """Which head tensors of the file load, and which model heads stay freshly initialised."""
+    # Heads the model was built without are simply not needed: aux heads (aux_logits=False),
+    # the classifiers of a headless model (num_classes=0).
+    absent = [m for m in (*heads, *aux_names) if not _keys_under(own, [m])]
+    unneeded = _keys_under(state, absent)
+    # A head whose tensors do not fit (another class count) stays fresh, with a warning; one
+    # the file lacks (a backbone saved after reset_classifier(0)) stays fresh silently.
+    built = [h for h in heads if h not in absent]
+    misfit = [h for h in built if _misfits(state, own, h)]
+    lacking = [h for h in built if not _keys_under(state, [h])]
+    fresh_head = [k for h in misfit for k in _keys_under(state, [h])]  # the classifier first
+    headless = bool(heads) and heads[0] in lacking and not misfit
+    # An aux head the file has no tensor of at all stays as initialised (a file saved from a
+    # model without aux heads); a partly present one is an error like any other missing key.
+    skipped = set(unneeded) | set(fresh_head)
+    in_file = {k.split(".", 1)[0] for k in state if k not in skipped}
+    fresh_aux = [k for k in _keys_under(own, aux_names) if k.split(".", 1)[0] not in in_file]
+    allowed = set(_keys_under(own, misfit + lacking)) | set(fresh_aux)
+    return _HeadPlan(unneeded, fresh_head, fresh_aux, allowed, headless)
+
+
+def _keys_under(keys: Iterable[str], modules: list[str]) -> list[str]:
+    """The keys of tensors inside any of ``modules``, in their order."""
+    return [k for k in keys if _under(k, modules)]
+
+
+def _misfits(state: dict[str, Tensor], own: dict[str, Tensor], head: str) -> bool:
+    """Whether a tensor of ``head`` in the file has no counterpart of its shape in the model."""
+    return any(
+        _under(k, [head]) and (k not in own or own[k].shape != v.shape) for k, v in state.items()
+    )
+
+
+def _report(
+    path: Path, name: str, plan: _HeadPlan, adapted: list[str], untrained_aux: bool
+) -> None:
+    """Say what was not loaded as it is: a warning for a misfit head, log lines for the rest."""
+    if plan.fresh_head:
+        warnings.warn(
+            f"{path.name}: its classifier does not fit {name}'s (another number of classes), "
+            f"so it was not loaded and the model keeps a freshly initialised head; skipped "
+            f"{', '.join(plan.fresh_head)}",
+            stacklevel=3,  # the caller of load_pretrained
+        )
+    if plan.headless:
+        log.info("%s has no classifier; %s keeps a freshly initialised one", path.name, name)
+    if plan.fresh_aux:
+        log.info(
+            "%s has no aux-head weights; %d tensors stay fresh", path.name, len(plan.fresh_aux)
+        )
+    if plan.unneeded:
+        log.info(
+            "%s: %d head tensors not needed (%s has no such head)",
+            path.name, len(plan.unneeded), name,
+        )  # fmt: skip
+    if untrained_aux:
+        log.info("%s: its aux heads were never trained; train them before using them", path.name)
+    if adapted:
+        log.info("%s: adapted %s to the model's input channels", path.name, ", ".join(adapted))

@@ -10,7 +10,7 @@ bottleneck downsamples in its 3x3 conv, not its first 1x1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -20,12 +20,12 @@ from moderncnn.io.errors import ConfigError
 from ._base import ClassifierModel, FeatureInfo
 from ._config import PretrainedWeights, VariantConfig
 from ._registry import (
-    get_variant_config,
     register_model,
     register_small_image_twins,
     register_variants,
+    variant_builder,
 )
-from .layers import check_stages
+from .layers import check_stages, init_conv_bn
 
 Stem = Literal["imagenet", "cifar"]
 
@@ -108,6 +108,46 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
+def stem_layers(
+    stem: Stem, in_chans: int, stem_chs: int
+) -> tuple[nn.Conv2d, nn.Module, int, tuple[int, int, int]]:
+    """(first conv, pool, its reduction, the input size it is made for) of a ResNet stem."""
+    if stem == "imagenet":
+        conv = nn.Conv2d(in_chans, stem_chs, 7, stride=2, padding=3, bias=False)
+        return conv, nn.MaxPool2d(3, stride=2, padding=1), 4, (in_chans, 224, 224)
+    if stem == "cifar":
+        # He et al. 2016, section 4.2 (CIFAR-10 ResNets): the first layer is a 3x3 conv on
+        # the full 32x32 image (stages at 32, 16, 8). The ImageNet stem would shrink it 4x to
+        # 8x8 before the first unit, discarding most of its spatial detail.
+        return conv3x3(in_chans, stem_chs), nn.Identity(), 1, (in_chans, 32, 32)
+    raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+
+
+def residual_stages(
+    block: Any,
+    layers: Sequence[int],
+    channels: Sequence[int],
+    in_chs: int,
+    reduction: int,
+    **block_kwargs: Any,
+) -> tuple[list[nn.Sequential], list[FeatureInfo]]:
+    """The stages ``layer1``, ``layer2``, ...: ``layers[i]`` units of ``block`` at width
+    ``channels[i]``; every stage after the first starts at stride 2."""
+    stages, feature_info = [], []
+    for i, (depth, width) in enumerate(zip(layers, channels, strict=True)):
+        stride = 1 if i == 0 else 2
+        reduction *= stride
+        out_chs = width * block.expansion
+        units = [
+            block(in_chs if j == 0 else out_chs, width, stride if j == 0 else 1, **block_kwargs)
+            for j in range(depth)
+        ]
+        stages.append(nn.Sequential(*units))
+        feature_info.append(FeatureInfo(f"layer{i + 1}", out_chs, reduction))
+        in_chs = out_chs
+    return stages, feature_info
+
+
 Block = type[BasicBlock] | type[Bottleneck]
 
 
@@ -147,36 +187,17 @@ class ResNet(ClassifierModel):
         check_stages(layers, channels)
         self.num_classes = num_classes
         stem_chs = channels[0]
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, stem_chs, 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-            reduction, self.input_size = 4, (in_chans, 224, 224)
-        elif stem == "cifar":
-            # He et al. 2016, section 4.2 (CIFAR-10 ResNets): the first layer is a 3x3 conv on
-            # the full 32x32 image (stages at 32, 16, 8). The ImageNet stem would shrink it 4x to
-            # 8x8 before the first unit, discarding most of its spatial detail.
-            self.conv1 = conv3x3(in_chans, stem_chs)
-            self.maxpool = nn.Identity()
-            reduction, self.input_size = 1, (in_chans, 32, 32)
-        else:
-            raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        self.conv1, self.maxpool, reduction, self.input_size = stem_layers(stem, in_chans, stem_chs)
         self.bn1 = nn.BatchNorm2d(stem_chs)
         self.relu = nn.ReLU(inplace=True)
 
-        self.feature_info = []
-        in_chs = stem_chs
-        for i, (depth, width) in enumerate(zip(layers, channels, strict=True)):
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            out_chs = width * block.expansion
-            units = [
-                block(in_chs if j == 0 else out_chs, width, stride if j == 0 else 1,
-                      groups=groups, width_per_group=width_per_group)
-                for j in range(depth)
-            ]  # fmt: skip
-            setattr(self, f"layer{i + 1}", nn.Sequential(*units))
-            self.feature_info.append(FeatureInfo(f"layer{i + 1}", out_chs, reduction))
-            in_chs = out_chs
+        stages, self.feature_info = residual_stages(
+            block, layers, channels, stem_chs, reduction,
+            groups=groups, width_per_group=width_per_group,
+        )  # fmt: skip
+        for info, stage in zip(self.feature_info, stages, strict=True):
+            setattr(self, info.module, stage)
+        in_chs, reduction = self.feature_info[-1].num_chs, self.feature_info[-1].reduction
         self.num_stages = len(layers)
         self.num_features = in_chs
         # Every conv is padded, so any size runs; at the total stride the last map is 1 x 1 and
@@ -189,12 +210,7 @@ class ResNet(ClassifierModel):
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         """torchvision's: He-normal convs (fan-out), unit BN; Linear keeps PyTorch's default."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
@@ -212,10 +228,8 @@ class ResNet(ClassifierModel):
         return x
 
 
-def _create(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> ResNet:
-    """What the variant fixes (block, depth, groups, stem) gives way to the caller's ``kwargs``."""
-    args = get_variant_config(name).build_args(kwargs)
-    return ResNet(num_classes=num_classes, in_chans=in_chans, **args)
+# What the variant fixes (block, depth, groups, stem) gives way to the caller's ``kwargs``.
+_create = variant_builder(ResNet)
 
 
 def _variant(

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import csv
 import errno
-import glob
 import io
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from moderncnn.io.atomic import new_file_mode
+from moderncnn.io.atomic import atomic_replace, remove_stale_temporaries
 from moderncnn.io.errors import ConfigError, OutputError
 from moderncnn.io.safe_text import plain_text_label, spreadsheet_safe
 from moderncnn.viz import plot_confusion_matrix, plot_curves
@@ -137,46 +135,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # serialise first: a write error is then an OSError
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-                _remove_quietly(stale)  # left by a writer killed mid-write (one writer a file)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.fchmod(fd, new_file_mode(path))  # not mkstemp's 0600
-            with os.fdopen(fd, "wb") as file:
-                file.write(buffer.getbuffer())
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-            tmp = None
-            _fsync_folder(path.parent)
+            remove_stale_temporaries(path)  # left by a writer killed mid-write
+            with atomic_replace(path) as tmp:
+                tmp.write_bytes(buffer.getbuffer())
         except OSError as err:
             raise _write_error(path, err, len(buffer.getbuffer())) from err
-        finally:
-            if tmp is not None:
-                _remove_quietly(Path(tmp))
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Makes a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _write_error(path: Path, err: OSError, size: int) -> OutputError:

@@ -36,6 +36,7 @@ from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.models import list_models
 from moderncnn.viz._figure import figures_not_shown, finish, new_figure
 
+from .seeds import format_mean_std, mean_std, percent
 from .trials import (
     TRIAL_CONFIG,
     TrialResult,
@@ -76,12 +77,12 @@ class ModelSummary:
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.accuracies) if self.accuracies else math.nan
+        return mean_std(self.accuracies)[0]
 
     @property
     def std(self) -> float:
-        """Sample standard deviation over seeds (0 with a single seed)."""
-        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+        """Sample standard deviation over seeds (nan with a single seed: no spread)."""
+        return mean_std(self.accuracies)[1]
 
     @property
     def images_per_s(self) -> float:
@@ -97,7 +98,7 @@ class ModelSummary:
             "model": self.model,
             "seeds": len(self.trials),
             "test_acc_mean": f"{self.mean:.4f}",
-            "test_acc_std": f"{self.std:.4f}",
+            "test_acc_std": "" if math.isnan(self.std) else f"{self.std:.4f}",
             "test_acc_per_seed": ";".join(f"{a:.4f}" for a in self.accuracies),
             "gap_to_best": f"{self.gap_to_best:.4f}",
             "beyond_seed_spread": self.beyond_seed_spread,
@@ -295,7 +296,7 @@ def markdown_table(
     ]
     for s in summaries:
         lines.append(
-            f"| {s.model} | {s.mean:.2%} ± {s.std:.2%} | {s.gap_to_best:.2%} "
+            f"| {s.model} | {format_mean_std(s.mean, s.std, percent)} | {s.gap_to_best:.2%} "
             f"| {s.beyond_seed_spread} | {_count(s.trials[0].params)} "
             f"| {_count(s.trials[0].macs)} | {s.images_per_s:.0f} | {s.wall_s:.0f} s |"
         )
@@ -323,7 +324,8 @@ def plot_accuracy_vs_macs(
     ax = figure.subplots()
     for s in summaries:
         macs = max(s.trials[0].macs, 1)
-        ax.errorbar(macs, s.mean, yerr=s.std, fmt="o", capsize=4, label=s.model)
+        spread = 0.0 if math.isnan(s.std) else s.std  # one seed: a point, no bar
+        ax.errorbar(macs, s.mean, yerr=spread, fmt="o", capsize=4, label=s.model)
         ax.annotate(s.model, (macs, s.mean), textcoords="offset points", xytext=(6, 6))
     ax.set_xscale("log")
     ax.margins(x=0.25, y=0.2)  # room for the labels

@@ -33,6 +33,7 @@ from moderncnn.io.errors import ConfigError
 from moderncnn.models import check_model_name, create_model, list_models
 
 from .batch_tools import batch_mixer
+from .param_groups import weight_decay_groups
 from .preflight import channels_last_is_safe, check_model_kwargs
 
 # Lightning's EMAWeightAveraging warns about any model with a configure_model hook (it cannot
@@ -567,17 +568,10 @@ class ImageClassifier(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
-        for param in self.model.parameters():
-            if param.requires_grad:
-                # 1-D parameters are the biases and the BatchNorm scales and shifts.
-                (no_decay if param.ndim <= 1 and self.hparams.no_decay_bn_bias else decay).append(
-                    param
-                )
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        return groups
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return weight_decay_groups(
+            trainable, self.hparams.weight_decay, self.hparams.no_decay_bn_bias
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -32,6 +32,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from moderncnn.io.atomic import atomic_write_text
 from moderncnn.io.checkpoint import CheckpointError, read_checkpoint
 from moderncnn.io.errors import ConfigError, OutputError
 from moderncnn.models.factory import check_model_kwargs
@@ -403,13 +404,7 @@ def channels_last_is_safe(bf16: bool = False) -> bool:
 
 
 def _write_json_atomically(path: Path, content: Any) -> None:
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(content, file, indent=2)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(content, indent=2))
     except OSError:  # a read-only home: the check runs again next time
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+        pass

@@ -32,7 +32,8 @@ from moderncnn.viz.confusion import CONFUSION_CSV
 from moderncnn.viz.interpret import most_confused
 
 from .callbacks import run_dir
-from .interpretation import MAX_SECONDS, RUN_FACTS, TOP_LOSSES_CSV, read_run_facts, valid_facts
+from .run_facts import MAX_SECONDS, RUN_FACTS, read_run_facts, valid_facts
+from .top_losses import TOP_LOSSES_CSV
 
 REPORT = "report.html"
 FIGURES = {
@@ -122,57 +123,65 @@ def _duration(seconds: Any) -> str | None:
 
 def _glance(files: _RunFiles, facts: dict[str, Any], per_class: list[dict[str, Any]]) -> list:
     """(label, value) rows of the "at a glance" table; facts not recorded are left out."""
-    test = facts.get("test_metrics") or {}
-    hw = facts.get("hardware") or {}
-    kwargs = facts.get("model_kwargs") or {}
-    counts = ("train_images", "val_images", "test_images")
-    rows = [
-        ("model", facts.get("model", "") + (f" {kwargs}" if kwargs else "")),
-        ("parameters", f"{facts['parameters']:,}" if "parameters" in facts else None),
-        (
-            "MACs per image",
-            f"{facts['macs'] / 1e6:,.1f} M at {'x'.join(map(str, facts['input_size']))}"
-            if "macs" in facts
-            else None,
-        ),
-        ("data", facts.get("data")),
-        ("classes", len(facts["class_names"]) if facts.get("class_names") else None),
-        (
-            "images (train / val / test)",
-            " / ".join(str(facts.get(k, "-")) for k in counts)
-            if any(k in facts for k in counts)
-            else None,
-        ),
+    rows = [*_model_rows(facts), *_data_rows(facts)]
+    rows += [
         ("epochs", facts.get("epochs")),
         ("wall time (fit)", _duration(facts.get("fit_seconds"))),
         ("wall time (test)", _duration(facts.get("test_seconds"))),
         ("precision", facts.get("precision")),
-        (
-            "hardware",
-            ", ".join(
-                str(v)
-                for v in (
-                    hw.get("gpu") or hw.get("cpu"),
-                    f"{hw['cpu_cores']} cores" if hw.get("cpu_cores") else None,
-                    f"{hw['torch_threads']} torch threads" if hw.get("torch_threads") else None,
-                    f"torch {hw['torch']}" if hw.get("torch") else None,
-                )
-                if v
-            )
-            or None,
-        ),
+        ("hardware", _hardware(facts.get("hardware") or {})),
     ]
+    rows += _result_rows(files, facts)
+    return [(label, value) for label, value in rows if value not in (None, "")]
+
+
+def _model_rows(facts: dict[str, Any]) -> list[tuple[str, Any]]:
+    kwargs = facts.get("model_kwargs") or {}
+    macs = None
+    if "macs" in facts:
+        macs = f"{facts['macs'] / 1e6:,.1f} M at {'x'.join(map(str, facts['input_size']))}"
+    return [
+        ("model", facts.get("model", "") + (f" {kwargs}" if kwargs else "")),
+        ("parameters", f"{facts['parameters']:,}" if "parameters" in facts else None),
+        ("MACs per image", macs),
+    ]
+
+
+def _data_rows(facts: dict[str, Any]) -> list[tuple[str, Any]]:
+    counts = ("train_images", "val_images", "test_images")
+    images = None
+    if any(k in facts for k in counts):
+        images = " / ".join(str(facts.get(k, "-")) for k in counts)
+    return [
+        ("data", facts.get("data")),
+        ("classes", len(facts["class_names"]) if facts.get("class_names") else None),
+        ("images (train / val / test)", images),
+    ]
+
+
+def _hardware(hw: dict[str, Any]) -> str | None:
+    """``"AMD EPYC, 16 cores, 16 torch threads, torch 2.5.1"``: what of it was recorded."""
+    parts = (
+        hw.get("gpu") or hw.get("cpu"),
+        f"{hw['cpu_cores']} cores" if hw.get("cpu_cores") else None,
+        f"{hw['torch_threads']} torch threads" if hw.get("torch_threads") else None,
+        f"torch {hw['torch']}" if hw.get("torch") else None,
+    )
+    return ", ".join(str(v) for v in parts if v) or None
+
+
+def _result_rows(files: _RunFiles, facts: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Best validation accuracy, the test metrics that were recorded, the tested checkpoint."""
+    test = facts.get("test_metrics") or {}
     best = _best_val(files, facts)
-    rows.append(("best val accuracy", None if best is None else f"{best:.2%}"))
-    if "test_acc" in test:
-        rows.append(("test accuracy", f"{test['test_acc']:.2%}"))
-    if "test_acc_top5" in test:
-        rows.append(("test top-5 accuracy", f"{test['test_acc_top5']:.2%}"))
+    rows = [("best val accuracy", None if best is None else f"{best:.2%}")]
+    shown = {"test_acc": "test accuracy", "test_acc_top5": "test top-5 accuracy"}
+    rows += [(label, f"{test[key]:.2%}") for key, label in shown.items() if key in test]
     if "test_loss" in test:
         rows.append(("test loss", f"{test['test_loss']:.4f}"))
     if facts.get("tested_checkpoint"):
         rows.append(("tested checkpoint", facts["tested_checkpoint"]))
-    return [(label, value) for label, value in rows if value not in (None, "")]
+    return rows
 
 
 def render_report(run: str | Path) -> str:

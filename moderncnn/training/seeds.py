@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,13 @@ from moderncnn.io.errors import ConfigError
 from .callbacks import run_dir
 
 __all__ = [
+    "NO_SPREAD",
     "SeedRun",
+    "format_mean_std",
+    "mean_std",
     "parse_seeds",
     "pop_seeds",
+    "percent",
     "print_summary",
     "run_seeds",
     "summarize",
@@ -44,6 +49,7 @@ __all__ = [
 ]
 
 MAX_SEEDS = 100
+NO_SPREAD = "–"  # what one seed shows for the spread: it has none (not 0, not nan)
 
 
 @dataclass
@@ -140,16 +146,36 @@ def _metrics(trainer: object) -> dict[str, float]:
     return metrics
 
 
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation, n) of the finite values; the std is nan for fewer
+    than two values (one seed has no spread), both are nan for none. Every summary over seeds
+    (``fit --seeds``, ``compare``) computes its spread here."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    mean = statistics.fmean(finite) if finite else math.nan
+    std = statistics.stdev(finite) if len(finite) > 1 else math.nan
+    return mean, std, len(finite)
+
+
+def format_mean_std(mean: float, std: float, number: Callable[[float], str]) -> str:
+    """``"92.31% ± 0.12%"`` with ``number`` formatting each side; a spread that does not exist
+    (nan: one seed) shows as ``"–"``."""
+    return f"{number(mean)} ± {NO_SPREAD if math.isnan(std) else number(std)}"
+
+
+def percent(value: float) -> str:
+    """An accuracy as every seeds summary writes it: ``0.9231`` -> ``"92.31%"``."""
+    return NO_SPREAD if math.isnan(value) else f"{value:.2%}"
+
+
 def summarize(runs: Sequence[SeedRun]) -> dict[str, tuple[float, float, int]]:
     """Metric (and ``seconds``) -> (mean, sample standard deviation, n); std is nan for n = 1."""
     columns = ["seconds", *dict.fromkeys(name for run in runs for name in run.metrics)]
     summary = {}
     for column in columns:
         values = [run.seconds if column == "seconds" else run.metrics.get(column) for run in runs]
-        values = [v for v in values if v is not None and math.isfinite(v)]
-        if values:
-            std = statistics.stdev(values) if len(values) > 1 else math.nan
-            summary[column] = (statistics.fmean(values), std, len(values))
+        mean, std, n = mean_std(values)
+        if n:
+            summary[column] = (mean, std, n)
     return summary
 
 
@@ -189,7 +215,7 @@ def summary_markdown(runs: Sequence[SeedRun], argv: Sequence[str]) -> str:
         values = [run.seconds if name == "seconds" else run.metrics.get(name) for run in runs]
         values = [v for v in values if v is not None]
         lines.append(
-            f"| {name} | {_number(mean, name)} ± {_number(std, name)} | "
+            f"| {name} | {format_mean_std(mean, std, partial(_number, name=name))} | "
             f"{_number(min(values), name)} | {_number(max(values), name)} | {n} |"
         )
     lines += ["", "Runs: " + ", ".join(str(run.folder) for run in runs), ""]
@@ -198,15 +224,16 @@ def summary_markdown(runs: Sequence[SeedRun], argv: Sequence[str]) -> str:
 
 def _number(value: float, name: str) -> str:
     if math.isnan(value):
-        return "–"
+        return NO_SPREAD
     if name == "seconds":
         return f"{value:.1f} s"
-    return f"{value:.2%}" if "acc" in name else f"{value:.4f}"
+    return percent(value) if "acc" in name else f"{value:.4f}"
 
 
 def print_summary(runs: Sequence[SeedRun], written: tuple[Path, Path] | None) -> None:
     print(f"\n{len(runs)} seeds ({', '.join(str(run.seed) for run in runs)}):")
     for name, (mean, std, n) in summarize(runs).items():
-        print(f"  {name:<16} {_number(mean, name)} ± {_number(std, name)}  (n = {n})")
+        spread = format_mean_std(mean, std, partial(_number, name=name))
+        print(f"  {name:<16} {spread}  (n = {n})")
     if written:
         print(f"summary: {written[1]}  (per seed: {written[0]})")

@@ -29,7 +29,9 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .callbacks import ResumableModelCheckpoint, global_seed, run_dir
-from .cli import (
+from .precision import PrecisionTrainer
+from .preflight import UNKNOWN
+from .run_folders import (
     CHECKPOINT_DEFAULTS,
     LOG_ROOT,
     TRAINER_DEFAULTS,
@@ -38,8 +40,6 @@ from .cli import (
     fix_logger_versions,
     prepare_run_folder,
 )
-from .precision import PrecisionTrainer
-from .preflight import UNKNOWN
 
 __all__ = ["Results", "RunTrainer", "SaveRunConfig", "Trainer"]
 
@@ -49,10 +49,11 @@ LINKED_MODEL_KEYS = ("num_classes", "in_chans", "class_names", "preprocess")
 
 class RunTrainer(PrecisionTrainer):
     """``lightning.Trainer`` that checks and opens its run folder before each run, as
-    ``moderncnn fit`` does (:func:`~moderncnn.training.cli.prepare_run_folder`): before Lightning
-    creates the loggers' folders, so a refused run writes nothing and two runs started at once
-    get two ``version_N`` folders. Its arguments are exactly Lightning's (``from_config``), and
-    ``precision="auto"`` (bf16-mixed where the chip has bf16 units, else fp32)."""
+    ``moderncnn fit`` does (:func:`~moderncnn.training.run_folders.prepare_run_folder`): before
+    Lightning creates the loggers' folders, so a refused run writes nothing and two runs started
+    at once get two ``version_N`` folders. Its arguments are exactly Lightning's
+    (``from_config``), and ``precision="auto"`` (bf16-mixed where the chip has bf16 units,
+    else fp32)."""
 
     def fit(self, model: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         with self._run_folder("fit", model, args, kwargs):
@@ -103,7 +104,7 @@ class Trainer(RunTrainer):
 
     - ``logger``: TensorBoard and CSV loggers into ``{default_root_dir}/lightning_logs/
       version_N`` come first, then any you pass; ``logger=False`` logs nothing.
-    - ``callbacks``: :func:`~moderncnn.training.cli.default_callbacks` (per-epoch seeding,
+    - ``callbacks``: :func:`~moderncnn.training.run_folders.default_callbacks` (per-epoch seeding,
       learning-rate log, divergence warning, learning curves, confusion matrix) and the best
       and last checkpoints (unless ``enable_checkpointing=False``), then yours.
     - ``deterministic`` defaults to ``"warn"``, as in the CLI.

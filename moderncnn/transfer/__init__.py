@@ -6,7 +6,8 @@
 - :class:`FreezeBackbone`: fine-tuning callback: head first, then the backbone at a lower rate.
 
 Homed elsewhere, and still importable from here for existing code (not in ``__all__``):
-``predict``, ``load_probe`` (:mod:`moderncnn.inference`; ``moderncnn.predict``),
+``predict`` (:mod:`moderncnn.inference`; ``moderncnn.predict``), ``load_probe``
+(:mod:`moderncnn.inference.probe`),
 ``load_pretrained``, ``resolve_weights`` (:mod:`moderncnn.models.pretrained`; also
 ``create_model(..., weights="imagenet")``), ``read_state_dict``, ``CheckpointError``
 (:mod:`moderncnn.io.checkpoint`).
@@ -27,7 +28,7 @@ _LAZY = {
     "FeatureCache": "moderncnn.transfer.cache",
     "CacheInvalidError": "moderncnn.transfer.cache",
     "train_probe": "moderncnn.transfer.probe",
-    "load_probe": "moderncnn.inference.loading",
+    "load_probe": "moderncnn.inference.probe",
     "FreezeBackbone": "moderncnn.transfer.finetune",
     "predict": "moderncnn.inference.prediction",
 }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from moderncnn.data.files import DecodedImageFiles, collate_images, content_stamps, read_folder
+from moderncnn.data.files import (
+    DecodedImageFiles,
+    FolderSplit,
+    collate_images,
+    content_stamps,
+    read_folder,
+)
 from moderncnn.inference.backbone import weights_sha256
 from moderncnn.inference.distributed import (
     PredictSettings,
@@ -41,7 +48,7 @@ from moderncnn.inference.distributed import (
 )
 from moderncnn.inference.fast_features import backbone_features
 from moderncnn.inference.runtimes import RUNTIMES, THREADS_ENV
-from moderncnn.io.card import Preprocess
+from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.training.config import datamodule_from_config
@@ -210,82 +217,29 @@ def extract_features(
             and computes only the missing ones when run again with the same arguments.
     """
     device = torch.device(device)
-    folder = isinstance(data, str | Path)
-    if folder:
-        root = Path(data).expanduser()
-        class_names, splits = read_folder(root)
-        data_chans = None
-    else:
-        dm = data
-        dm.prepare_data()
-        dm.setup("fit")
-        dm.setup("test")
-        class_names, data_chans = list(dm.class_names), int(getattr(dm, "in_chans", 3))
-    source = resolve_backbone(backbone, weights, model_kwargs, data_chans)
-    card = source.card
+    images = _Images.read(data)
+    source = resolve_backbone(backbone, weights, model_kwargs, images.in_chans)
     if batch_size is None:
-        side = image_size or (card.preprocess.image_size if card.preprocess else 224)
-        side = side if folder else int(getattr(data, "input_size", (0, side))[-1])
-        batch_size = 8 if device.type == "cpu" and side >= 128 else 64
-    if not folder:
-        loaders = datamodule_loaders(dm, batch_size, num_workers)
-
-    # What the images go through, as data: the preprocessing is recorded (for predict) only
-    # when we built the transform.
-    if transform is None and folder:
-        preprocess = card.preprocess
-        if image_size:
-            preprocess = Preprocess.for_size(image_size, preprocess.mean, preprocess.std)
-        transform, transform_id = preprocess.transform(), preprocess.to_dict()
-    elif transform is None:
-        preprocess = datamodule_preprocess(dm, image_size)
-        transform = _resize_batch(image_size) if image_size else None
-        transform_id = {"resize_batch": image_size}
-    else:
-        preprocess, transform_id = None, repr(transform)
-    card = card.replace(preprocess=preprocess)
+        batch_size = _default_batch_size(source.card, images, image_size, device)
+    if not images.folder:
+        images.loaders = datamodule_loaders(images.dm, batch_size, num_workers)
+    transform, transform_id, preprocess = images.transform(source.card, transform, image_size)
+    card = source.card.replace(preprocess=preprocess)
     settings = {
         "stage": stage,
         "dtype": "float16" if half else "float32",
         "compute": "bfloat16-autocast" if bf16 else "float32",
         "transform": transform_id,
     }
-    if folder:
-        files = [root / name for split in splits for name in split.files]
-        data_id: Any = [str(root.resolve()), content_stamps(files)]
-    else:
-        data_id = datamodule_identity(dm, loaders)
-
-    model = None
-    weights_id = source.weights_id
-    if weights_id is None:  # random initial weights: only the built network says which
-        # Drawn from seed 0: every process of a run, and a resumed run, builds the same one.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = source.build()
-        weights_id = "sha256:" + weights_sha256(model)
-    key = _hash([card.to_dict(), weights_id, settings, class_names, data_id])
+    model, weights_id = _weights_identity(source)
+    key = _hash([card.to_dict(), weights_id, settings, images.class_names, images.identity()])
     cached = FeatureCache.open_if_valid(out, key)
     if cached is not None:
         return cached
 
     model = model if model is not None else source.build()
     card = card.replace(source={**card.source, "weights_sha256": weights_sha256(model)})
-    if folder:
-        names = [name for split in splits for name in split.files]
-        dataset: Dataset = DecodedImageFiles(
-            [root / name for name in names],
-            [label for split in splits for label in split.labels],
-            transform,
-        )
-        collate, sizes = collate_images, {split.name: len(split.files) for split in splits}
-        step_data: tuple[Any, Any] = (None, None)
-    else:
-        indexed = _IndexedSplits(loaders)
-        names = [name for loader in loaders.values() for name in _files_or_none(loader)]
-        dataset, collate = indexed, indexed.collate
-        sizes = {split: len(loader.dataset) for split, loader in loaders.items()}
-        step_data = (dm, transform)  # batches go through the data module's hooks
+    names, dataset, collate, sizes = images.dataset(transform)
     meta = {
         "card": card.to_dict(),
         "backbone": card.architecture,
@@ -293,22 +247,12 @@ def extract_features(
         "weights_sha256": card.source["weights_sha256"],
         **settings,
         "preprocess": None if preprocess is None else preprocess.to_dict(),
-        "source": str(root.resolve()) if folder else type(dm).__name__,
+        "source": images.source(),
     }
-    # Files a data module itself left out when it scanned them (reported with train).
-    bad = [] if folder else [{"file": str(f), "error": e} for f, e in _bad_files(dm)]
-    job = _CacheJob(Path(out), key, meta, class_names, names, half, {"train": bad} if bad else {})
+    job = _CacheJob(Path(out), key, meta, images.class_names, names, half, images.skipped())
     trainer = trainer or PredictSettings()
     trainer.check()
-    if trainer.processes > 1:
-        # Every process makes its own copy on its own device; ONNX Runtime and OpenVINO run
-        # one process (their export is shared, their threads are not).
-        if runtime not in ("auto", "torch"):
-            raise ConfigError(
-                f"runtime {runtime!r} runs in one process; with trainer.devices x "
-                f"trainer.num_nodes = {trainer.processes} processes use runtime 'torch'"
-            )
-        runtime = "torch"
+    runtime = _runtime_for(runtime, trainer.processes)
     precision = "bf16" if bf16 else "fp32"
 
     def make_fn(network: nn.Module, on: torch.device) -> Callable[[Tensor], Tensor]:
@@ -318,7 +262,8 @@ def extract_features(
         )  # fmt: skip
         return fn
 
-    step = _FeatureStep(make_fn, *step_data)
+    # A data module's batches go through its own hooks (and the batch transform).
+    step = _FeatureStep(make_fn, *((None, None) if images.folder else (images.dm, transform)))
     if trainer.processes == 1:  # checked (stage, runtime) before any image is read
         step.fn = make_fn(model.to(device), device)
     shards = plan_shards(sizes, shard_size)
@@ -330,6 +275,115 @@ def extract_features(
         batch_size=batch_size, num_workers=num_workers, progress=progress,
     )  # fmt: skip
     return FeatureCache(out)
+
+
+@dataclass
+class _Images:
+    """The images to extract features of: an image folder, or a data module's splits."""
+
+    folder: bool
+    class_names: list[str]
+    in_chans: int | None  # a data module's; None: the backbone's (a folder's images adapt)
+    root: Path | None = None
+    splits: list[FolderSplit] = field(default_factory=list)
+    links: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # skipped symlinks
+    dm: Any = None
+    loaders: dict[str, DataLoader] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, data: str | Path | Any) -> _Images:
+        if isinstance(data, str | Path):
+            root = Path(data).expanduser()
+            links: dict[str, list[dict[str, str]]] = {}  # symlinks out of the root: skipped
+            class_names, splits = read_folder(root, skipped=links)
+            return cls(True, class_names, None, root=root, splits=splits, links=links)
+        data.prepare_data()
+        data.setup("fit")
+        data.setup("test")
+        return cls(False, list(data.class_names), int(getattr(data, "in_chans", 3)), dm=data)
+
+    def side(self, side: int) -> int:
+        """The side of the images the backbone sees: a data module's own input size."""
+        return side if self.folder else int(getattr(self.dm, "input_size", (0, side))[-1])
+
+    def transform(
+        self, card: ModelCard, transform: Callable[[Any], Tensor] | None, image_size: int | None
+    ) -> tuple[Callable[[Any], Tensor] | None, Any, Preprocess | None]:
+        """What the images go through, and that as data (part of the key); the preprocessing
+        is recorded (for predict) only when it is ours."""
+        if transform is not None:
+            return transform, repr(transform), None
+        if self.folder:
+            preprocess = card.preprocess
+            if image_size:
+                preprocess = Preprocess.for_size(image_size, preprocess.mean, preprocess.std)
+            return preprocess.transform(), preprocess.to_dict(), preprocess
+        preprocess = datamodule_preprocess(self.dm, image_size)
+        resize = _resize_batch(image_size) if image_size else None
+        return resize, {"resize_batch": image_size}, preprocess
+
+    def identity(self) -> Any:
+        """What identifies the images' content (part of the cache key)."""
+        if not self.folder:
+            return datamodule_identity(self.dm, self.loaders)
+        files = [self.root / name for split in self.splits for name in split.files]
+        return [str(self.root.resolve()), content_stamps(files)]
+
+    def dataset(self, transform: Any) -> tuple[list[str | None], Dataset, Callable, dict]:
+        """(file names, dataset, collate function, images per split) to run through."""
+        if self.folder:
+            names = [name for split in self.splits for name in split.files]
+            labels = [label for split in self.splits for label in split.labels]
+            dataset = DecodedImageFiles([self.root / n for n in names], labels, transform)
+            return names, dataset, collate_images, {s.name: len(s.files) for s in self.splits}
+        indexed = _IndexedSplits(self.loaders)
+        names = [name for loader in self.loaders.values() for name in _files_or_none(loader)]
+        sizes = {split: len(loader.dataset) for split, loader in self.loaders.items()}
+        return names, indexed, indexed.collate, sizes
+
+    def source(self) -> str:
+        return str(self.root.resolve()) if self.folder else type(self.dm).__name__
+
+    def skipped(self) -> dict[str, list[dict[str, str]]]:
+        """Files left out before extraction: a folder's symlinks out of its root, with their
+        split; those a data module itself left out when it scanned them (with train)."""
+        if self.folder:
+            return self.links
+        bad = [{"file": str(f), "error": e} for f, e in _bad_files(self.dm)]
+        return {"train": bad} if bad else {}
+
+
+def _default_batch_size(
+    card: ModelCard, images: _Images, image_size: int | None, device: torch.device
+) -> int:
+    """8 for images of 128 px or more on a CPU (see ``extract_features``), else 64."""
+    side = images.side(image_size or (card.preprocess.image_size if card.preprocess else 224))
+    return 8 if device.type == "cpu" and side >= 128 else 64
+
+
+def _weights_identity(source: Any) -> tuple[nn.Module | None, str]:
+    """The backbone's weights as data; random initial weights are built to be hashed (the
+    network is returned, so it is not built twice)."""
+    if source.weights_id is not None:
+        return None, source.weights_id
+    # Drawn from seed 0: every process of a run, and a resumed run, builds the same one.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = source.build()
+    return model, "sha256:" + weights_sha256(model)
+
+
+def _runtime_for(runtime: str, processes: int) -> str:
+    """Several processes each make their own copy on their own device, in torch: ONNX Runtime
+    and OpenVINO run one process (their export is shared, their threads are not)."""
+    if processes == 1:
+        return runtime
+    if runtime not in ("auto", "torch"):
+        raise ConfigError(
+            f"runtime {runtime!r} runs in one process; with trainer.devices x "
+            f"trainer.num_nodes = {processes} processes use runtime 'torch'"
+        )
+    return "torch"
 
 
 def _files_or_none(loader: DataLoader) -> list[str | None]:

@@ -46,6 +46,7 @@ from torch.optim import Optimizer
 from moderncnn.inference.optimize import BATCH_NORMS
 from moderncnn.io.errors import ConfigError
 from moderncnn.training.framework_internals import set_scheduler_last_lr
+from moderncnn.training.param_groups import weight_decay_groups
 
 __all__ = ["FreezeBackbone", "split_head"]
 
@@ -204,13 +205,7 @@ class FreezeBackbone(BaseFinetuning):
         hparams = getattr(pl_module, "hparams", {})
         decay = hparams.get("weight_decay", reference.get("weight_decay", 0.0))
         split = hparams.get("no_decay_bn_bias", False)
-        # 1-D parameters are the biases and the BatchNorm scales and shifts (Goyal et al. 2017).
-        no_decay = [p for p in params if split and p.ndim <= 1]
-        decayed = [p for p in params if not (split and p.ndim <= 1)]
-        groups = [
-            {"params": decayed, "weight_decay": decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        groups = weight_decay_groups(params, decay, split)
         for group in groups:
             group["lr"] = reference["lr"] * self.backbone_lr_ratio
             for key in SCALED_KEYS:

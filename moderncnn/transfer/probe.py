@@ -17,7 +17,6 @@ AdamW runs over minibatches, by default for at least ``MIN_STEPS`` steps.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import warnings
@@ -29,9 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from moderncnn.inference.heads import ProbeHead
-from moderncnn.inference.loading import PROBE_HEAD, PROBE_INFO, load_probe
-from moderncnn.io.atomic import atomic_write, atomic_write_text
+from moderncnn.inference.probe import PROBE_HEAD, PROBE_INFO, ProbeHead, load_probe, save_probe
 from moderncnn.io.card import ModelCard
 from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import DataError
@@ -307,14 +304,8 @@ def probe_card(
 
 
 def _save(out: Path, head: ProbeHead, cache: FeatureCache, metrics: dict, config: dict) -> Path:
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in head.state_dict().items()}
-    atomic_write(out / HEAD_FILE, lambda tmp: save_file(state, str(tmp)))
     card = probe_card(cache, head, config["hidden"], metrics)
-    info = {"card": card.to_dict(), "config": config, "metrics": metrics}
-    atomic_write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
+    save_probe(out, head, card, config=config, metrics=metrics)
     split = "test" if "test" in metrics else "val" if "val" in metrics else "train"
     with figures_not_shown():  # a file of the probe folder, not a picture for the cell
         plot_confusion_matrix(

@@ -26,7 +26,7 @@ from moderncnn.io.errors import ConfigError, ModernCNNError, OutputError
 from moderncnn.models import create_model, layer_table
 
 from ._figure import finish, new_figure
-from ._stages import Branch, Stage, architecture_stages, format_params, format_shape
+from .diagram_stages import Branch, Stage, architecture_stages, format_params, format_shape
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

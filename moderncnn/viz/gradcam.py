@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from moderncnn.data.augment import denormalize
 from moderncnn.data.files import find_images
 from moderncnn.data.images import BadImageError, load_image
 from moderncnn.inference import LoadedModel, load_model
 from moderncnn.io.card import ModelCard
 from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
+from moderncnn.io.pixels import denormalize
 from moderncnn.io.safe_text import plain_text_label
 
 from ._figure import finish, in_ipython, new_figure

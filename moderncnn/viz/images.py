@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moderncnn.data.augment import denormalize
 from moderncnn.inference import load_model
 from moderncnn.io.errors import ConfigError, DataError
+from moderncnn.io.pixels import denormalize
 from moderncnn.io.safe_text import plain_text_label
 
 from ._figure import finish, new_figure

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from moderncnn import create_model
 from moderncnn.cli import main as cli
-from moderncnn.inference.heads import ProbeHead
 from moderncnn.inference.loading import load_model, load_probe, save_model
+from moderncnn.inference.probe import ProbeHead
 from moderncnn.io.card import ModelCard, Preprocess
 from moderncnn.io.errors import ConfigError, DataError, ModernCNNError
 

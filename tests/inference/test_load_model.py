@@ -252,7 +252,7 @@ def test_loading_never_downloads_named_weights(
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "probe.json").write_text(json.dumps({"card": card.to_dict()}))
-    head = moderncnn.inference.heads.ProbeHead(512, 2)
+    head = moderncnn.inference.probe.ProbeHead(512, 2)
     save_file(head.state_dict(), str(probe / "probe_head.safetensors"))
     with pytest.raises(MissingFileError, match=r"resnet18-f37072fd\.pth.*never downloads"):
         load_model(probe)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from moderncnn.training.interpretation import TOP_LOSSES_CSV, TopLossesReport
+from moderncnn.training.top_losses import TOP_LOSSES_CSV, TopLossesReport
 
 
 def _run(

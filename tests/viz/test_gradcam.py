@@ -12,7 +12,7 @@ from PIL import Image
 
 import moderncnn
 from moderncnn.cli import main as cli
-from moderncnn.inference.heads import ProbeClassifier, ProbeHead
+from moderncnn.inference.probe import ProbeClassifier, ProbeHead
 from moderncnn.io.card import Preprocess
 from moderncnn.io.errors import ConfigError
 from moderncnn.training.module import ImageClassifier

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from itertools import groupby
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from moderncnn.io.errors import ConfigError
+from moderncnn.models.trace import Shape, sample_input, trace_forward
 
 __all__ = ["Branch", "Stage", "architecture_stages", "format_params", "format_shape"]
 
@@ -63,7 +63,7 @@ class Stage:
 class _Call(NamedTuple):
     """What the forward pass saw of one module (shapes of one sample, no batch dimension)."""
 
-    order: int  # when it first returned
+    order: int  # when it was first entered
     input_shape: tuple[int, ...] | None
     output_shape: tuple[int, ...] | None
 
@@ -87,37 +87,23 @@ def architecture_stages(model: nn.Module, input_size: tuple[int, ...]) -> list[S
 
 
 def _trace(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, _Call]:
-    """Dotted name -> what one forward pass saw of it, for every module that ran."""
-    like = next(iter(model.parameters()), next(iter(model.buffers()), None))
-    device = like.device if like is not None else torch.device("cpu")
-    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
-    calls: dict[str, _Call] = {}
-
-    def record(name: str):
-        def hook(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            first = inputs[0] if inputs else None
-            shape_in = tuple(first.shape[1:]) if isinstance(first, Tensor) else None
-            shape_out = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
-            order = calls[name].order if name in calls else len(calls)
-            calls[name] = _Call(order, shape_in, shape_out)
-
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
-    modes = {m: m.training for m in model.modules()}
+    """Dotted name -> what one forward pass of one sample saw of it, for every module that ran
+    (the model itself left out)."""
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros((1, *input_size), device=device, dtype=dtype))
+        calls = trace_forward(model, sample_input(model, input_size))
     except RuntimeError as err:
         message = f"{type(model).__name__} does not run on input {input_size}: {err}"
         raise ConfigError(message) from err
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.train(training)
-    return calls
+    return {
+        name: _Call(call.order, _one_sample(call.input_shape), _one_sample(call.output_shape))
+        for name, call in calls.items()
+        if name
+    }
+
+
+def _one_sample(shape: Shape) -> tuple[int, ...] | None:
+    """A tensor's shape without its batch dimension; None for anything else."""
+    return shape[1:] if isinstance(shape, tuple) else None
 
 
 def _called_children(
@@ -171,30 +157,18 @@ def _runs(stages: list[Stage]) -> list[Stage]:
     return merged
 
 
+# One step of a branch: (its step number, the module's dotted name, the module).
+_Step = tuple[int, str, nn.Module]
+
+
 def _branches(
     prefix: str, block: nn.Module, calls: dict[str, _Call]
 ) -> tuple[tuple[Branch, ...], str]:
     """The parallel branches of an Inception-style block, and what runs after their concat."""
-    groups: dict[str, list[tuple[int, str, nn.Module]]] = {}
-    rest: list[nn.Module] = []
-    for name, child in _called_children(block, prefix, calls):
-        match = _BRANCH_NAME.fullmatch(name.rsplit(".", 1)[-1])
-        if match:
-            groups.setdefault(match.group(1), []).append((int(match.group(2) or 0), name, child))
-        else:
-            rest.append(child)
+    groups, rest = _branch_groups(prefix, block, calls)
     if len(groups) < 2:
         return (), ""
-    branches = []
-    for key, steps in groups.items():
-        last = max(step for step, _, _ in steps)
-        ends = [calls[n].output_shape for step, n, _ in steps if step == last]
-        channels = sum(shape[0] for shape in ends if shape)
-        by_step: dict[int, list[str]] = {}
-        for step, _, child in steps:
-            by_step.setdefault(step, []).append(_ops(child))
-        ops = " → ".join(" | ".join(o for o in same if o) for same in by_step.values())
-        branches.append(Branch(key, ops.strip(" →") or "-", channels))
+    branches = [_branch(key, steps, calls) for key, steps in groups.items()]
     _, shape_in, shape_out = calls[prefix]
     concat = sum(b.channels for b in branches)
     if rest:  # Inception-ResNet: a 1x1 conv back to the input's width, added to the input
@@ -204,6 +178,34 @@ def _branches(
     if shape_out and shape_out[0] > concat:  # a pool in forward(), not a module: pass-through
         branches.append(Branch("pool", "pool (in forward)", shape_out[0] - concat))
     return tuple(branches), ""
+
+
+def _branch_groups(
+    prefix: str, block: nn.Module, calls: dict[str, _Call]
+) -> tuple[dict[str, list[_Step]], list[nn.Module]]:
+    """The block's children that ran, as branch name -> its steps, and the other children."""
+    groups: dict[str, list[_Step]] = {}
+    rest: list[nn.Module] = []
+    for name, child in _called_children(block, prefix, calls):
+        match = _BRANCH_NAME.fullmatch(name.rsplit(".", 1)[-1])
+        if match:
+            groups.setdefault(match.group(1), []).append((int(match.group(2) or 0), name, child))
+        else:
+            rest.append(child)
+    return groups, rest
+
+
+def _branch(key: str, steps: list[_Step], calls: dict[str, _Call]) -> Branch:
+    """One branch: its kernels step by step (side-by-side modules joined by "|") and the
+    channels of its last step's outputs."""
+    last = max(step for step, _, _ in steps)
+    ends = [calls[n].output_shape for step, n, _ in steps if step == last]
+    channels = sum(shape[0] for shape in ends if shape)
+    by_step: dict[int, list[str]] = {}
+    for step, _, child in steps:
+        by_step.setdefault(step, []).append(_ops(child))
+    ops = " → ".join(" | ".join(o for o in same if o) for same in by_step.values())
+    return Branch(key, ops.strip(" →") or "-", channels)
 
 
 def _ops(module: nn.Module) -> str:

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from moderncnn.io.errors import ConfigError, DataError
+from moderncnn.io.pixels import denormalize, normalize
 
 from ._checks import (
     check_non_negative_int,
@@ -23,7 +24,8 @@ from ._checks import (
     check_split_size,
     split_count,
 )
-from .augment import AugmentationSpec, BatchAugment, denormalize, normalize
+from .augment import AugmentationSpec, BatchAugment
+from .loaders import batch_loader
 from .stats import ChannelStats
 
 
@@ -157,18 +159,8 @@ class TensorDataModule(L.LightningDataModule):
         return order[num_val:].sort().values, order[:num_val].sort().values
 
     def _loader(self, dataset: TensorImageDataset | None, train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() (or let the Trainer call it) before the dataloaders")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            # A last training batch of one image would make BatchNorm fail ("Expected more than
-            # 1 value per channel"); dropping it costs at most one image per epoch.
-            drop_last=train and len(dataset) % self.batch_size == 1,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_batch,
+        return batch_loader(
+            dataset, self.batch_size, self.num_workers, train, collate_fn=collate_batch
         )
 
     def train_dataloader(self) -> DataLoader:
