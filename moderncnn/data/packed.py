@@ -34,10 +34,19 @@ from .files import FolderSplit, read_folder
 from .image_folder import check_normalization, check_sizes, image_transforms
 from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image, to_rgb
 
-__all__ = ["StreamingDataModule", "pack_image_folder", "read_csv_list"]
+__all__ = ["StreamingDataModule", "is_packed_folder", "pack_image_folder", "read_csv_list"]
 
 INFO = "moderncnn.json"
 FORMAT = "moderncnn-packed/1"
+
+
+def is_packed_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a local folder written by ``moderncnn pack``."""
+    info = Path(path).expanduser() / INFO
+    try:
+        return info.is_file() and json.loads(info.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _litdata() -> Any:
@@ -231,6 +240,16 @@ class StreamingDataModule(L.LightningDataModule):
         return litdata.StreamingDataLoader(
             self._dataset(split, train), batch_size=self.batch_size, num_workers=self.num_workers
         )
+
+    def set_eval_transform(self, transform: Any) -> None:
+        """Evaluate with ``transform`` (decoded PIL image -> tensor) instead of this module's
+        resize and crop: a backbone's own preprocessing, as a folder's images get it."""
+        self.eval_transform = _Transformed(transform, self.in_chans == 1)
+
+    def evaluation_dataset(self, split: str):
+        """A split in packing order, every image, with the evaluation transform (for features
+        and predictions: no shuffle, no batch dropped); None when the folder lacks it."""
+        return self._dataset(split, train=False) if self._has(split) else None
 
     def content_identity(self) -> dict[str, Any]:
         """What identifies the packed images: each split's chunk index (names, sizes, counts),

@@ -35,6 +35,7 @@ from moderncnn.data.files import (
     content_stamps,
     read_folder,
 )
+from moderncnn.data.packed import StreamingDataModule, is_packed_folder
 from moderncnn.inference.backbone import weights_sha256
 from moderncnn.inference.distributed import (
     PredictSettings,
@@ -221,8 +222,10 @@ def extract_features(
     source = resolve_backbone(backbone, weights, model_kwargs, images.in_chans)
     if batch_size is None:
         batch_size = _default_batch_size(source.card, images, image_size, device)
+    images.open_packed(source.card, image_size, batch_size)
     if not images.folder:
         images.loaders = datamodule_loaders(images.dm, batch_size, num_workers)
+        image_size = None if images.root else image_size  # a packed folder is read at its size
     transform, transform_id, preprocess = images.transform(source.card, transform, image_size)
     card = source.card.replace(preprocess=preprocess)
     settings = {
@@ -292,6 +295,11 @@ class _Images:
 
     @classmethod
     def read(cls, data: str | Path | Any) -> _Images:
+        if isinstance(data, str | Path) and is_packed_folder(data):
+            # Packed chunks: streamed through StreamingDataModule once the backbone's
+            # preprocessing is known (open_packed), as a folder is read with it.
+            root = Path(data).expanduser()
+            return cls(False, StreamingDataModule(str(root)).class_names, None, root=root)
         if isinstance(data, str | Path):
             root = Path(data).expanduser()
             links: dict[str, list[dict[str, str]]] = {}  # symlinks out of the root: skipped
@@ -301,6 +309,21 @@ class _Images:
         data.setup("fit")
         data.setup("test")
         return cls(False, list(data.class_names), int(getattr(data, "in_chans", 3)), dm=data)
+
+    def open_packed(self, card: ModelCard, image_size: int | None, batch_size: int) -> None:
+        """A packed folder's data module, with the backbone's evaluation preprocessing."""
+        if self.root is None or self.folder or self.dm is not None:
+            return
+        preprocess = card.preprocess
+        if image_size:
+            preprocess = Preprocess.for_size(image_size, preprocess.mean, preprocess.std)
+        self.dm = StreamingDataModule(
+            str(self.root), image_size=preprocess.image_size, resize_size=preprocess.resize_size,
+            mean=preprocess.mean, std=preprocess.std, in_chans=card.in_chans,
+            batch_size=batch_size,
+        )  # fmt: skip
+        self.dm.set_eval_transform(preprocess.transform())  # exactly a folder's preprocessing
+        self.dm.setup("fit")
 
     def side(self, side: int) -> int:
         """The side of the images the backbone sees: a data module's own input size."""
@@ -342,7 +365,7 @@ class _Images:
         return names, indexed, indexed.collate, sizes
 
     def source(self) -> str:
-        return str(self.root.resolve()) if self.folder else type(self.dm).__name__
+        return str(self.root.resolve()) if self.root else type(self.dm).__name__
 
     def skipped(self) -> dict[str, list[dict[str, str]]]:
         """Files left out before extraction: a folder's symlinks out of its root, with their

@@ -30,6 +30,11 @@ def datamodule_loaders(dm: Any, batch_size: int, num_workers: int) -> dict[str, 
     """
     loaders = {}
     for split in ("train", "val", "test"):
+        if hasattr(dm, "evaluation_dataset"):  # the module gives its splits for evaluation
+            dataset = dm.evaluation_dataset(split)
+            if dataset is not None and len(dataset) > 0:
+                loaders[split] = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+            continue
         try:
             given = getattr(dm, f"{split}_dataloader")()
         except (NotImplementedError, RuntimeError, AttributeError, ValueError):

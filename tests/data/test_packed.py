@@ -291,3 +291,25 @@ def test_features_from_a_packed_config_equal_the_folders(folder: Path, tmp_path:
         == 0
     )
     assert json.loads((tmp_path / "packed_cache" / "manifest.json").read_text())["key"] != key
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_features_of_a_packed_folder_equal_its_image_folders(
+    folder: Path, tmp_path: Path, in_chans: int
+) -> None:
+    """`features --data PACKED/` reads the chunks with the backbone's own preprocessing: the
+    same features, labels and order as `--data FOLDER/` (an RGB folder into a grey model too)."""
+    from moderncnn.transfer import FeatureCache
+
+    assert cli_main(["pack", str(folder), "--out", str(tmp_path / "packed")]) == 0
+    tiny = json.dumps({"channels": [8, 8, 8, 8], "layers": [1] * 4, "in_chans": in_chans})
+    for name, data in (("from_packed", tmp_path / "packed"), ("from_folder", folder)):
+        argv = ["features", "--backbone", "resnet18_cifar", "--model-kwargs", tiny,
+                "--runtime", "torch", "--data", str(data),
+                "--out", str(tmp_path / name)]  # fmt: skip
+        assert cli_main(argv) == 0
+    packed, images = FeatureCache(tmp_path / "from_packed"), FeatureCache(tmp_path / "from_folder")
+    for split in ("train", "val"):
+        assert packed.labels(split).tolist() == images.labels(split).tolist()
+        assert (packed.features(split) - images.features(split)).abs().max() <= 1e-5
+    assert packed.manifest["meta"]["source"] == str((tmp_path / "packed").resolve())
