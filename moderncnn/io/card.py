@@ -187,6 +187,12 @@ class ModelCard:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        self._tidy()
+        self._check_agreement()
+
+    def _check_fields(self) -> None:
+        """Each field of the type and range a card has (a card is a JSON file from anywhere)."""
         if not isinstance(self.architecture, str) or not self.architecture:
             raise DataError(f"card architecture must be a model name, got {self.architecture!r}")
         for key in ("num_classes", "in_chans"):
@@ -199,6 +205,9 @@ class ModelCard:
             raise DataError(f"card parent must be a card, got {type(self.parent).__name__}")
         if self.kind == "probe":
             _check_head(self.head)
+
+    def _tidy(self) -> None:
+        """No ``weights`` source in the kwargs; class names as a tuple of strings."""
         if "weights" in self.model_kwargs:
             # The trained weights are in the file the card travels with; a `weights` source
             # here would make loading download or read the file the training started from.
@@ -207,6 +216,11 @@ class ModelCard:
         if self.class_names is not None:
             names = tuple(str(name) for name in self.class_names)
             object.__setattr__(self, "class_names", names)
+
+    def _check_agreement(self) -> None:
+        """The class names and the preprocessing agree with the network's outputs and input."""
+        if self.class_names is not None:
+            names = self.class_names
             outputs = self.num_classes if self.kind != "backbone" else len(names)
             if len(names) != outputs:
                 raise DataError(f"card has {len(names)} class names for {self.num_classes} classes")

@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,38 +62,50 @@ def _number(value: Any, limit: float = math.inf) -> bool:
     )
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _seconds(value: Any) -> bool:
+    return _number(value, MAX_SECONDS)
+
+
+def _metric(value: Any) -> bool:
+    return _number(value, 1e6)
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+
+# What each plain fact must be to be shown.
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    **dict.fromkeys(_TEXT_FACTS, _text),
+    **dict.fromkeys(_COUNT_FACTS, _count),
+    **dict.fromkeys(("fit_seconds", "test_seconds"), _seconds),
+    "best_val": _metric,
+}
+_LATER_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "class_names": _names,
+    "model_kwargs": lambda value: isinstance(value, dict),
+}
+
+
 def valid_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
     """The facts of a ``run.json`` that have the type and range :class:`RunFacts` writes."""
-    valid: dict[str, Any] = {}
-    for key in _TEXT_FACTS:
-        if isinstance(facts.get(key), str):
-            valid[key] = facts[key]
-    for key in _COUNT_FACTS:
-        if _count(facts.get(key)):
-            valid[key] = facts[key]
-    for key in ("fit_seconds", "test_seconds"):
-        if _number(facts.get(key), MAX_SECONDS):
-            valid[key] = facts[key]
-    if _number(facts.get("best_val"), 1e6):
-        valid["best_val"] = facts["best_val"]
+    valid = {key: facts[key] for key, ok in _CHECKS.items() if ok(facts.get(key))}
     size = facts.get("input_size")
     if _number(facts.get("macs")) and isinstance(size, list) and size and all(map(_count, size)):
         valid |= {"macs": facts["macs"], "input_size": size}
-    names = facts.get("class_names")
-    if isinstance(names, list) and all(isinstance(name, str) for name in names):
-        valid["class_names"] = names
-    if isinstance(facts.get("model_kwargs"), dict):
-        valid["model_kwargs"] = facts["model_kwargs"]
+    valid |= {key: facts[key] for key, ok in _LATER_CHECKS.items() if ok(facts.get(key))}
     hardware = facts.get("hardware")
     if isinstance(hardware, dict):
-        text = {k: hardware[k] for k in _HARDWARE_TEXT if isinstance(hardware.get(k), str)}
+        text = {k: hardware[k] for k in _HARDWARE_TEXT if _text(hardware.get(k))}
         counts = {k: hardware[k] for k in _HARDWARE_COUNTS if _count(hardware.get(k))}
         valid["hardware"] = text | counts
     metrics = facts.get("test_metrics")
     if isinstance(metrics, dict):
-        valid["test_metrics"] = {
-            k: v for k, v in metrics.items() if isinstance(k, str) and _number(v, 1e6)
-        }
+        valid["test_metrics"] = {k: v for k, v in metrics.items() if _text(k) and _metric(v)}
     return valid
 
 
