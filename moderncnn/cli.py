@@ -9,33 +9,74 @@ error and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from importlib import import_module
+from typing import Any
 
-from moderncnn.io.command_line import CommandParser
+from moderncnn.io.command_line import Command, CommandParser, apply_deprecated, run_function
 from moderncnn.io.configs import CONFIG_ROOT, config_description, list_configs
 from moderncnn.io.errors import ModernCNNError
 
-# sub-command -> (module, function taking argv, one-line help). Imported only when used.
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "models": ("moderncnn.cli", "list_models_main", "list the registered model names"),
-    "configs": ("moderncnn.cli", "list_configs_main", "list the shipped configs: fit -c NAME"),
-    "summary": ("moderncnn.viz.diagram", "summary_main", "layer table; --diagram PNG: picture"),
-    "fit": ("moderncnn.training.cli", "main", "train from a YAML config; --seeds N: N runs"),
-    "lr-find": ("moderncnn.training.lr_find", "main", "learning-rate range test: PNG + value"),
-    "validate": ("moderncnn.training.cli", "main", "validate a checkpoint"),
-    "test": ("moderncnn.training.cli", "main", "test a checkpoint; writes a confusion matrix"),
-    "predict": ("moderncnn.training.cli", "main", "-c CONFIG, or --checkpoint CKPT FILES: top-k"),
-    "features": ("moderncnn.transfer.features", "main", "cache a frozen backbone's features"),
-    "probe": ("moderncnn.transfer.probe", "main", "train a linear probe on cached features"),
-    "pack": ("moderncnn.data.packed", "main", "image folder -> litdata chunks to stream from"),
-    "export": ("moderncnn.cli", "export_main", "ONNX, TorchScript or safetensors, checked"),
-    "explain": ("moderncnn.viz.gradcam", "main", "Grad-CAM: where the network looked, a PNG each"),
-    "report": ("moderncnn.training.run_report", "main", "one self-contained HTML page of a run"),
-    "plot": ("moderncnn.viz.curves", "plot_main", "learning curves PNG of a run"),
-    "preview": ("moderncnn.training.config", "preview_main", "grid of one augmented batch"),
-    "compare": ("moderncnn.training.compare", "main", "several models x seeds: accuracy and cost"),
-    "tune": ("moderncnn.training.tune", "main", "hyperparameter search with Optuna"),
+LIGHTNING = "moderncnn.training.cli:main"  # LightningCLI: fit, validate, test, predict -c
+
+# sub-command -> what it runs and its one-line help. Imported only when used. A `function`
+# command's CLI is generated from its function's signature (moderncnn/io/command_line.py);
+# `argv` and `lightning` commands parse their own argument list.
+COMMANDS: dict[str, Command] = {
+    "models": Command("moderncnn.cli:list_models_main", "list the registered model names", "argv"),
+    "configs": Command(
+        "moderncnn.cli:list_configs_main", "list the shipped configs: fit -c NAME", "argv"
+    ),
+    "summary": Command(
+        "moderncnn.viz.diagram:summary_main", "layer table; --diagram PNG: picture", "argv"
+    ),
+    "fit": Command(LIGHTNING, "train from a YAML config; --seeds N: N runs", "lightning"),
+    "lr-find": Command(
+        "moderncnn.training.lr_find:main", "learning-rate range test: PNG + value", "argv"
+    ),
+    "validate": Command(LIGHTNING, "validate a checkpoint", "lightning"),
+    "test": Command(LIGHTNING, "test a checkpoint; writes a confusion matrix", "lightning"),
+    "predict": Command(
+        "moderncnn.inference.prediction:predict",
+        "--model ARTIFACT FILES: top-k classes; -c CONFIG: Lightning's predict",
+        show="moderncnn.inference.prediction:show_predictions",
+        positional=("inputs",),
+        skip=frozenset({"backbone", "transform", "parts"}),
+    ),
+    "features": Command(
+        "moderncnn.transfer.features:main", "cache a frozen backbone's features", "argv"
+    ),
+    "probe": Command(
+        "moderncnn.transfer.probe:main", "train a linear probe on cached features", "argv"
+    ),
+    "pack": Command(
+        "moderncnn.data.packed:main", "image folder -> litdata chunks to stream from", "argv"
+    ),
+    "export": Command(
+        "moderncnn.cli:export_main", "ONNX, TorchScript or safetensors, checked", "argv"
+    ),
+    "explain": Command(
+        "moderncnn.viz.gradcam:main", "Grad-CAM: where the network looked, a PNG each", "argv"
+    ),
+    "report": Command(
+        "moderncnn.training.run_report:main", "one self-contained HTML page of a run", "argv"
+    ),
+    "plot": Command("moderncnn.viz.curves:plot_main", "learning curves PNG of a run", "argv"),
+    "preview": Command(
+        "moderncnn.training.config:preview_main", "grid of one augmented batch", "argv"
+    ),
+    "compare": Command(
+        "moderncnn.training.compare:main", "several models x seeds: accuracy and cost", "argv"
+    ),
+    "tune": Command("moderncnn.training.tune:main", "hyperparameter search with Optuna", "argv"),
+}
+
+# Old spellings, kept for one release: command -> {old flag: the tokens that replace it, or a
+# function of its value giving them}; "<positional>": the flag a leading bare value now needs.
+# Each prints one warning line naming the new spelling (io/command_line.apply_deprecated).
+DEPRECATED: dict[str, dict[str, Any]] = {
+    "predict": {"--checkpoint": ("--model",), "--csv": ("--out",), "--json": ("--out",)},
 }
 
 
@@ -74,8 +115,41 @@ def export_main(argv: list[str]) -> int:
 
 def _usage() -> str:
     lines = ["usage: moderncnn COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name:<10} {command.help}" for name, command in COMMANDS.items()]
+    lines += ["", "moderncnn COMMAND --help: its arguments; moderncnn completion bash|zsh|tcsh: "
+              "a shell completion script"]  # fmt: skip
     return "\n".join(lines)
+
+
+def _predict_runs_lightning(argv: list[str]) -> bool:
+    """``predict`` is one command: with ``--model ARTIFACT`` it classifies files; without
+    it, a training config (``-c``) runs Lightning's predict over the config's data. An
+    arguments file (``--config ARGS.yaml`` holding ``model:`` as a path) is the former."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    pre.add_argument("-c", "--config", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    if known.model is not None or not known.config:
+        return False
+    from moderncnn.io.command_line import _is_args_file
+
+    function = COMMANDS["predict"].function()
+    return not all(_is_args_file(path, function) for path in known.config)
+
+
+def _run(command: str, argv: list[str]) -> int:
+    entry = COMMANDS[command]
+    deprecated = DEPRECATED.get(command, {})
+    if command == "predict":
+        rest = apply_deprecated(command, argv[1:], deprecated)
+        if _predict_runs_lightning(rest):
+            return import_module("moderncnn.training.cli").main(["predict", *rest])
+        return run_function(command, entry, rest, {})
+    if entry.kind == "function":
+        return run_function(command, entry, argv[1:], deprecated)
+    function = entry.function()
+    # LightningCLI reads the sub-command itself, so it gets argv whole.
+    return function(argv if entry.kind == "lightning" else argv[1:]) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,20 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0
-    command, rest = argv[0], argv[1:]
+    command = argv[0]
+    if command == "completion":
+        from moderncnn.completion import completion_main
+
+        return completion_main(argv[1:])
     if command not in COMMANDS:
         print(f"moderncnn: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module, function, _ = COMMANDS[command]
-    if command == "predict" and any(a.split("=")[0] == "--checkpoint" for a in rest):
-        # `predict --checkpoint ... FILES` classifies image files; `predict -c` is LightningCLI's.
-        module, function = "moderncnn.inference.prediction", "main"
-    # LightningCLI reads the sub-command itself, so it gets argv whole.
-    args = argv if module == "moderncnn.training.cli" else rest
     try:
-        return getattr(import_module(module), function)(args) or 0
+        return _run(command, argv)
     except SystemExit as exit_:  # argparse: --help (0) or a command line that does not parse (2)
         return exit_.code if isinstance(exit_.code, int) else 2
+    except argparse.ArgumentError as err:  # a generated parser: does not parse, in one line
+        message = " ".join(str(err).split())
+        print(f"moderncnn {command}: error: {message} (see `moderncnn {command} --help`)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except (ModernCNNError, OSError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message holds
         print(f"moderncnn {command}: error: {message}", file=sys.stderr)

@@ -28,7 +28,7 @@ ROWS: dict[str, Row] = {
     "validate": (lambda p, o: ["-c", p], True),
     "test": (lambda p, o: ["-c", p], True),
     "predict": (lambda p, o: ["-c", p], True),
-    "predict --checkpoint": (lambda p, o: ["--checkpoint", p, p, "--csv", f"{o}.csv"], False),
+    "predict --model": (lambda p, o: ["--model", p, p, "--out", f"{o}.csv"], False),
     "features": (lambda p, o: ["--data", p, "--out", o, "--backbone", "resnet18"], False),
     "features --backbone": (lambda p, o: ["--data", p, "--out", o, "--backbone", "resnt18"], False),
     "probe": (lambda p, o: [p, "--out", o], False),

@@ -267,7 +267,7 @@ def test_exported_model_predicts_images_like_its_checkpoint(
     assert cli_main(argv + (["--dynamic-batch"] if dynamic else [])) == 0
 
     images = sorted(cifar_samples_dir.glob("*.png"))[:5]
-    assert cli_main(["predict", "--checkpoint", str(out), *map(str, images), "--topk", "2"]) == 0
+    assert cli_main(["predict", "--model", str(out), *map(str, images), "--topk", "2"]) == 0
     printed = capsys.readouterr().out
     assert "5 images classified, 0 unreadable" in printed
     exported = predict(images, out, topk=2, batch_size=4)

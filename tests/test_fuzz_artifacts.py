@@ -178,7 +178,7 @@ def check_card(text: bytes) -> None:
         before = snapshot(root)
         attempt(lambda: read_card(saved), "read_card")
         attempt(lambda: load_model(saved), "load_model")
-        run_cli(["predict", "--checkpoint", str(saved), str(image), "--runtime", "torch"])
+        run_cli(["predict", "--model", str(saved), str(image), "--runtime", "torch"])
         assert snapshot(root) == before
 
 
@@ -207,7 +207,7 @@ def test_the_unedited_card_loads_and_predicts(tmp_path: Path) -> None:
     (tmp_path / "saved" / "model.safetensors").write_bytes(saved_weights())
     assert load_model(tmp_path / "saved").class_names == ["a", "b", "c"]
     image = write_world(tmp_path)
-    assert run_cli(["predict", "--checkpoint", str(tmp_path / "saved"), str(image)])[0] == 0
+    assert run_cli(["predict", "--model", str(tmp_path / "saved"), str(image)])[0] == 0
 
 
 # -- export sidecars: model.onnx.json ----------------------------------------------------------
@@ -304,7 +304,7 @@ def check_probe(files: tuple[bytes, bytes]) -> None:
         (probe / "probe_head.safetensors").write_bytes(head)
         before = snapshot(root)
         attempt(lambda: load_model(probe), "load_model")
-        run_cli(["predict", "--checkpoint", str(probe), str(image), "--runtime", "torch"])
+        run_cli(["predict", "--model", str(probe), str(image), "--runtime", "torch"])
         assert snapshot(root) == before
 
 

@@ -162,7 +162,7 @@ def test_features_probe_predict_from_a_10_class_checkpoint_on_the_command_line(
     assert backbone["model_kwargs"] == TINY and backbone["preprocess"]["mean"] == [0.286]
     assert backbone["num_classes"] == 0 and manifest["meta"]["num_features"] == 16
     assert cli_main(["probe", str(cache), "--epochs", "5", "--out", str(probe)]) == 0
-    assert cli_main(["predict", "--checkpoint", str(probe), str(grey_folder)]) == 0
+    assert cli_main(["predict", "--model", str(probe), str(grey_folder)]) == 0
     assert "12 images classified, 0 unreadable" in capsys.readouterr().out
 
 
@@ -340,12 +340,12 @@ def test_load_from_checkpoint_never_runs_pickled_code(
 
 
 def test_a_missing_artifact_and_a_broken_card_are_one_line_errors(tmp_path: Path, capsys) -> None:
-    assert cli_main(["predict", "--checkpoint", str(tmp_path / "nope.ckpt"), str(tmp_path)]) == 1
+    assert cli_main(["predict", "--model", str(tmp_path / "nope.ckpt"), str(tmp_path)]) == 1
     assert "nope.ckpt' does not exist" in capsys.readouterr().err
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "config.json").write_text('{"architecture": 3}')
     shutil.copy(tmp_path / "saved" / "config.json", tmp_path / "saved" / "model.safetensors")
-    assert cli_main(["predict", "--checkpoint", str(tmp_path / "saved"), str(tmp_path)]) == 1
+    assert cli_main(["predict", "--model", str(tmp_path / "saved"), str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.json" in err and "Traceback" not in err
 

@@ -193,12 +193,12 @@ def test_predict_and_features_cli_choose_the_runtime(
     folder, model, _ = saved(tmp_path, "resnet18_cifar", **TINY)
     outputs = {}
     for engine in ["torch", "onnxruntime"]:
-        assert cli_main(["predict", "--checkpoint", str(folder), str(cifar_samples_dir),
+        assert cli_main(["predict", "--model", str(folder), str(cifar_samples_dir),
                          "--runtime", engine, "--topk", "1", "--threads", "1"]) == 0  # fmt: skip
         outputs[engine] = [line.split(": ")[1].split()[0] for line in
                            capsys.readouterr().out.splitlines() if ".png: " in line]  # fmt: skip
     assert len(outputs["torch"]) == 20 and outputs["torch"] == outputs["onnxruntime"]
-    assert cli_main(["predict", "--checkpoint", str(folder), str(cifar_samples_dir),
+    assert cli_main(["predict", "--model", str(folder), str(cifar_samples_dir),
                      "--runtime", "torch", "--precision", "int8"]) == 1  # fmt: skip
     assert "choose runtime 'onnxruntime'" in capsys.readouterr().err
     assert cli_main(["export", str(folder), "--format", "onnx", "--int8"]) == 1

@@ -92,7 +92,7 @@ def test_commands_refuse_the_planted_checkpoint_in_one_line(
 
     Image.new("RGB", (32, 32), "white").save(image)
     argv = {
-        "predict": ["predict", "--checkpoint", str(planted), str(image)],
+        "predict": ["predict", "--model", str(planted), str(image)],
         "export": ["export", str(planted), "--format", "onnx", "-o", str(tmp_path / "x.onnx")],
         "explain": ["explain", "--checkpoint", str(planted), str(image), "--out", str(tmp_path)],
     }[command]

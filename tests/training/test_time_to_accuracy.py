@@ -363,7 +363,7 @@ def test_predict_on_files_with_tta_averages_the_flipped_view(
         assert got == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ConfigError, match="tta must be a list of hflip, shift"):
         loaded.predict(files, tta=["rotate"])
-    assert moderncnn_main(["predict", "--checkpoint", str(path), str(files[0]), "--tta=hflip"]) == 0
+    assert moderncnn_main(["predict", "--model", str(path), str(files[0]), "--tta=hflip"]) == 0
     assert "1 images classified" in capsys.readouterr().out
 
 
