@@ -43,6 +43,7 @@ _LAZY = {
     "plot_architecture": "moderncnn.viz",
     "plot_degradation": "moderncnn.viz",
     "write_report": "moderncnn.training.run_report",
+    "features": "moderncnn.transfer.features",
 }
 
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.
     from moderncnn.training.run_report import write_report
     from moderncnn.training.trainer import Trainer
     from moderncnn.training.tune import tune
+    from moderncnn.transfer.features import features
     from moderncnn.viz import (
         explain,
         plot_architecture,
@@ -115,4 +117,5 @@ __all__ = [
     "plot_architecture",
     "plot_degradation",
     "write_report",
+    "features",
 ]

@@ -45,7 +45,9 @@ COMMANDS: dict[str, Command] = {
         skip=frozenset({"backbone", "transform", "parts"}),
     ),
     "features": Command(
-        "moderncnn.transfer.features:main", "cache a frozen backbone's features", "argv"
+        "moderncnn.transfer.features:features",
+        "cache a frozen backbone's features",
+        show="moderncnn.transfer.features:show_features",
     ),
     "probe": Command(
         "moderncnn.transfer.probe:main", "train a linear probe on cached features", "argv"
@@ -77,6 +79,12 @@ COMMANDS: dict[str, Command] = {
 # Each prints one warning line naming the new spelling (io/command_line.apply_deprecated).
 DEPRECATED: dict[str, dict[str, Any]] = {
     "predict": {"--checkpoint": ("--model",), "--csv": ("--out",), "--json": ("--out",)},
+    "features": {
+        "--backbone": ("--arch",),
+        "--weights": ("--model",),
+        "--bf16": ("--precision", "bf16"),
+        "--half": ("--precision", "fp16"),
+    },
 }
 
 

@@ -27,6 +27,7 @@ from moderncnn.io.errors import ConfigError
 from moderncnn.io.safe_text import spreadsheet_safe
 
 from .distributed import (
+    ONE_PROCESS,
     PredictSettings,
     Shard,
     ShardWriter,
@@ -40,9 +41,6 @@ from .tta import check_tta
 __all__ = [
     "Prediction", "predict", "show_predictions", "spreadsheet_safe", "write_csv", "write_json"
 ]  # fmt: skip
-
-
-ONE_PROCESS = PredictSettings()  # the default: no frozen dataclass is shared mutably
 
 
 def predict(

@@ -224,8 +224,9 @@ def _add_manual(parser: Any, key: str, param: inspect.Parameter, doc: str, posit
 
 
 def _is_args_file(path: str, func: Callable[..., Any]) -> bool:
-    """Whether ``path`` is a YAML mapping of ``func``'s parameters (an arguments file), not a
-    training config: its keys all name parameters (``--print_config`` writes such files)."""
+    """Whether ``path`` is a YAML of ``func``'s arguments (as ``--print_config`` writes), not a
+    training config: its keys all name parameters, and its ``model``/``data`` (if any) are not
+    sections (a training config's ``model:``/``data:`` are mappings: class and arguments)."""
     import yaml
 
     file = Path(path)
@@ -235,8 +236,10 @@ def _is_args_file(path: str, func: Callable[..., Any]) -> bool:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return False
-    names = set(inspect.signature(func).parameters)
-    return isinstance(data, dict) and bool(data) and set(map(str, data)) <= names
+    if not isinstance(data, dict) or not data:
+        return False
+    sections = any(isinstance(data.get(key), dict) for key in ("model", "data"))
+    return not sections and set(map(str, data)) <= set(inspect.signature(func).parameters)
 
 
 def _split_config(argv: list[str], func: Callable[..., Any]) -> list[str]:

@@ -146,7 +146,7 @@ def test_features_probe_predict_from_a_10_class_checkpoint_on_the_command_line(
         cli_main(
             [
                 "features",
-                "--weights",
+                "--model",
                 str(checkpoint),
                 "--data",
                 str(grey_folder),
