@@ -44,6 +44,7 @@ _LAZY = {
     "plot_degradation": "moderncnn.viz",
     "write_report": "moderncnn.training.run_report",
     "features": "moderncnn.transfer.features",
+    "probe": "moderncnn.transfer.probe",
 }
 
 
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.
     from moderncnn.training.trainer import Trainer
     from moderncnn.training.tune import tune
     from moderncnn.transfer.features import features
+    from moderncnn.transfer.probe import probe
     from moderncnn.viz import (
         explain,
         plot_architecture,
@@ -118,4 +120,5 @@ __all__ = [
     "plot_degradation",
     "write_report",
     "features",
+    "probe",
 ]

@@ -50,7 +50,10 @@ COMMANDS: dict[str, Command] = {
         show="moderncnn.transfer.features:show_features",
     ),
     "probe": Command(
-        "moderncnn.transfer.probe:main", "train a linear probe on cached features", "argv"
+        "moderncnn.transfer.probe:probe",
+        "train a linear probe on cached features",
+        show="moderncnn.transfer.probe:show_probe",
+        positional=("cache",),
     ),
     "pack": Command(
         "moderncnn.data.packed:main", "image folder -> litdata chunks to stream from", "argv"

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib import import_module
 from pathlib import Path
 from types import UnionType
@@ -172,7 +174,7 @@ def function_parser(name: str, command: Command, func: Callable[..., Any] | None
     # its own arguments' file is then --args (and --config ARGS.yaml is recognised: see run).
     config_flags = ["--args"] if takes_config else ["-c", "--config", "--args"]
     parser.add_argument(
-        *config_flags, action=ActionConfigFile,
+        *config_flags, action=ActionConfigFile, metavar="ARGS.yaml",
         help="a YAML file of this command's arguments (as --print_config writes them)",
     )  # fmt: skip
     skip = set(command.skip) | manual
@@ -293,6 +295,11 @@ def _collect_overrides(argv: list[str], func: Callable[..., Any]) -> list[str]:
     return out
 
 
+def _one_line_warning(command: str, message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    text = " ".join(str(message).split())
+    print(f"moderncnn {command}: warning: {text}", file=sys.stderr)
+
+
 def run_function(name: str, command: Command, argv: Sequence[str], deprecated: Mapping) -> int:
     """Parse ``argv`` for the command's function, call it, show what it returned."""
     func = command.function()
@@ -312,7 +319,9 @@ def run_function(name: str, command: Command, argv: Sequence[str], deprecated: M
         for k, p in signature.parameters.items()
         if p.kind is p.POSITIONAL_ONLY and k in kwargs
     ]
-    result = func(*positional, **kwargs)
+    with warnings.catch_warnings():  # each warning the run raises: one line, as errors are
+        warnings.showwarning = partial(_one_line_warning, name)
+        result = func(*positional, **kwargs)
     if command.show is None:
         return 0
     module, show = command.show.split(":")
