@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": "moderncnn.models",
     "list_models": "moderncnn.models",
-    "summary": "moderncnn.models.layer_table",
+    "summary": "moderncnn.viz.diagram",
     "optimize_for_inference": "moderncnn.inference",
     "load_model": "moderncnn.inference",
     "save_model": "moderncnn.inference",
@@ -45,6 +45,7 @@ _LAZY = {
     "write_report": "moderncnn.training.run_report",
     "features": "moderncnn.transfer.features",
     "probe": "moderncnn.transfer.probe",
+    "export": "moderncnn.training.export_command",
 }
 
 
@@ -60,9 +61,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.
     from moderncnn.io.card import ModelCard, Preprocess
     from moderncnn.io.errors import ModernCNNError
     from moderncnn.models import create_model, list_models
-    from moderncnn.models.layer_table import summary
     from moderncnn.training.compare import compare
     from moderncnn.training.config import from_config
+    from moderncnn.training.export_command import export
     from moderncnn.training.lr_find import lr_find
     from moderncnn.training.module import ImageClassifier
     from moderncnn.training.run_report import write_report
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.
         show_batch,
         show_results,
     )
+    from moderncnn.viz.diagram import summary
 
 
 def __getattr__(name: str) -> Any:
@@ -121,4 +123,5 @@ __all__ = [
     "write_report",
     "features",
     "probe",
+    "export",
 ]

@@ -29,7 +29,9 @@ COMMANDS: dict[str, Command] = {
         "moderncnn.cli:list_configs_main", "list the shipped configs: fit -c NAME", "argv"
     ),
     "summary": Command(
-        "moderncnn.viz.diagram:summary_main", "layer table; --diagram PNG: picture", "argv"
+        "moderncnn.viz.diagram:summary",
+        "layer table of --arch NAME or --model ARTIFACT; --out PNG: diagram",
+        show="moderncnn.viz.diagram:show_summary",
     ),
     "fit": Command(LIGHTNING, "train from a YAML config; --seeds N: N runs", "lightning"),
     "lr-find": Command(
@@ -59,10 +61,16 @@ COMMANDS: dict[str, Command] = {
         "moderncnn.data.packed:main", "image folder -> litdata chunks to stream from", "argv"
     ),
     "export": Command(
-        "moderncnn.cli:export_main", "ONNX, TorchScript or safetensors, checked", "argv"
+        "moderncnn.training.export_command:export",
+        "ONNX, TorchScript or safetensors, checked",
+        show="moderncnn.training.export_command:show_export",
     ),
     "explain": Command(
-        "moderncnn.viz.gradcam:main", "Grad-CAM: where the network looked, a PNG each", "argv"
+        "moderncnn.viz.gradcam:explain",
+        "Grad-CAM: where the network looked, a PNG each",
+        show="moderncnn.viz.gradcam:show_explanations",
+        positional=("images",),
+        defaults=(("out", "explain"),),
     ),
     "report": Command(
         "moderncnn.training.run_report:main", "one self-contained HTML page of a run", "argv"
@@ -77,6 +85,18 @@ COMMANDS: dict[str, Command] = {
     "tune": Command("moderncnn.training.tune:main", "hyperparameter search with Optuna", "argv"),
 }
 
+
+def _export_model_flag(value: str) -> tuple[str, ...]:
+    """export's old ``--model NAME`` was an architecture: ``--arch`` now, ``--model`` the file."""
+    from pathlib import Path
+
+    if Path(value).exists() or "." in Path(value).name or value.startswith("hf_hub:"):
+        return ("--model",)
+    from moderncnn.models import list_models  # torch: only for this old spelling
+
+    return ("--arch",) if value in list_models() else ("--model",)
+
+
 # Old spellings, kept for one release: command -> {old flag: the tokens that replace it, or a
 # function of its value giving them}; "<positional>": the flag a leading bare value now needs.
 # Each prints one warning line naming the new spelling (io/command_line.apply_deprecated).
@@ -87,6 +107,16 @@ DEPRECATED: dict[str, dict[str, Any]] = {
         "--weights": ("--model",),
         "--bf16": ("--precision", "bf16"),
         "--half": ("--precision", "fp16"),
+    },
+    "summary": {"<positional>": ("--arch",), "--diagram": ("--out",)},
+    "explain": {"--checkpoint": ("--model",), "--class": ("--target",)},
+    "export": {
+        "<positional>": ("--model",),
+        "--model": _export_model_flag,
+        "-o": ("--out",),
+        "--output": ("--out",),
+        "--int8": ("--precision", "int8"),
+        "--no-optimize": ("--optimize", "false"),
     },
 }
 
@@ -113,15 +143,6 @@ def list_configs_main(argv: list[str]) -> int:
         print(f"{name:<{width}}  {config_description(name)}")
     print(f"\nmoderncnn fit -c NAME, or from_config(NAME); the files: {CONFIG_ROOT}")
     return 0
-
-
-def export_main(argv: list[str]) -> int:
-    """``moderncnn export``, given the reader of training configs that ``--calibrate`` needs."""
-    # Imported when used, like every command: `moderncnn models` need not load torch.
-    from moderncnn.inference.export_cli import main
-    from moderncnn.training.config import datamodule_from_config
-
-    return main(argv, read_config=datamodule_from_config)
 
 
 def _usage() -> str:

@@ -161,7 +161,15 @@ def test_predict_and_export_refuse_bad_checkpoints(
     image = str(next(cifar_samples_dir.glob("*.png")))
     args = {
         "predict": ["predict", "--model", str(files[name]), image],
-        "export": ["export", str(files[name]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+        "export": [
+            "export",
+            "--model",
+            str(files[name]),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
     }[command]
     assert moderncnn_main(args) == 1
     err = capsys.readouterr().err
@@ -367,7 +375,15 @@ def _command_line(command: str, ckpt: Path, images: Path, tmp_path: Path) -> lis
     image = str(next(images.glob("*.png")))
     return {
         "predict": ["predict", "--model", str(ckpt), image],
-        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+        "export": [
+            "export",
+            "--model",
+            str(ckpt),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
     }[command]
 
 
@@ -491,7 +507,7 @@ def test_non_finite_or_integer_weights_are_refused_naming_the_key(
     checkpoint = torch.load(files["good"], weights_only=True)
     checkpoint["state_dict"]["model.fc.bias"] = spoil(checkpoint["state_dict"]["model.fc.bias"])
     torch.save(checkpoint, tmp_path / "spoilt.ckpt")
-    args = ["export", str(tmp_path / "spoilt.ckpt"), "--format", "onnx"]
+    args = ["export", "--model", str(tmp_path / "spoilt.ckpt"), "--format", "onnx"]
     assert moderncnn_main([*args, "-o", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
     assert f"spoilt.ckpt: weight {message}" in err and "Traceback" not in err
@@ -506,7 +522,7 @@ def test_a_state_dict_of_thousands_of_other_keys_is_named_in_a_short_line(
     # lists every key (266 KB in one line for an Inception).
     checkpoint["state_dict"] = {f"model.block{i}.conv.weight": torch.zeros(1) for i in range(3000)}
     torch.save(checkpoint, tmp_path / "deep.ckpt")
-    args = ["export", str(tmp_path / "deep.ckpt"), "--format", "onnx"]
+    args = ["export", "--model", str(tmp_path / "deep.ckpt"), "--format", "onnx"]
     assert moderncnn_main([*args, "-o", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
     assert "deep.ckpt: its weights do not fit the resnet18_cifar" in err

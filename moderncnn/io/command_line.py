@@ -50,6 +50,8 @@ class Command:
             returning the exit status; None: nothing is printed, status 0.
         positional: parameters given without a flag, in this order (inputs that are read).
         skip: parameters a command line cannot give (a module, a callable).
+        defaults: the command line's own defaults where the function's would surprise there
+            (explain writes its pictures to ./explain, where a notebook shows them).
     """
 
     target: str
@@ -58,6 +60,7 @@ class Command:
     show: str | None = None
     positional: tuple[str, ...] = ()
     skip: frozenset[str] = frozenset()
+    defaults: tuple[tuple[str, Any], ...] = ()
 
     def function(self) -> Callable[..., Any]:
         module, name = self.target.split(":")
@@ -101,7 +104,8 @@ def apply_deprecated(command: str, argv: Sequence[str], table: Mapping[str, Any]
                 i += 1
                 value = args[i]
             tokens = new(value)
-            warn(flag, tokens[:1])
+            if tokens[:1] != (flag,):
+                warn(flag, tokens[:1])
             out += [*tokens, value]
         else:
             warn(flag, new)
@@ -192,6 +196,8 @@ def function_parser(name: str, command: Command, func: Callable[..., Any] | None
             help=f"{docs.get('config', '')} (type: str)",
         )  # fmt: skip
     parser.add_function_arguments(func, as_group=False, skip=skip, fail_untyped=False)
+    if command.defaults:
+        parser.set_defaults(dict(command.defaults))
     return parser
 
 
@@ -223,6 +229,25 @@ def _add_manual(parser: Any, key: str, param: inspect.Parameter, doc: str, posit
             f"--{key}", nargs="+" if several else None, default=default, required=required,
             help=help_, **extra_type,
         )  # fmt: skip
+
+
+BOOL_TEXT = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def _bare_bools(argv: list[str], func: Callable[..., Any]) -> list[str]:
+    """``--force`` alone means ``--force true`` (as the hand-written parsers' switches did)."""
+    switches = {
+        f"--{name}"
+        for name, param in inspect.signature(func, eval_str=True).parameters.items()
+        if param.annotation is bool
+    }
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+        if arg in switches and following not in BOOL_TEXT:
+            out.append("true")
+    return out
 
 
 def _is_args_file(path: str, func: Callable[..., Any]) -> bool:
@@ -310,6 +335,7 @@ def run_function(name: str, command: Command, argv: Sequence[str], deprecated: M
         args = _split_config(args, func)
     if "overrides" in signature.parameters:
         args = _collect_overrides(args, func)
+    args = _bare_bools(args, func)
     parser = function_parser(name, command, func)
     parsed = parser.parse_args(args)
     init = parser.instantiate(parsed)

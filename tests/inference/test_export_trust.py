@@ -137,7 +137,7 @@ def test_a_swapped_export_in_a_read_only_folder_runs_from_the_user_cache(
 def test_an_export_whose_card_names_other_classes_is_refused(tmp_path: Path, image: Path) -> None:
     ckpt = write_checkpoint(tmp_path / "run.ckpt")
     onnx = tmp_path / "m.onnx"
-    assert cli_main(["export", str(ckpt), "--format", "onnx", "-o", str(onnx)]) == 0
+    assert cli_main(["export", "--model", str(ckpt), "--format", "onnx", "--out", str(onnx)]) == 0
     meta = json.loads(sidecar_path(onnx).read_text())
     for n in (20, 5):  # more names: wrong labels; fewer: an IndexError
         card = {**meta["card"], "num_classes": n, "class_names": [f"c{i}" for i in range(n)]}
@@ -151,7 +151,9 @@ def test_a_torchscript_export_whose_card_names_other_classes_is_refused(
 ) -> None:
     ckpt = write_checkpoint(tmp_path / "run.ckpt")
     ts = tmp_path / "m.torchscript"
-    assert cli_main(["export", str(ckpt), "--format", "torchscript", "-o", str(ts)]) == 0
+    assert (
+        cli_main(["export", "--model", str(ckpt), "--format", "torchscript", "--out", str(ts)]) == 0
+    )
     meta = json.loads(sidecar_path(ts).read_text())
     card = {**meta["card"], "num_classes": 5, "class_names": [f"c{i}" for i in range(5)]}
     sidecar_path(ts).write_text(json.dumps({**meta, "card": card}))
@@ -167,7 +169,7 @@ def test_a_torchscript_export_whose_card_names_other_classes_is_refused(
 def fixed_batch_export(tmp_path: Path) -> Path:
     ckpt = write_checkpoint(tmp_path / "run.ckpt")
     onnx = tmp_path / "m.onnx"
-    assert cli_main(["export", str(ckpt), "--format", "onnx", "-o", str(onnx)]) == 0
+    assert cli_main(["export", "--model", str(ckpt), "--format", "onnx", "--out", str(onnx)]) == 0
     return onnx
 
 

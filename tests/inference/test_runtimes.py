@@ -168,7 +168,7 @@ def test_int8_keeps_accuracy_on_real_images_and_is_refused_beyond_budget(
     def validation():
         return zip(val_x.split(250), val_y.split(250), strict=True)
 
-    with pytest.raises(QuantizationError, match="budget -100.*--max-drop"):
+    with pytest.raises(QuantizationError, match="budget -100.*--max_drop"):
         quantize_export(fp32_file, tmp_path / "no.onnx", calibration, validation, max_drop=-100)
     assert not (tmp_path / "no.onnx").exists()
 
@@ -201,7 +201,9 @@ def test_predict_and_features_cli_choose_the_runtime(
     assert cli_main(["predict", "--model", str(folder), str(cifar_samples_dir),
                      "--runtime", "torch", "--precision", "int8"]) == 1  # fmt: skip
     assert "choose runtime 'onnxruntime'" in capsys.readouterr().err
-    assert cli_main(["export", str(folder), "--format", "onnx", "--int8"]) == 1
+    assert (
+        cli_main(["export", "--model", str(folder), "--format", "onnx", "--precision", "int8"]) == 1
+    )
     assert "--int8 needs --format onnx and --calibrate CONFIG" in capsys.readouterr().err
 
     feats = {}
