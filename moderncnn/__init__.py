@@ -46,6 +46,7 @@ _LAZY = {
     "features": "moderncnn.transfer.features",
     "probe": "moderncnn.transfer.probe",
     "export": "moderncnn.training.export_command",
+    "preview": "moderncnn.training.config",
 }
 
 
@@ -62,7 +63,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.
     from moderncnn.io.errors import ModernCNNError
     from moderncnn.models import create_model, list_models
     from moderncnn.training.compare import compare
-    from moderncnn.training.config import from_config
+    from moderncnn.training.config import from_config, preview
     from moderncnn.training.export_command import export
     from moderncnn.training.lr_find import lr_find
     from moderncnn.training.module import ImageClassifier
@@ -124,4 +125,5 @@ __all__ = [
     "features",
     "probe",
     "export",
+    "preview",
 ]

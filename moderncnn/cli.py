@@ -73,11 +73,24 @@ COMMANDS: dict[str, Command] = {
         defaults=(("out", "explain"),),
     ),
     "report": Command(
-        "moderncnn.training.run_report:main", "one self-contained HTML page of a run", "argv"
+        "moderncnn.training.run_report:write_report",
+        "one self-contained HTML page of a run",
+        show="moderncnn.training.run_report:show_report",
+        positional=("run",),
     ),
-    "plot": Command("moderncnn.viz.curves:plot_main", "learning curves PNG of a run", "argv"),
+    "plot": Command(
+        "moderncnn.viz.curves:plot_curves",
+        "learning curves PNG of a run",
+        show="moderncnn.viz.curves:show_curves",
+        positional=("run",),
+        defaults=(("save", True),),
+        rename=(("save", "out"),),
+        skip=frozenset({"title"}),
+    ),
     "preview": Command(
-        "moderncnn.training.config:preview_main", "grid of one augmented batch", "argv"
+        "moderncnn.training.config:preview",
+        "grid of one augmented batch",
+        show="moderncnn.training.config:show_preview",
     ),
     "compare": Command(
         "moderncnn.training.compare:main", "several models x seeds: accuracy and cost", "argv"
@@ -109,6 +122,9 @@ DEPRECATED: dict[str, dict[str, Any]] = {
         "--half": ("--precision", "fp16"),
     },
     "summary": {"<positional>": ("--arch",), "--diagram": ("--out",)},
+    "plot": {"-o": ("--out",), "--output": ("--out",)},
+    "report": {"-o": ("--out",)},
+    "preview": {"-o": ("--out",), "--output": ("--out",), "-n": ("--n",)},
     "explain": {"--checkpoint": ("--model",), "--class": ("--target",)},
     "export": {
         "<positional>": ("--model",),

@@ -37,8 +37,8 @@ ROWS: dict[str, Row] = {
     "export": (lambda p, o: ["--model", p, "--format", "onnx", "--out", f"{o}.onnx"], False),
     "explain": (lambda p, o: ["--model", p, p, "--out", o], False),
     "report": (lambda p, o: [p], False),
-    "plot": (lambda p, o: [p, "-o", f"{o}.png"], False),
-    "preview": (lambda p, o: ["-c", p, "-o", f"{o}.png"], True),
+    "plot": (lambda p, o: [p, "--out", f"{o}.png"], False),
+    "preview": (lambda p, o: ["-c", p, "--out", f"{o}.png"], True),
     "compare": (lambda p, o: ["-c", p, "--models", "resnet18_cifar", "--out", o], True),
     "tune": (lambda p, o: ["-c", p, "--space", p, "--trials", "1", "--out", o], True),
 }

@@ -52,6 +52,8 @@ class Command:
         skip: parameters a command line cannot give (a module, a callable).
         defaults: the command line's own defaults where the function's would surprise there
             (explain writes its pictures to ./explain, where a notebook shows them).
+        rename: (parameter, flag) pairs: a plotting function's ``save`` is ``--out``, the
+            one name of an output on the command line.
     """
 
     target: str
@@ -61,6 +63,7 @@ class Command:
     positional: tuple[str, ...] = ()
     skip: frozenset[str] = frozenset()
     defaults: tuple[tuple[str, Any], ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
 
     def function(self) -> Callable[..., Any]:
         module, name = self.target.split(":")
@@ -121,6 +124,19 @@ def hyphen_spellings(func: Callable[..., Any], prefix: Iterable[str] = ()) -> di
     return {f"--{n.replace('_', '-')}": (f"--{n}",) for n in names if "_" in n}
 
 
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    """``func``'s signature with its parameters' annotations evaluated (its return annotation
+    may name a type imported only for type checkers, such as matplotlib's Figure)."""
+    signature = inspect.signature(func)
+    params = []
+    for param in signature.parameters.values():
+        annotation = param.annotation
+        if isinstance(annotation, str):
+            annotation = eval(annotation, getattr(func, "__globals__", {}))  # noqa: S307
+        params.append(param.replace(annotation=annotation))
+    return signature.replace(parameters=params, return_annotation=inspect.Signature.empty)
+
+
 def _doc_lines(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     from docstring_parser import parse
 
@@ -166,7 +182,7 @@ def function_parser(name: str, command: Command, func: Callable[..., Any] | None
         prog=f"moderncnn {name}", description=description, exit_on_error=False,
         default_env=False, parser_mode="yaml",
     )  # fmt: skip
-    signature = inspect.signature(func, eval_str=True)
+    signature = _signature(func)
     manual = set(command.positional)
     for key, param in signature.parameters.items():
         if key in command.skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -193,11 +209,19 @@ def function_parser(name: str, command: Command, func: Callable[..., Any] | None
         parser.add_argument(
             "--config", "-c", type=str, required=param.default is param.empty,
             default=None if param.default is param.empty else param.default,
-            help=f"{docs.get('config', '')} (type: str)",
+            help=docs.get("config", ""),
         )  # fmt: skip
+    for key, flag in command.rename:
+        param = signature.parameters[key]
+        skip.add(key)
+        default = dict(command.defaults).get(key, param.default)
+        parser.add_argument(
+            f"--{flag}", type=param.annotation, default=default, help=docs.get(key, "")
+        )
     parser.add_function_arguments(func, as_group=False, skip=skip, fail_untyped=False)
     if command.defaults:
-        parser.set_defaults(dict(command.defaults))
+        renamed = dict(command.rename)
+        parser.set_defaults({renamed.get(k, k): v for k, v in dict(command.defaults).items()})
     return parser
 
 
@@ -238,7 +262,7 @@ def _bare_bools(argv: list[str], func: Callable[..., Any]) -> list[str]:
     """``--force`` alone means ``--force true`` (as the hand-written parsers' switches did)."""
     switches = {
         f"--{name}"
-        for name, param in inspect.signature(func, eval_str=True).parameters.items()
+        for name, param in _signature(func).parameters.items()
         if param.annotation is bool
     }
     out = []
@@ -339,6 +363,8 @@ def run_function(name: str, command: Command, argv: Sequence[str], deprecated: M
     parser = function_parser(name, command, func)
     parsed = parser.parse_args(args)
     init = parser.instantiate(parsed)
+    for key, flag in command.rename:
+        init[key] = init.pop(flag)
     kwargs = {k: init[k] for k in signature.parameters if k in init and k not in command.skip}
     positional = [
         kwargs.pop(k)
