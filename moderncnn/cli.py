@@ -35,7 +35,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "fit": Command(LIGHTNING, "train from a YAML config; --seeds N: N runs", "lightning"),
     "lr-find": Command(
-        "moderncnn.training.lr_find:main", "learning-rate range test: PNG + value", "argv"
+        "moderncnn.training.lr_find:lr_find",
+        "learning-rate range test: PNG + value",
+        show="moderncnn.training.lr_find:show_lr_find",
+        rename=(("plot", "out"),),
     ),
     "validate": Command(LIGHTNING, "validate a checkpoint", "lightning"),
     "test": Command(LIGHTNING, "test a checkpoint; writes a confusion matrix", "lightning"),
@@ -93,9 +96,15 @@ COMMANDS: dict[str, Command] = {
         show="moderncnn.training.config:show_preview",
     ),
     "compare": Command(
-        "moderncnn.training.compare:main", "several models x seeds: accuracy and cost", "argv"
+        "moderncnn.training.compare:compare",
+        "several models x seeds: accuracy and cost",
+        show="moderncnn.training.compare:show_comparison",
     ),
-    "tune": Command("moderncnn.training.tune:main", "hyperparameter search with Optuna", "argv"),
+    "tune": Command(
+        "moderncnn.training.tune:tune",
+        "hyperparameter search with Optuna",
+        show="moderncnn.training.tune:show_study",
+    ),
 }
 
 
@@ -123,6 +132,9 @@ DEPRECATED: dict[str, dict[str, Any]] = {
     },
     "summary": {"<positional>": ("--arch",), "--diagram": ("--out",)},
     "plot": {"-o": ("--out",), "--output": ("--out",)},
+    "lr-find": {"-o": ("--out",), "--output": ("--out",)},
+    "compare": {"--set": ("--model_overrides",)},
+    "tune": {"--study": ("--study_name",)},
     "report": {"-o": ("--out",)},
     "preview": {"-o": ("--out",), "--output": ("--out",), "-n": ("--n",)},
     "explain": {"--checkpoint": ("--model",), "--class": ("--target",)},

@@ -25,7 +25,7 @@ ROWS: dict[str, Row] = {
     "summary": (lambda p, o: ["--model", p, "--out", f"{o}.png"], False),
     "summary --arch": (lambda p, o: ["--arch", Path(p).name, "--out", f"{o}.png"], False),
     "fit": (lambda p, o: ["-c", p], True),
-    "lr-find": (lambda p, o: ["-c", p, "-o", f"{o}.png"], True),
+    "lr-find": (lambda p, o: ["-c", p, "--out", f"{o}.png"], True),
     "validate": (lambda p, o: ["-c", p], True),
     "test": (lambda p, o: ["-c", p], True),
     "predict": (lambda p, o: ["-c", p], True),

@@ -249,10 +249,10 @@ def _add_manual(parser: Any, key: str, param: inspect.Parameter, doc: str, posit
         extra = {} if required else {"default": default}
         parser.add_argument(key, nargs=nargs, help=help_, **extra, **extra_type)
     else:
+        repeat = {"nargs": "+", "action": "extend"} if several else {}  # --x a b --x c
         parser.add_argument(
-            f"--{key}", nargs="+" if several else None, default=default, required=required,
-            help=help_, **extra_type,
-        )  # fmt: skip
+            f"--{key}", default=default, required=required, help=help_, **repeat, **extra_type
+        )
 
 
 BOOL_TEXT = {"true", "false", "yes", "no", "on", "off", "1", "0"}
@@ -274,7 +274,7 @@ def _bare_bools(argv: list[str], func: Callable[..., Any]) -> list[str]:
     return out
 
 
-def _is_args_file(path: str, func: Callable[..., Any]) -> bool:
+def _is_args_file(path: str, func: Callable[..., Any], flags: Iterable[str] = ()) -> bool:
     """Whether ``path`` is a YAML of ``func``'s arguments (as ``--print_config`` writes), not a
     training config: its keys all name parameters, and its ``model``/``data`` (if any) are not
     sections (a training config's ``model:``/``data:`` are mappings: class and arguments)."""
@@ -290,10 +290,11 @@ def _is_args_file(path: str, func: Callable[..., Any]) -> bool:
     if not isinstance(data, dict) or not data:
         return False
     sections = any(isinstance(data.get(key), dict) for key in ("model", "data"))
-    return not sections and set(map(str, data)) <= set(inspect.signature(func).parameters)
+    names = {*inspect.signature(func).parameters, *flags}
+    return not sections and set(map(str, data)) <= names
 
 
-def _split_config(argv: list[str], func: Callable[..., Any]) -> list[str]:
+def _split_config(argv: list[str], func: Callable[..., Any], flags: Iterable[str]) -> list[str]:
     """For a function with a training ``config``: ``-c ARGS.yaml`` -> ``--args ARGS.yaml``."""
     out, i = [], 0
     while i < len(argv):
@@ -303,7 +304,7 @@ def _split_config(argv: list[str], func: Callable[..., Any]) -> list[str]:
             if not eq and i + 1 < len(argv):
                 i += 1
                 value = argv[i]
-            out += ["--args" if _is_args_file(value, func) else "--config", value]
+            out += ["--args" if _is_args_file(value, func, flags) else "--config", value]
         else:
             out.append(arg)
         i += 1
@@ -356,7 +357,7 @@ def run_function(name: str, command: Command, argv: Sequence[str], deprecated: M
     args = apply_deprecated(name, argv, table)
     signature = inspect.signature(func)
     if "config" in signature.parameters:
-        args = _split_config(args, func)
+        args = _split_config(args, func, [flag for _, flag in command.rename])
     if "overrides" in signature.parameters:
         args = _collect_overrides(args, func)
     args = _bare_bools(args, func)

@@ -229,7 +229,7 @@ def test_lr_find_refuses_a_folder_or_unknown_format_before_training(tmp_path: Pa
     config.write_text("model:\n  model: resnet18_cifar\n")
     (tmp_path / "adir").mkdir()
     for out, said in (("adir", "it is a folder"), ("lr.v2", "'.v2' is not an image format")):
-        assert cli(["lr-find", "-c", str(config), "-o", str(tmp_path / out)]) == 1
+        assert cli(["lr-find", "-c", str(config), "--out", str(tmp_path / out)]) == 1
         err = capsys.readouterr().err
         assert said in err and len(err.splitlines()) == 1
 
