@@ -47,11 +47,14 @@ _LAZY = {
     "probe": "moderncnn.transfer.probe",
     "export": "moderncnn.training.export_command",
     "preview": "moderncnn.training.config",
+    "pack_image_folder": "moderncnn.data.packed",
+    "list_configs": "moderncnn.io.configs",
 }
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.py keeps it whole
     from moderncnn.data import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule
+    from moderncnn.data.packed import pack_image_folder
     from moderncnn.inference import (
         load_model,
         optimize_for_inference,
@@ -60,6 +63,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.
         save_model,
     )
     from moderncnn.io.card import ModelCard, Preprocess
+    from moderncnn.io.configs import list_configs
     from moderncnn.io.errors import ModernCNNError
     from moderncnn.models import create_model, list_models
     from moderncnn.training.compare import compare
@@ -126,4 +130,6 @@ __all__ = [
     "probe",
     "export",
     "preview",
+    "pack_image_folder",
+    "list_configs",
 ]

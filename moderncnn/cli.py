@@ -14,8 +14,8 @@ import sys
 from importlib import import_module
 from typing import Any
 
-from moderncnn.io.command_line import Command, CommandParser, apply_deprecated, run_function
-from moderncnn.io.configs import CONFIG_ROOT, config_description, list_configs
+from moderncnn.io.command_line import Command, apply_deprecated, run_function
+from moderncnn.io.configs import CONFIG_ROOT, config_description
 from moderncnn.io.errors import ModernCNNError
 
 LIGHTNING = "moderncnn.training.cli:main"  # LightningCLI: fit, validate, test, predict -c
@@ -24,9 +24,16 @@ LIGHTNING = "moderncnn.training.cli:main"  # LightningCLI: fit, validate, test, 
 # command's CLI is generated from its function's signature (moderncnn/io/command_line.py);
 # `argv` and `lightning` commands parse their own argument list.
 COMMANDS: dict[str, Command] = {
-    "models": Command("moderncnn.cli:list_models_main", "list the registered model names", "argv"),
+    "models": Command(
+        "moderncnn.models:list_models",
+        "list the registered model names",
+        show="moderncnn.cli:show_names",
+        positional=("pattern",),
+    ),
     "configs": Command(
-        "moderncnn.cli:list_configs_main", "list the shipped configs: fit -c NAME", "argv"
+        "moderncnn.io.configs:list_configs",
+        "list the shipped configs: fit -c NAME",
+        show="moderncnn.cli:show_configs",
     ),
     "summary": Command(
         "moderncnn.viz.diagram:summary",
@@ -61,7 +68,10 @@ COMMANDS: dict[str, Command] = {
         positional=("cache",),
     ),
     "pack": Command(
-        "moderncnn.data.packed:main", "image folder -> litdata chunks to stream from", "argv"
+        "moderncnn.data.packed:pack_image_folder",
+        "image folder -> litdata chunks to stream from",
+        show="moderncnn.data.packed:show_pack",
+        positional=("folder",),
     ),
     "export": Command(
         "moderncnn.training.export_command:export",
@@ -149,23 +159,14 @@ DEPRECATED: dict[str, dict[str, Any]] = {
 }
 
 
-def list_models_main(argv: list[str]) -> int:
-    """``moderncnn models [PATTERN]``: the registered model names matching a glob pattern."""
-    parser = CommandParser(prog="moderncnn models", description=list_models_main.__doc__)
-    parser.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet*'")
-    pattern = parser.parse_args(argv).pattern
-    from moderncnn.models import list_models  # torch: loaded by the commands that use it
-
-    print("\n".join(list_models(pattern)))
+def show_names(names: list[str], arguments: dict[str, Any]) -> int:
+    """What ``moderncnn models`` prints: one name a line."""
+    print("\n".join(names))
     return 0
 
 
-def list_configs_main(argv: list[str]) -> int:
-    """``moderncnn configs``: the configs that ship with moderncnn, each with what it trains."""
-    if argv:
-        print(f"moderncnn configs: takes no arguments, got {argv[0]!r}", file=sys.stderr)
-        return 2
-    names = list_configs()
+def show_configs(names: list[str], arguments: dict[str, Any]) -> int:
+    """What ``moderncnn configs`` prints: each shipped config with what it trains."""
     width = max(map(len, names), default=0)
     for name in names:
         print(f"{name:<{width}}  {config_description(name)}")

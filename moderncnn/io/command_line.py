@@ -24,17 +24,9 @@ from functools import partial
 from importlib import import_module
 from pathlib import Path
 from types import UnionType
-from typing import Any, NoReturn, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
-__all__ = ["Command", "CommandParser", "apply_deprecated", "function_parser", "run_function"]
-
-
-class CommandParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose usage errors are one line on stderr, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        message = " ".join(message.split())
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+__all__ = ["Command", "apply_deprecated", "function_parser", "run_function"]
 
 
 @dataclass(frozen=True)
