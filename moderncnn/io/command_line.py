@@ -134,7 +134,8 @@ def _doc_lines(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
 
     doc = parse(inspect.getdoc(func) or "")
     params = {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
-    return doc.short_description or "", params
+    text = "\n\n".join(t for t in (doc.short_description, doc.long_description) if t)
+    return text, params
 
 
 def _is_sequence(annotation: Any) -> bool:
