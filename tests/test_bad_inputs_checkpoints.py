@@ -508,7 +508,7 @@ def test_non_finite_or_integer_weights_are_refused_naming_the_key(
     checkpoint["state_dict"]["model.fc.bias"] = spoil(checkpoint["state_dict"]["model.fc.bias"])
     torch.save(checkpoint, tmp_path / "spoilt.ckpt")
     args = ["export", "--model", str(tmp_path / "spoilt.ckpt"), "--format", "onnx"]
-    assert moderncnn_main([*args, "-o", str(tmp_path / "m.onnx")]) == 1
+    assert moderncnn_main([*args, "--out", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
     assert f"spoilt.ckpt: weight {message}" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
@@ -523,7 +523,7 @@ def test_a_state_dict_of_thousands_of_other_keys_is_named_in_a_short_line(
     checkpoint["state_dict"] = {f"model.block{i}.conv.weight": torch.zeros(1) for i in range(3000)}
     torch.save(checkpoint, tmp_path / "deep.ckpt")
     args = ["export", "--model", str(tmp_path / "deep.ckpt"), "--format", "onnx"]
-    assert moderncnn_main([*args, "-o", str(tmp_path / "m.onnx")]) == 1
+    assert moderncnn_main([*args, "--out", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
     assert "deep.ckpt: its weights do not fit the resnet18_cifar" in err
     assert "unexpected keys 'block0.conv.weight'," in err and "and 2995 more" in err

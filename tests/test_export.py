@@ -264,7 +264,7 @@ def test_exported_model_predicts_images_like_its_checkpoint(
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
     out = tmp_path / f"run{'.onnx' if fmt == 'onnx' else '.torchscript'}"
     argv = ["export", "--model", str(ckpt), "--format", fmt, "--out", str(out)]
-    assert cli_main(argv + (["--dynamic-batch"] if dynamic else [])) == 0
+    assert cli_main(argv + (["--dynamic_batch"] if dynamic else [])) == 0
 
     images = sorted(cifar_samples_dir.glob("*.png"))[:5]
     assert cli_main(["predict", "--model", str(out), *map(str, images), "--topk", "2"]) == 0

@@ -440,7 +440,7 @@ def check_run(files: dict[str, bytes | str | None]) -> None:
         page = out / "report.html"
         assert page.is_file() == (code == 0)
         assert code == 1 or "SECRET-LINE" not in page.read_text()
-        run_cli(["plot", str(run), "-o", str(out / "curves.png")])
+        run_cli(["plot", str(run), "--out", str(out / "curves.png")])
         assert snapshot(root, out) == before
         assert {p.name for p in out.iterdir()} <= {"report.html", "curves.png"}
 
@@ -465,7 +465,7 @@ def test_the_unedited_run_folder_reports_and_plots(tmp_path: Path) -> None:
     write_world(tmp_path)
     run = make_run(tmp_path, {})
     assert run_cli(["report", str(run), "--out", str(tmp_path / "r.html")])[0] == 0
-    assert run_cli(["plot", str(run), "-o", str(tmp_path / "c.png")])[0] == 0
+    assert run_cli(["plot", str(run), "--out", str(tmp_path / "c.png")])[0] == 0
     assert math.isclose(max(v["val_acc"] for v in read_metrics_of(run).values() if v), 0.5)
 
 

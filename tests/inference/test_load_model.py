@@ -120,7 +120,7 @@ def test_five_artifact_kinds_load_with_identical_predictions(
     )
     scripted = tmp_path / "m.torchscript"
     argv = ["export", "--model", str(checkpoint), "--format", "torchscript", "--out", str(scripted)]
-    assert cli_main([*argv, "--dynamic-batch"]) == 0
+    assert cli_main([*argv, "--dynamic_batch"]) == 0
     for artifact in (saved, tmp_path / "m.onnx", tmp_path / "m.torchscript"):
         loaded = load_model(artifact)
         assert loaded.card.class_names == from_ckpt.card.class_names

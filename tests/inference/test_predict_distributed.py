@@ -66,7 +66,7 @@ def test_two_processes_write_the_predictions_one_process_writes(
     out = tmp_path / "two"
     command = [
         sys.executable, "-m", "moderncnn.cli", "predict", "--model", str(saved), str(images),
-        "--topk", "3", "--batch-size", "4", "--runtime", "torch",
+        "--topk", "3", "--batch_size", "4", "--runtime", "torch",
         "--out", f"{out}.csv", f"{out}.json",
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
     ]  # fmt: skip

@@ -204,7 +204,7 @@ def test_predict_and_features_cli_choose_the_runtime(
     assert (
         cli_main(["export", "--model", str(folder), "--format", "onnx", "--precision", "int8"]) == 1
     )
-    assert "--int8 needs --format onnx and --calibrate CONFIG" in capsys.readouterr().err
+    assert "precision int8 needs format onnx and calibrate CONFIG" in capsys.readouterr().err
 
     feats = {}
     for engine in ["torch", "onnxruntime"]:
