@@ -231,7 +231,8 @@ def quickstart_int8(ckpt: Path, threads: int) -> list[str]:
     fp32 = load_model(ckpt, runtime="onnxruntime", threads=threads)
     int8 = int8_path(ckpt.with_suffix(".onnx"))
     if not int8.is_file():
-        return [f"quickstart int8: {int8} not found; run `moderncnn export {ckpt} --int8 ...`"]
+        run = f"moderncnn export --model {ckpt} --precision int8 ..."
+        return [f"quickstart int8: {int8} not found; run `{run}`"]
     accs = {}
     for label, fn in {"fp32": fp32, "int8": load_model(int8, threads=threads)}.items():
         accs[label], n = accuracy(fn, datamodule_batches(data, "test"), (28, 28))

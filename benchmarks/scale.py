@@ -65,9 +65,9 @@ def features_seconds(data: Path, out: Path, processes: int, threads: int, fresh:
     if fresh:
         shutil.rmtree(out, ignore_errors=True)
     command = [
-        sys.executable, "-m", "moderncnn.cli", "features", "--backbone", "resnet18_cifar",
-        "--model-kwargs", json.dumps(WIDTHS), "--data", str(data), "--out", str(out),
-        "--runtime", "torch", "--batch-size", "64", "--threads", str(threads),
+        sys.executable, "-m", "moderncnn.cli", "features", "--arch", "resnet18_cifar",
+        "--model_kwargs", json.dumps(WIDTHS), "--data", str(data), "--out", str(out),
+        "--runtime", "torch", "--batch_size", "64", "--threads", str(threads),
     ]  # fmt: skip
     if processes > 1:
         command += ["--trainer.devices", str(processes), "--trainer.strategy", "ddp",

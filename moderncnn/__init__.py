@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": "moderncnn.models",
     "list_models": "moderncnn.models",
-    "summary": "moderncnn.models.layer_table",
+    "summary": "moderncnn.viz.diagram",
     "optimize_for_inference": "moderncnn.inference",
     "load_model": "moderncnn.inference",
     "save_model": "moderncnn.inference",
@@ -43,11 +43,18 @@ _LAZY = {
     "plot_architecture": "moderncnn.viz",
     "plot_degradation": "moderncnn.viz",
     "write_report": "moderncnn.training.run_report",
+    "features": "moderncnn.transfer.features",
+    "probe": "moderncnn.transfer.probe",
+    "export": "moderncnn.training.export_command",
+    "preview": "moderncnn.training.config",
+    "pack_image_folder": "moderncnn.data.packed",
+    "list_configs": "moderncnn.io.configs",
 }
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.py keeps it whole
     from moderncnn.data import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule
+    from moderncnn.data.packed import pack_image_folder
     from moderncnn.inference import (
         load_model,
         optimize_for_inference,
@@ -56,16 +63,19 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.
         save_model,
     )
     from moderncnn.io.card import ModelCard, Preprocess
+    from moderncnn.io.configs import list_configs
     from moderncnn.io.errors import ModernCNNError
     from moderncnn.models import create_model, list_models
-    from moderncnn.models.layer_table import summary
     from moderncnn.training.compare import compare
-    from moderncnn.training.config import from_config
+    from moderncnn.training.config import from_config, preview
+    from moderncnn.training.export_command import export
     from moderncnn.training.lr_find import lr_find
     from moderncnn.training.module import ImageClassifier
     from moderncnn.training.run_report import write_report
     from moderncnn.training.trainer import Trainer
     from moderncnn.training.tune import tune
+    from moderncnn.transfer.features import features
+    from moderncnn.transfer.probe import probe
     from moderncnn.viz import (
         explain,
         plot_architecture,
@@ -76,6 +86,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_surface.
         show_batch,
         show_results,
     )
+    from moderncnn.viz.diagram import summary
 
 
 def __getattr__(name: str) -> Any:
@@ -115,4 +126,10 @@ __all__ = [
     "plot_architecture",
     "plot_degradation",
     "write_report",
+    "features",
+    "probe",
+    "export",
+    "preview",
+    "pack_image_folder",
+    "list_configs",
 ]

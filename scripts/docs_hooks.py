@@ -44,6 +44,7 @@ SECTIONS = [
     ("moderncnn.io", "The model card and errors"),
     ("moderncnn.data", "Data"),
     ("moderncnn.training", "Training, comparing, tuning"),
+    ("moderncnn.transfer", "Transfer learning: cached features, probes"),
     ("moderncnn.viz", "Figures"),
 ]
 

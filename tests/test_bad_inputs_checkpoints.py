@@ -160,8 +160,16 @@ def test_predict_and_export_refuse_bad_checkpoints(
 ) -> None:
     image = str(next(cifar_samples_dir.glob("*.png")))
     args = {
-        "predict": ["predict", "--checkpoint", str(files[name]), image],
-        "export": ["export", str(files[name]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+        "predict": ["predict", "--model", str(files[name]), image],
+        "export": [
+            "export",
+            "--model",
+            str(files[name]),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
     }[command]
     assert moderncnn_main(args) == 1
     err = capsys.readouterr().err
@@ -177,7 +185,7 @@ def test_predict_refuses_weights_that_do_not_fit_their_hyperparameters(
     wide = torch.load(files["other_arch"], weights_only=True)
     torch.save({**good, "state_dict": wide["state_dict"]}, tmp_path / "swapped.ckpt")
     image = str(next(cifar_samples_dir.glob("*.png")))
-    args = ["predict", "--checkpoint", str(tmp_path / "swapped.ckpt"), image]
+    args = ["predict", "--model", str(tmp_path / "swapped.ckpt"), image]
     assert moderncnn_main(args) == 1
     err = capsys.readouterr().err
     assert "swapped.ckpt: its weights do not fit the resnet18_cifar" in err
@@ -187,7 +195,7 @@ def test_predict_refuses_weights_that_do_not_fit_their_hyperparameters(
 def test_good_checkpoint_predicts(files, cifar_samples_dir: Path, capsys) -> None:
     # The fixture's checkpoints are real: the refusals above are about the files' faults.
     image = str(next(cifar_samples_dir.glob("*.png")))
-    assert moderncnn_main(["predict", "--checkpoint", str(files["good"]), image]) == 0
+    assert moderncnn_main(["predict", "--model", str(files["good"]), image]) == 0
     assert "1 images classified, 0 unreadable" in capsys.readouterr().out
 
 
@@ -354,7 +362,7 @@ def test_predict_topk_below_one_is_one_message(
     topk: str, files, cifar_samples_dir: Path, capsys
 ) -> None:
     image = str(next(cifar_samples_dir.glob("*.png")))
-    args = ["predict", "--checkpoint", str(files["good"]), image, "--topk", topk]
+    args = ["predict", "--model", str(files["good"]), image, "--topk", topk]
     assert moderncnn_main(args) == 1
     err = capsys.readouterr().err
     assert f"topk must be a positive int, got {topk}" in err and "Traceback" not in err
@@ -366,8 +374,16 @@ def _command_line(command: str, ckpt: Path, images: Path, tmp_path: Path) -> lis
     """``predict`` of one image, or ``export`` to ONNX, of ``ckpt``."""
     image = str(next(images.glob("*.png")))
     return {
-        "predict": ["predict", "--checkpoint", str(ckpt), image],
-        "export": ["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+        "predict": ["predict", "--model", str(ckpt), image],
+        "export": [
+            "export",
+            "--model",
+            str(ckpt),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
     }[command]
 
 
@@ -463,7 +479,7 @@ def test_predict_csv_quotes_class_names_a_spreadsheet_would_run(
     )
     image = str(next(cifar_samples_dir.glob("*.png")))
     out = tmp_path / "predictions.csv"
-    args = ["predict", "--checkpoint", str(ckpt), image, "--topk", "10", "--csv", str(out)]
+    args = ["predict", "--model", str(ckpt), image, "--topk", "10", "--out", str(out)]
     assert moderncnn_main(args) == 0, capsys.readouterr().err
     rows = list(csv.reader(out.read_text().splitlines()))
     cells = [cell for row in rows[1:] for cell in row]
@@ -491,8 +507,8 @@ def test_non_finite_or_integer_weights_are_refused_naming_the_key(
     checkpoint = torch.load(files["good"], weights_only=True)
     checkpoint["state_dict"]["model.fc.bias"] = spoil(checkpoint["state_dict"]["model.fc.bias"])
     torch.save(checkpoint, tmp_path / "spoilt.ckpt")
-    args = ["export", str(tmp_path / "spoilt.ckpt"), "--format", "onnx"]
-    assert moderncnn_main([*args, "-o", str(tmp_path / "m.onnx")]) == 1
+    args = ["export", "--model", str(tmp_path / "spoilt.ckpt"), "--format", "onnx"]
+    assert moderncnn_main([*args, "--out", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
     assert f"spoilt.ckpt: weight {message}" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
@@ -506,8 +522,8 @@ def test_a_state_dict_of_thousands_of_other_keys_is_named_in_a_short_line(
     # lists every key (266 KB in one line for an Inception).
     checkpoint["state_dict"] = {f"model.block{i}.conv.weight": torch.zeros(1) for i in range(3000)}
     torch.save(checkpoint, tmp_path / "deep.ckpt")
-    args = ["export", str(tmp_path / "deep.ckpt"), "--format", "onnx"]
-    assert moderncnn_main([*args, "-o", str(tmp_path / "m.onnx")]) == 1
+    args = ["export", "--model", str(tmp_path / "deep.ckpt"), "--format", "onnx"]
+    assert moderncnn_main([*args, "--out", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
     assert "deep.ckpt: its weights do not fit the resnet18_cifar" in err
     assert "unexpected keys 'block0.conv.weight'," in err and "and 2995 more" in err

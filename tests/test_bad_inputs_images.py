@@ -431,9 +431,9 @@ def test_features_at_224_skips_a_resize_bomb_and_names_it(tmp_path: Path, capsys
     # A 1x100000 PNG (under 300 bytes) made `features --image-size 224` ask for 19.7 GB.
     root = _two_classes(tmp_path / "data")
     Image.new("L", (1, 100_000)).save(root / "cats" / "strip.png")
-    args = ["features", "--backbone", "resnet18_cifar", "--data", str(root),
-            "--model-kwargs", '{"channels": [8], "layers": [1]}',
-            "--out", str(tmp_path / "cache"), "--image-size", "224"]  # fmt: skip
+    args = ["features", "--arch", "resnet18_cifar", "--data", str(root),
+            "--model_kwargs", '{"channels": [8], "layers": [1]}',
+            "--out", str(tmp_path / "cache"), "--image_size", "224"]  # fmt: skip
     assert moderncnn_main(args) == 0
     out = "".join(capsys.readouterr())
     assert "strip.png: 1x100000 has an aspect ratio of 100000:1" in out and "Traceback" not in out

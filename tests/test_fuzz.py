@@ -584,7 +584,7 @@ def check_tune_state(state: dict) -> None:
         foreign = state["journal"] in ("yaml", "binary", "bad line", "newline")
         before = journal.read_bytes() if journal.exists() else None
         argv = ["tune", "-c", str(config), "--space", str(space), "--trials", "1",
-                "--out", str(out), "--startup-trials", str(state["startup"]),
+                "--out", str(out), "--startup_trials", str(state["startup"]),
                 "--warmup-epochs", str(state["warmup"])]  # fmt: skip
         argv += [f"--storage={storage}"] if storage else []
         argv += [f"--study={state['study']}"] if state["study"] is not None else []

@@ -178,7 +178,7 @@ def check_card(text: bytes) -> None:
         before = snapshot(root)
         attempt(lambda: read_card(saved), "read_card")
         attempt(lambda: load_model(saved), "load_model")
-        run_cli(["predict", "--checkpoint", str(saved), str(image), "--runtime", "torch"])
+        run_cli(["predict", "--model", str(saved), str(image), "--runtime", "torch"])
         assert snapshot(root) == before
 
 
@@ -207,7 +207,7 @@ def test_the_unedited_card_loads_and_predicts(tmp_path: Path) -> None:
     (tmp_path / "saved" / "model.safetensors").write_bytes(saved_weights())
     assert load_model(tmp_path / "saved").class_names == ["a", "b", "c"]
     image = write_world(tmp_path)
-    assert run_cli(["predict", "--checkpoint", str(tmp_path / "saved"), str(image)])[0] == 0
+    assert run_cli(["predict", "--model", str(tmp_path / "saved"), str(image)])[0] == 0
 
 
 # -- export sidecars: model.onnx.json ----------------------------------------------------------
@@ -304,7 +304,7 @@ def check_probe(files: tuple[bytes, bytes]) -> None:
         (probe / "probe_head.safetensors").write_bytes(head)
         before = snapshot(root)
         attempt(lambda: load_model(probe), "load_model")
-        run_cli(["predict", "--checkpoint", str(probe), str(image), "--runtime", "torch"])
+        run_cli(["predict", "--model", str(probe), str(image), "--runtime", "torch"])
         assert snapshot(root) == before
 
 
@@ -440,7 +440,7 @@ def check_run(files: dict[str, bytes | str | None]) -> None:
         page = out / "report.html"
         assert page.is_file() == (code == 0)
         assert code == 1 or "SECRET-LINE" not in page.read_text()
-        run_cli(["plot", str(run), "-o", str(out / "curves.png")])
+        run_cli(["plot", str(run), "--out", str(out / "curves.png")])
         assert snapshot(root, out) == before
         assert {p.name for p in out.iterdir()} <= {"report.html", "curves.png"}
 
@@ -465,7 +465,7 @@ def test_the_unedited_run_folder_reports_and_plots(tmp_path: Path) -> None:
     write_world(tmp_path)
     run = make_run(tmp_path, {})
     assert run_cli(["report", str(run), "--out", str(tmp_path / "r.html")])[0] == 0
-    assert run_cli(["plot", str(run), "-o", str(tmp_path / "c.png")])[0] == 0
+    assert run_cli(["plot", str(run), "--out", str(tmp_path / "c.png")])[0] == 0
     assert math.isclose(max(v["val_acc"] for v in read_metrics_of(run).values() if v), 0.5)
 
 

@@ -9,7 +9,6 @@ from torch import nn
 from moderncnn import create_model
 from moderncnn.cli import main as cli_main
 from moderncnn.models import get_variant_config
-from moderncnn.models.layer_table import main as summary_main
 from moderncnn.models.layer_table import summary
 
 # torchvision's model table ("GFLOPS", which are multiply-accumulates), 224 x 224 input
@@ -104,7 +103,7 @@ def test_uncalled_aux_heads_have_no_shape_in_eval_summary() -> None:
 
 
 def test_cli_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli_main(["summary", "resnet18", "--depth", "1", "--num-classes", "10"])
+    code = cli_main(["summary", "--arch", "resnet18", "--depth", "1", "--num_classes", "10"])
     out = capsys.readouterr().out
     assert code == 0
     assert "layer4" in out and "1 x 512 x 7 x 7" in out and "1 x 10" in out
@@ -112,13 +111,15 @@ def test_cli_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_input_size_and_in_chans(capsys: pytest.CaptureFixture[str]) -> None:
-    code = summary_main(["resnet18_cifar", "--in-chans", "1", "--input-size", "1", "28", "28"])
+    code = cli_main(
+        ["summary", "--arch", "resnet18_cifar", "--in_chans", "1", "--input_size", "1", "28", "28"]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "input 1 x 1 x 28 x 28" in out and "1 x 512 x 4 x 4" in out
 
 
 def test_cli_unknown_name_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code = summary_main(["resnet5O"])
+    code = cli_main(["summary", "--arch", "resnet5O"])
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
     assert "unknown model name 'resnet5O'" in captured.err and "'resnet50'" in captured.err
@@ -126,7 +127,7 @@ def test_cli_unknown_name_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_cli_too_small_input_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code = summary_main(["inception_v3", "--input-size", "3", "32", "32"])
+    code = cli_main(["summary", "--arch", "inception_v3", "--input_size", "3", "32", "32"])
     assert code == 1 and "smaller than" in capsys.readouterr().err
 
 

@@ -34,7 +34,13 @@ from .files import FolderSplit, read_folder
 from .image_folder import check_normalization, check_sizes, image_transforms
 from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image, to_rgb
 
-__all__ = ["StreamingDataModule", "is_packed_folder", "pack_image_folder", "read_csv_list"]
+__all__ = [
+    "StreamingDataModule",
+    "is_packed_folder",
+    "pack_image_folder",
+    "read_csv_list",
+    "show_pack",
+]
 
 INFO = "moderncnn.json"
 FORMAT = "moderncnn-packed/1"
@@ -109,7 +115,8 @@ def pack_image_folder(
     listing images (:func:`read_csv_list`), into ``out``.
 
     Args:
-        folder: the image folder, read as ``moderncnn features`` reads it, or a ``.csv`` file.
+        folder: image folder: class sub-folders (or train/val/test/ folders of them), or a
+            ``.csv`` file of path,label(,split) rows.
         out: a new or empty folder (or one packed before, which is replaced).
         workers: processes checking and packing the images.
         chunk_bytes: size of each chunk file; larger chunks suit object storage.
@@ -281,19 +288,8 @@ class StreamingDataModule(L.LightningDataModule):
         return self._loader("test")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``moderncnn pack IMAGE_FOLDER --out DIR [--workers N] [--chunk-bytes 64MB]``."""
-    from moderncnn.io.command_line import CommandParser
-
-    parser = CommandParser(prog="moderncnn pack", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", help="image folder: class sub-folders (or train/val/test/)")
-    parser.add_argument("--out", required=True, help="new folder for the chunks")
-    parser.add_argument("--workers", type=int, default=1, help="processes packing images")
-    parser.add_argument("--chunk-bytes", default="64MB", help="size of each chunk file")
-    args = parser.parse_args(argv)
-    out = pack_image_folder(
-        args.folder, args.out, workers=args.workers, chunk_bytes=args.chunk_bytes
-    )
+def show_pack(out: Path, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn pack`` prints: the images of each split, and how to stream them."""
     info = json.loads((out / INFO).read_text())
     for split, count in info["images"].items():
         if not split.endswith("_skipped"):

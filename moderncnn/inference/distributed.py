@@ -19,7 +19,6 @@ process has finished. So:
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import math
 import warnings
@@ -37,15 +36,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from moderncnn.io.errors import ConfigError
 
 __all__ = [
+    "ONE_PROCESS",
     "PredictSettings",
     "Shard",
     "ShardBatches",
     "ShardWriter",
-    "add_trainer_arguments",
     "is_rank_zero",
     "plan_shards",
     "run_sharded",
-    "trainer_settings",
 ]
 
 
@@ -75,6 +73,9 @@ class PredictSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"trainer.{name} must be a positive int, got {value!r}")
+
+
+ONE_PROCESS = PredictSettings()  # the default of the commands: one process, on their device
 
 
 class Shard(NamedTuple):
@@ -238,43 +239,6 @@ class _ShardedPredict(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         return self.step(batch, self)
-
-
-def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--trainer.devices/num_nodes/strategy/accelerator``: the fields of PredictSettings."""
-    group = parser.add_argument_group("processes (Lightning Trainer settings)")
-    group.add_argument(
-        "--trainer.devices",
-        dest="trainer_devices",
-        type=int,
-        default=1,
-        help="processes per machine (GPUs; CPU processes with accelerator cpu)",
-    )
-    group.add_argument(
-        "--trainer.num_nodes",
-        dest="trainer_num_nodes",
-        type=int,
-        default=1,
-        help="machines (started by torchrun or SLURM)",
-    )
-    group.add_argument(
-        "--trainer.strategy",
-        dest="trainer_strategy",
-        default="auto",
-        help="auto for one process; ddp (or ddp_spawn) for several",
-    )
-    group.add_argument("--trainer.accelerator", dest="trainer_accelerator", default=None,
-                       help="cpu, cuda, auto...; default: the type of --device")  # fmt: skip
-
-
-def trainer_settings(args: argparse.Namespace) -> PredictSettings:
-    """The PredictSettings of a command line parsed with :func:`add_trainer_arguments`."""
-    return PredictSettings(
-        args.trainer_devices,
-        args.trainer_num_nodes,
-        args.trainer_strategy,
-        args.trainer_accelerator,
-    )
 
 
 def is_rank_zero() -> bool:

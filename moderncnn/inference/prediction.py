@@ -1,4 +1,4 @@
-"""``moderncnn predict --checkpoint MODEL FILES...``: top-k classes of image files.
+"""``moderncnn predict --model MODEL FILES...``: top-k classes of image files.
 
 ``MODEL`` is anything :func:`~moderncnn.inference.loading.load_model` reads: a ``.ckpt`` from
 ``moderncnn fit``, a probe folder, a saved model folder, or an ``.onnx``/``.torchscript``
@@ -16,75 +16,124 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from moderncnn.data.files import DecodedImageFiles, ImageBatch, collate_images
 from moderncnn.io.atomic import atomic_write_text
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError
 from moderncnn.io.safe_text import spreadsheet_safe
 
 from .distributed import (
+    ONE_PROCESS,
     PredictSettings,
     Shard,
     ShardWriter,
-    add_trainer_arguments,
     is_rank_zero,
     plan_shards,
     run_sharded,
-    trainer_settings,
 )
 from .loading import Prediction, expand_inputs, load_model
-from .runtimes import PRECISIONS, RUNTIMES, THREADS_ENV
 from .tta import check_tta
 
-__all__ = ["Prediction", "main", "predict", "spreadsheet_safe", "write_csv", "write_json"]
+__all__ = [
+    "Prediction", "predict", "show_predictions", "spreadsheet_safe", "write_csv", "write_json"
+]  # fmt: skip
 
 
 def predict(
     inputs: str | Path | Sequence[str | Path],
-    checkpoint: str | Path,
+    model: str | Path,
     *,
     topk: int = 5,
     batch_size: int = 32,
+    out: str | Path | Sequence[str | Path] | None = None,
     backbone: nn.Module | None = None,
     transform: Callable[[Any], Tensor] | None = None,
-    device: str | torch.device = "cpu",
-    runtime: str = "auto",
-    precision: str = "fp32",
+    device: str = "auto",
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto",
+    precision: Literal["fp32", "bf16", "int8"] = "fp32",
     threads: int | None = None,
     tta: Sequence[str] | None = None,
-    trainer: PredictSettings | None = None,
+    trainer: PredictSettings = ONE_PROCESS,
     parts: str | Path | None = None,
     shard_size: int = 4096,
 ) -> list[Prediction]:
     """Top-k classes and probabilities of image files (folders are searched for images).
 
+    On the command line, ``moderncnn predict --model ARTIFACT FILES...``; ``moderncnn predict
+    -c CONFIG`` (a training config, without ``--model``) runs Lightning's predict instead.
+
     Args:
         inputs: image files and/or folders.
-        checkpoint: any model :func:`~moderncnn.inference.loading.load_model` reads.
+        model: the trained artifact: a .ckpt, probe or saved-model folder, .onnx, .torchscript,
+            .safetensors or hf_hub:ID (anything load_model reads).
         topk: classes reported per image (at most the number of classes).
         batch_size: images per forward pass.
+        out: also write the predictions to this file (or these files): .csv (a row per file
+            and rank) or .json.
         backbone: for a probe whose backbone is not a registered model (or not rebuildable).
         transform: PIL image -> tensor; default: the preprocessing in the model's card.
-        device: where the network runs.
-        runtime: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``
-            (:mod:`~moderncnn.inference.runtimes`).
-        precision: ``fp32``, ``bf16`` or ``int8``.
+        device: where the network runs; auto: CUDA if available, else the CPU.
+        runtime: auto (on a CPU ONNX Runtime or OpenVINO if installed, on CUDA torch), torch,
+            onnxruntime or openvino.
+        precision: fp32, bf16 or int8.
         threads: intra-op threads (default $MODERNCNN_THREADS, else the usable cores).
-        tta: test-time augmentation views (``["hflip"]``, ``["hflip", "shift"]``): the mean
+        tta: test-time augmentation views (hflip, shift, or both: hflip,shift): the mean
             probabilities over each image and its views.
         trainer: processes to run on (devices, nodes, strategy, accelerator); default one, on
             ``device``. Several processes each classify every N-th shard of the files and
             write its rows to ``parts``; process 0 returns them all, in the files' order (the
             others return an empty list). They run the network in torch.
         parts: folder (on a disk every process sees) for the rows of each shard, with several
-            processes; the shards already there are kept, so a stopped run resumes.
+            processes (default OUT.parts); the shards already there are kept, so a stopped
+            run resumes.
         shard_size: files per shard (with several processes).
     """
+    outs = [] if out is None else [out] if isinstance(out, str | Path) else list(out)
+    for file in outs:
+        if Path(file).suffix.lower() not in (".csv", ".json"):
+            raise ConfigError(f"out {str(file)!r}: give a file ending in .csv or .json")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if tta is not None and not isinstance(tta, str):  # "hflip,shift" on a command line
+        tta = [view for item in tta for view in str(item).split(",") if view]
+    trainer = trainer or PredictSettings()
+    joined = parts is None and bool(outs) and trainer.processes > 1
+    parts = Path(f"{outs[0]}.parts") if joined else parts
+    predictions = _predict(
+        inputs, model, topk=topk, batch_size=batch_size, backbone=backbone, transform=transform,
+        device=device, runtime=runtime, precision=precision, threads=threads, tta=tta,
+        trainer=trainer, parts=parts, shard_size=shard_size,
+    )  # fmt: skip
+    if outs and is_rank_zero():
+        for file in outs:
+            write = write_json if Path(file).suffix.lower() == ".json" else write_csv
+            write(predictions, file)
+        if joined:
+            shutil.rmtree(parts)
+    return predictions
+
+
+def _predict(
+    inputs: str | Path | Sequence[str | Path],
+    checkpoint: str | Path,
+    *,
+    topk: int,
+    batch_size: int,
+    backbone: nn.Module | None,
+    transform: Callable[[Any], Tensor] | None,
+    device: str | torch.device,
+    runtime: str,
+    precision: str,
+    threads: int | None,
+    tta: Sequence[str] | None,
+    trainer: PredictSettings,
+    parts: str | Path | None,
+    shard_size: int,
+) -> list[Prediction]:
     trainer = trainer or PredictSettings()
     trainer.check()
     if trainer.processes > 1:
@@ -96,7 +145,7 @@ def predict(
         if parts is None:
             raise ConfigError(
                 f"predict on {trainer.processes} processes writes its rows to a folder: give "
-                "parts=... (on the command line: --csv or --json)"
+                "parts=... (on the command line: --out FILE.csv or FILE.json)"
             )
         runtime = "torch"
     model = load_model(
@@ -180,41 +229,8 @@ def write_json(predictions: list[Prediction], path: str | Path) -> None:
     atomic_write_text(path, json.dumps([asdict(p) for p in predictions], indent=1) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``moderncnn predict --checkpoint MODEL FILES... [--topk K] [--csv] [--json]``."""
-    parser = CommandParser(prog="moderncnn predict", description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="image files or folders")
-    parser.add_argument(
-        "--checkpoint", required=True, help=".ckpt, probe or saved folder, or .onnx/.torchscript"
-    )
-    parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--csv", default=None, help="write the predictions to this CSV file")
-    parser.add_argument("--json", default=None, help="write the predictions to this JSON file")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--runtime", default="auto", choices=RUNTIMES,
-        help="auto: on a CPU ONNX Runtime or OpenVINO if installed, on CUDA torch",
-    )  # fmt: skip
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    parser.add_argument(
-        "--threads", type=int, default=None, help=f"intra-op threads (default ${THREADS_ENV})"
-    )
-    parser.add_argument(
-        "--tta", default="", metavar="VIEWS",
-        help="test-time augmentation: hflip, shift or hflip,shift (mean over the views)",
-    )  # fmt: skip
-    add_trainer_arguments(parser)
-    args = parser.parse_args(argv)
-    trainer = trainer_settings(args)
-    # Several processes write their rows beside the output, then process 0 joins them there.
-    output = args.csv or args.json
-    parts = Path(f"{output}.parts") if output and trainer.processes > 1 else None
-    predictions = predict(
-        args.files, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
-        device=args.device, runtime=args.runtime, precision=args.precision, threads=args.threads,
-        tta=[view for view in args.tta.split(",") if view], trainer=trainer, parts=parts,
-    )  # fmt: skip
+def show_predictions(predictions: list[Prediction], arguments: dict[str, Any]) -> int:
+    """What ``moderncnn predict`` prints: each file's classes; status 1 if none could be read."""
     if not is_rank_zero():
         return 0  # the other processes of a multi-process run: process 0 reports
     failed = [p for p in predictions if p.error is not None]
@@ -226,11 +242,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{p.file}: {ranked}")
     for p in failed:
         print(f"could not read {p.error}", file=sys.stderr)
-    if args.csv:
-        write_csv(predictions, args.csv)
-    if args.json:
-        write_json(predictions, args.json)
-    if parts is not None:
-        shutil.rmtree(parts)
     print(f"{len(predictions) - len(failed)} images classified, {len(failed)} unreadable")
     return 1 if failed and len(failed) == len(predictions) else 0

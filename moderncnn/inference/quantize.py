@@ -132,7 +132,7 @@ def check_max_drop(max_drop: float) -> None:
     if isinstance(max_drop, bool) or not isinstance(max_drop, int | float):
         raise ConfigError(f"max_drop must be a number of accuracy points, got {max_drop!r}")
     if not math.isfinite(max_drop):
-        raise ConfigError(f"--max-drop must be a finite number of accuracy points, got {max_drop}")
+        raise ConfigError(f"--max_drop must be a finite number of accuracy points, got {max_drop}")
 
 
 def accuracy(
@@ -195,7 +195,7 @@ def quantize_export(
             raise QuantizationError(
                 f"int8 {split} accuracy {int8_acc:.2%} is {drop:.2f} points below fp32's "
                 f"{fp32_acc:.2%} on {images} images (budget {max_drop:g}); {out} was not written: "
-                "allow more (--max-drop) or keep it anyway (--force)"
+                "allow more (--max_drop) or keep it anyway (--force)"
             )
         card = ModelCard.from_dict(meta["card"], str(sidecar_path(fp32_path)))
         card = card.replace(metrics={

@@ -92,7 +92,11 @@ def _entry_point(config: VariantConfig, create: CreateFn) -> ModelFn:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern`` (e.g. ``"resnet*"``), sorted."""
+    """Registered model names matching a shell-style pattern, sorted.
+
+    Args:
+        pattern: a glob, e.g. 'resnet*'.
+    """
     return sorted(n for n in _MODEL_ENTRYPOINTS if fnmatch.fnmatchcase(n, pattern))
 
 

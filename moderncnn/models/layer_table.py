@@ -12,21 +12,15 @@ model on the ``meta`` device for an instant summary of a big model (the CLI does
 
 from __future__ import annotations
 
-import argparse
 import html
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError
 
-from ._registry import UnknownModelError
-from .factory import create_model
 from .trace import ModuleCall, Shape, sample_input, trace_forward
 
 
@@ -255,62 +249,3 @@ def _human(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n) if n else "-"
-
-
-def _build(args: argparse.Namespace) -> nn.Module:
-    kwargs = {"num_classes": args.num_classes, "in_chans": args.in_chans}
-    try:
-        # No memory and no weight init: shapes and MACs need no real numbers.
-        with torch.device("meta"):
-            return create_model(args.name, **kwargs)
-    except (NotImplementedError, RuntimeError):  # an __init__ that needs real data
-        return create_model(args.name, **kwargs)
-
-
-def summary_parser() -> argparse.ArgumentParser:
-    """The options of ``moderncnn summary``; :mod:`moderncnn.viz.diagram` adds ``--diagram``."""
-    parser = CommandParser(
-        prog="moderncnn summary", description="Layer table: output shapes, parameters, MACs."
-    )
-    parser.add_argument("name", help="a registered model name (see `moderncnn models`)")
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        nargs=3,
-        metavar=("C", "H", "W"),
-        help="one input image; default: the model's input_size (its training resolution)",
-    )
-    parser.add_argument("--depth", type=int, default=3, help="deepest module level listed")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier width")
-    parser.add_argument("--in-chans", type=int, default=3, help="input image channels")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    """``moderncnn summary NAME``: print the layer table of a registered model."""
-    try:
-        args = summary_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help, or a usage error argparse already printed
-        return int(exit_.code or 0)
-    try:
-        model = _build(args)
-    except UnknownModelError as err:  # a name the user can correct: status 1, as every command
-        print(f"moderncnn summary: error: {err}", file=sys.stderr)
-        return 1
-    input_size = tuple(args.input_size or (args.in_chans, *model.input_size[1:]))
-    smallest = getattr(model, "min_input_size", None)
-    if smallest and any(s < m for s, m in zip(input_size[1:], smallest[1:], strict=True)):
-        print(
-            f"moderncnn summary: error: input size {input_size} is smaller than "
-            f"{args.name}'s minimum {tuple(smallest)}; pass a larger --input-size",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        table = summary(model, input_size=input_size, depth=args.depth)
-    except RuntimeError as err:  # e.g. --input-size channels that differ from --in-chans
-        message = f"moderncnn summary: error: {args.name} on input {input_size}: {err}"
-        print(message, file=sys.stderr)
-        return 2
-    print(table)
-    return 0

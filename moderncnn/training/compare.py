@@ -21,7 +21,6 @@ import csv
 import math
 import shutil
 import statistics
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from moderncnn.io.atomic import atomic_write, atomic_write_text
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.models import list_models
 from moderncnn.viz._figure import figures_not_shown, finish, new_figure
@@ -43,7 +41,6 @@ from .trials import (
     check_trial_config,
     config_differences,
     describe_differences,
-    parse_overrides,
     read_config,
     read_result,
     run_trial,
@@ -54,7 +51,9 @@ from .trials import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["ModelSummary", "compare", "main", "plot_accuracy_vs_macs", "plot_val_curves"]
+__all__ = [
+    "ModelSummary", "compare", "plot_accuracy_vs_macs", "plot_val_curves", "show_comparison"
+]  # fmt: skip
 
 CSV_COLUMNS = [
     "model", "seeds", "test_acc_mean", "test_acc_std", "test_acc_per_seed", "gap_to_best",
@@ -115,22 +114,26 @@ def compare(
     seeds: int = 3,
     out: str | Path = "compare",
     overrides: Mapping[str, Any] | None = None,
-    model_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    model_overrides: Mapping[str, Mapping[str, Any]] | Sequence[str] | None = None,
 ) -> list[ModelSummary]:
-    """Trains each of ``models`` over ``seeds`` seeds from one base config and reports them.
+    """Train several models over several seeds from one config; compare accuracy and cost.
 
     Args:
-        config: the base training config; its ``model.model`` is replaced by each name.
-        models: registered model names (``moderncnn models``), each compared once.
-        seeds: seeds per model: ``seed_everything`` 0, 1, ... seeds-1.
-        out: output folder; trials go to ``out/runs/<model>/seed<k>/``.
-        overrides: dotted keys set for every model (``{"trainer.max_epochs": 5}``).
-        model_overrides: {model: {dotted key: value}}, set for that model only, after
-            ``overrides`` (``{"resnet18_cifar": {"model.lr": 0.05}}``).
+        config: the base training config (a YAML or shipped config name); its model.model is
+            replaced by each name.
+        models: registered model names (moderncnn models), each compared once.
+        seeds: seeds per model: seed_everything 0, 1, ... seeds-1.
+        out: output folder; trials go to out/runs/<model>/seed<k>/.
+        overrides: dotted keys set for every model ({"trainer.max_epochs": 5}); on the
+            command line any --KEY VALUE with a dotted key (--trainer.max_epochs 5).
+        model_overrides: settings of one model only, after overrides: {model: {dotted key:
+            value}}, or MODEL:KEY=VALUE words (resnet18_cifar:model.lr=0.05).
 
     The base config's ``model.model_kwargs`` belong to its own model: another model starts
     from ``{}`` unless its ``model_overrides`` set them. Returns the models best first.
     """
+    if model_overrides is not None and not isinstance(model_overrides, Mapping):
+        model_overrides = parse_model_overrides(model_overrides)
     base = read_config(config)
     plan = _plan(base, models, seeds, overrides or {}, model_overrides or {})
     out = Path(out)
@@ -365,46 +368,20 @@ def parse_model_overrides(values: Sequence[str]) -> dict[str, dict[str, Any]]:
         key, eq, text = assignment.partition("=")
         if not (sep and eq and name and key):
             raise ConfigError(
-                f"--set {value!r}: expected MODEL:KEY=VALUE, e.g. resnet18_cifar:model.lr=0.05"
+                f"model_overrides {value!r}: expected MODEL:KEY=VALUE, e.g. "
+                "resnet18_cifar:model.lr=0.05"
             )
-        parsed.setdefault(name, {})[key.removeprefix("--")] = yaml_value(text, f"--set {value}")
+        parsed.setdefault(name, {})[key.removeprefix("--")] = yaml_value(
+            text, f"model_overrides {value}"
+        )
     return parsed
 
 
-def main(argv: list[str]) -> int:
-    """``moderncnn compare -c BASE.yaml --models NAME... [--seeds 3] [--out DIR] [--KEY VALUE]``."""
-    parser = CommandParser(
-        prog="moderncnn compare",
-        description="Train several models over several seeds from one config and compare them. "
-        "Any other --KEY VALUE (dotted, as on `moderncnn fit`) is set for every model.",
-    )
-    parser.add_argument("-c", "--config", required=True, help="base training YAML")
-    parser.add_argument("--models", nargs="+", required=True, help="registered model names")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
-    parser.add_argument("--out", default="compare", help="output folder (default ./compare)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
-        help="a setting for one model only, e.g. resnet18_cifar:model.lr=0.05 (repeatable)",
-    )  # fmt: skip
-    args, rest = parser.parse_known_args(argv)
-    try:
-        overrides = parse_overrides(rest)
-    except ConfigError as err:  # an unknown flag, or a --KEY without its VALUE: exit 2
-        parser.error(str(err))
-    summaries = compare(
-        args.config,
-        args.models,
-        seeds=args.seeds,
-        out=args.out,
-        overrides=overrides,
-        model_overrides=parse_model_overrides(args.set),
-    )
-    out = Path(args.out)
-    print(markdown_table(summaries, Path(args.config), overrides))
+def show_comparison(summaries: list[ModelSummary], arguments: dict[str, Any]) -> int:
+    """What ``moderncnn compare`` prints: the results table and the files written."""
+    out = Path(arguments["out"])
+    overrides = arguments.get("overrides") or {}
+    print(markdown_table(summaries, Path(arguments["config"]), overrides))
     print(f"{len(summaries)} models: {out / 'results.csv'}, {out / 'results.md'}, "
           f"{out / 'accuracy_vs_macs.png'}, {out / 'curves.png'}")  # fmt: skip
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -9,9 +9,8 @@ Also ``moderncnn preview -c CONFIG``, which draws one batch of a config's ``data
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as L
 import yaml
@@ -19,16 +18,18 @@ from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import LightningDataModule
 
 import moderncnn.data  # noqa: F401  (lets a config name our data modules by class name)
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.configs import find_config
-from moderncnn.io.errors import ConfigError, ModernCNNError
+from moderncnn.io.errors import ConfigError
 from moderncnn.viz import show_batch
 
 from .cli import build_cli
 from .module import ImageClassifier
 from .trainer import RunTrainer
 
-__all__ = ["datamodule_from_config", "from_config", "preview_main"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["datamodule_from_config", "from_config", "preview", "show_preview"]
 
 
 def from_config(
@@ -84,19 +85,28 @@ def datamodule_from_config(config_path: str | Path) -> Any:
     return instantiate(parsed).data
 
 
-def preview_main(argv: list[str]) -> int:
-    """``moderncnn preview -c CONFIG [-o PNG] [-n N]``: one batch of the config's data."""
-    parser = CommandParser(prog="moderncnn preview", description=preview_main.__doc__)
-    parser.add_argument("-c", "--config", required=True, help="training YAML with a data: section")
-    parser.add_argument("-o", "--output", default="preview.png", help="PNG to write")
-    parser.add_argument("-n", type=int, default=32, help="number of images (default 32)")
-    parser.add_argument("--split", default="train", choices=["train", "val", "test"])
-    args = parser.parse_args(argv)
+def preview(
+    config: str,
+    out: str | Path | None = "preview.png",
+    n: int = 32,
+    split: Literal["train", "val", "test"] = "train",
+) -> Figure:
+    """One batch of a training config's data as a grid: the quickest check of a data config.
+
+    Args:
+        config: training YAML (or shipped config name) with a data: section.
+        out: PNG to write; None: only return the figure.
+        n: number of images.
+        split: train (augmented, as in training), val or test.
+    """
     try:
-        data = datamodule_from_config(args.config)
-        show_batch(data, n=args.n, split=args.split, save=args.output)
-    except (ModernCNNError, FileNotFoundError, ValueError, ArgumentError) as err:
-        print(f"moderncnn preview: error: {err}", file=sys.stderr)
-        return 1
-    print(args.output)
+        data = datamodule_from_config(config)
+        return show_batch(data, n=n, split=split, save=out)
+    except (ValueError, ArgumentError) as err:  # the data module's own checks of its arguments
+        raise ConfigError(f"{config}: {' '.join(str(err).split())}") from err
+
+
+def show_preview(figure: Figure, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn preview`` prints: the file written."""
+    print(arguments["out"])
     return 0

@@ -18,8 +18,10 @@ barely begun to fall, for a recipe trained at 0.4; the per-decade fall proposed 
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,6 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.configs import find_config
 from moderncnn.io.errors import ConfigError, ModernCNNError
 from moderncnn.viz._figure import figure_format, finish, new_figure
@@ -38,7 +39,7 @@ from .callbacks import AtomicCheckpointIO
 from .cli import build_cli, one_message
 from .precision import PrecisionTrainer
 
-__all__ = ["LRFindResult", "lr_find", "main"]
+__all__ = ["LRFindResult", "lr_find", "show_lr_find"]
 
 
 # Lightning's smoothing of the loss: avg = beta * avg + (1 - beta) * loss, divided by a bias
@@ -67,16 +68,26 @@ class LRFindResult:
 
 def lr_find(
     config: str | Path,
-    *overrides: str,
+    *extra: str,
+    overrides: Mapping[str, Any] | None = None,
     min_lr: float = 1e-5,
     max_lr: float = 10.0,
     steps: int = 100,
     plot: str | Path | None = "lr_find.png",
 ) -> LRFindResult:
-    """Runs the range test on ``config`` (with ``--key=value`` ``overrides`` as on the CLI).
+    """Learning-rate range test of a training config: the loss over a rising lr, and a value.
 
-    ``plot``: the PNG to write (None: none); the figure is also returned, for a notebook.
+    Args:
+        config: training YAML (or shipped config name), as moderncnn fit -c takes.
+        extra: config settings as command-line words ("--model.optimizer=adam").
+        overrides: dotted keys set in the config ({"trainer.precision": "bf16-mixed"}); on
+            the command line any --KEY VALUE with a dotted key (--model.lr 0.1).
+        min_lr: first learning rate.
+        max_lr: last learning rate.
+        steps: training steps of the test.
+        plot: the PNG to write (None: none); the figure is also returned, for a notebook.
     """
+    settings = [*extra, *(f"--{k}={json.dumps(v)}" for k, v in (overrides or {}).items())]
     if not (0 < min_lr < max_lr) or not math.isfinite(max_lr):
         raise ConfigError(f"lr-find: need 0 < min_lr < max_lr, got {min_lr:g} and {max_lr:g}")
     if not isinstance(steps, int) or steps < 2:
@@ -85,7 +96,7 @@ def lr_find(
     if plot is not None:
         figure_format(plot)  # a folder or an unknown suffix: refused before the test runs
     try:
-        cli = build_cli(["-c", str(path), *overrides], run=False, trainer_class=PrecisionTrainer)
+        cli = build_cli(["-c", str(path), *settings], run=False, trainer_class=PrecisionTrainer)
     except (ArgumentError, ValueError, MisconfigurationException) as err:
         # An unknown key, a value of the wrong type, a bad setting of the model or data: one line.
         raise ConfigError(f"{path}: {one_message(err)}") from err
@@ -167,34 +178,16 @@ def steepest_fall(lrs: list[float], losses: list[float]) -> tuple[int | None, in
     return index[at], index[after]
 
 
-def main(argv: list[str]) -> int:
-    """``moderncnn lr-find -c CONFIG [--min-lr A] [--max-lr B] [--steps N] [-o PNG] [--k=v]``."""
-    parser = CommandParser(prog="moderncnn lr-find", description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", required=True, help="training YAML (moderncnn fit -c)")
-    parser.add_argument("-o", "--output", default="lr_find.png", help="PNG of the curve")
-    parser.add_argument("--min-lr", type=float, default=1e-5, help="first learning rate")
-    parser.add_argument("--max-lr", type=float, default=10.0, help="last learning rate")
-    parser.add_argument("--steps", type=int, default=100, help="training steps of the test")
-    args, overrides = parser.parse_known_args(argv)
-    unknown = [arg for arg in overrides if not (arg.startswith("--") and "=" in arg)]
-    if unknown:
-        parser.error(f"unexpected {unknown[0]!r}: config overrides are --key=value")
-    result = lr_find(
-        args.config,
-        *overrides,
-        min_lr=args.min_lr,
-        max_lr=args.max_lr,
-        steps=args.steps,
-        plot=args.output,
-    )
+def show_lr_find(result: LRFindResult, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn lr-find`` prints: the range, the curve, and the suggested lr."""
     print(f"lr-find: {len(result.lrs)} steps, lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}")
     print(f"curve: {result.plot}")
     if result.suggestion is None:
-        print("no suggestion: the loss did not fall; try a larger --max-lr or more --steps")
+        print("no suggestion: the loss did not fall; try a larger --max_lr or more --steps")
         return 1
     print(f"\nmodel.lr: {result.suggestion:.3g}   # suggested: the steepest fall of the loss")
     print(
         f"# the loss is lowest at lr {result.lowest:.3g}: a one-cycle or cosine peak usually sits "
-        f"between the two; {Path(args.config).name} has {result.config_lr:g}"
+        f"between the two; {Path(arguments['config']).name} has {result.config_lr:g}"
     )
     return 0

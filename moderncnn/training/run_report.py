@@ -24,7 +24,6 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from moderncnn.io.atomic import atomic_write_text
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import DataError, MissingFileError, OutputError
 from moderncnn.viz import read_confusion_matrix
 from moderncnn.viz._run_folder import LinkOutsideError, read_csv_rows, read_text, run_file
@@ -223,8 +222,15 @@ def render_report(run: str | Path) -> str:
 
 
 def write_report(run: str | Path, out: str | Path | None = None) -> Path:
-    """Writes the page to ``out`` (default ``RUN/report.html``) atomically: a reader never sees
-    half a page; returns its path. An unwritable place is an :class:`OutputError` naming it."""
+    """One self-contained HTML page of a run: curves, confusion matrix, settings, facts.
+
+    Written atomically (a reader never sees half a page); returns its path. An unwritable
+    place is an OutputError naming it.
+
+    Args:
+        run: a run folder, e.g. lightning_logs/version_0.
+        out: HTML file to write (default: RUN/report.html).
+    """
     html = render_report(run)
     path = Path(out) if out is not None else Path(run) / REPORT
     try:
@@ -258,14 +264,7 @@ class RunReport(L.Callback):
         self._write(trainer)
 
 
-def main(argv: list[str]) -> int:
-    """``moderncnn report RUN_DIR``."""
-    parser = CommandParser(
-        prog="moderncnn report",
-        description="One self-contained HTML page of a run: RUN_DIR/report.html.",
-    )
-    parser.add_argument("run", help="a run folder, e.g. lightning_logs/version_0")
-    parser.add_argument("-o", "--out", help="HTML file to write (default: RUN/report.html)")
-    args = parser.parse_args(argv)
-    print(f"run report: {write_report(args.run, args.out)}")
+def show_report(path: Path, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn report`` prints: where the page is."""
+    print(f"run report: {path}")
     return 0

@@ -50,8 +50,8 @@ def check_study_name(name: str) -> str:
     """A study name is a folder name under ``OUT/trials/``: a plain name, never a path."""
     if not _PLAIN_NAME.fullmatch(name):
         raise ConfigError(
-            f"--study {name!r}: give a plain name (letters, digits, '.', '_', '-', at most 100, "
-            "no '/' or '..'): it names the folder OUT/trials/NAME"
+            f"--study_name {name!r}: give a plain name (letters, digits, '.', '_', '-', at most "
+            "100, no '/' or '..'): it names the folder OUT/trials/NAME"
         )
     return name
 
@@ -221,7 +221,7 @@ def check_record(study: optuna.Study, record: dict[str, Any], storage: StudyStor
     raise ConfigError(
         f"{where} was made from another config, search space or --KEY VALUEs "
         f"({describe_differences(differences)}); run it with the same ones, or give another "
-        "--study (without --study the name follows the config)"
+        "--study_name (without it the name follows the config)"
     )
 
 

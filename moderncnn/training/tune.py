@@ -38,7 +38,6 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from moderncnn.io.atomic import atomic_write, atomic_write_text
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, MissingFileError
 
 from .framework_internals import spawns_its_processes
@@ -52,12 +51,12 @@ from .studies import (
     load_study,
     study_record,
 )
-from .trials import check_trial_config, parse_overrides, read_config, run_trial, set_dotted
+from .trials import check_trial_config, read_config, run_trial, set_dotted
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["Param", "read_space", "tune", "main"]
+__all__ = ["Param", "read_space", "show_study", "tune"]
 
 MONITOR = "val_acc"  # the objective, maximised; reported to the pruner after every epoch
 
@@ -194,7 +193,7 @@ def make_sampler_and_pruner(
     """TPE sampler and median pruner, as ``optuna.create_study``'s keyword arguments."""
     import optuna
 
-    for flag, value in (("--startup-trials", startup_trials), ("--warmup-epochs", warmup_epochs)):
+    for flag, value in (("--startup_trials", startup_trials), ("--warmup_epochs", warmup_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{flag} must be a whole number >= 0, got {value!r}")
     with warnings.catch_warnings():
@@ -264,18 +263,21 @@ def tune(
     startup_trials: int = 5,
     warmup_epochs: int = 1,
 ) -> optuna.Study:
-    """Runs ``trials`` trials of the study (more workers may run theirs at the same time).
+    """Search hyperparameters with Optuna (TPE, median pruning): run trials of a study.
+
+    More workers may run theirs at the same time.
 
     Args:
-        config: the base training config.
-        space: the search space YAML (:func:`read_space`).
+        config: the base training config (a YAML or shipped config name).
+        space: the search space YAML: dotted key -> range or choices.
         trials: trials this call runs; the study's total is the sum over all calls.
         out: folder of the trial runs, the journal file and the reports.
-        storage: an Optuna storage URL or a journal file; None: ``out/study.journal``.
+        storage: an Optuna storage URL (sqlite:///tune.db, postgresql://...) or a journal
+            file; None: out/study.journal.
         study_name: a plain name; default: the base config's file name without its suffix
-            and 8 hex digits of the hash of the config, overrides and space
-            (:mod:`~moderncnn.training.studies`).
-        overrides: dotted keys set in every trial (``{"trainer.max_epochs": 5}``).
+            and 8 hex digits of the hash of the config, overrides and space.
+        overrides: dotted keys set in every trial ({"trainer.max_epochs": 5}); on the
+            command line any --KEY VALUE with a dotted key (--trainer.max_epochs 5).
         seed: the TPE sampler's seed (None: a different search each run).
         startup_trials: finished trials before the pruner starts pruning.
         warmup_epochs: epochs of a trial that are never pruned.
@@ -425,48 +427,12 @@ def save_plots(study: optuna.Study, out: Path) -> list[Path]:
     return written
 
 
-def main(argv: list[str]) -> int:
-    """``moderncnn tune -c BASE.yaml --space SPACE.yaml --trials N [--storage URL] ...``."""
-    parser = CommandParser(
-        prog="moderncnn tune",
-        description="Search hyperparameters with Optuna (TPE, median pruning). Any other "
-        "--KEY VALUE (dotted, as on `moderncnn fit`) is set in every trial.",
-    )
-    parser.add_argument("-c", "--config", required=True, help="base training YAML")
-    parser.add_argument(
-        "--space", required=True, help="search space YAML: dotted key -> range or choices"
-    )
-    parser.add_argument("--trials", type=int, required=True, help="trials this worker runs")
-    parser.add_argument(
-        "--storage", help="Optuna storage URL or journal file (default OUT/study.journal)"
-    )
-    parser.add_argument(
-        "--study", help="study name (default: the config's file name and a hash of the config)"
-    )
-    parser.add_argument("--out", default="tune", help="output folder (default ./tune)")
-    parser.add_argument("--seed", type=int, help="TPE sampler seed")
-    parser.add_argument(
-        "--startup-trials", type=int, default=5, help="finished trials before pruning (5)"
-    )
-    parser.add_argument("--warmup-epochs", type=int, default=1, help="epochs never pruned (1)")
-    args, rest = parser.parse_known_args(argv)
-    try:
-        overrides = parse_overrides(rest)
-    except ConfigError as err:  # an unknown flag, or a --KEY without its VALUE: exit 2
-        parser.error(str(err))
-    study = tune(
-        args.config, args.space, args.trials, out=args.out, storage=args.storage,
-        study_name=args.study, overrides=overrides, seed=args.seed,
-        startup_trials=args.startup_trials, warmup_epochs=args.warmup_epochs,
-    )  # fmt: skip
-    out = Path(args.out)
+def show_study(study: optuna.Study, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn tune`` prints: the best trial so far and the study's size."""
+    out = Path(arguments["out"])
     if (out / "best.yaml").is_file():
         best = study.best_trial
         print(f"best: trial {best.number}, {MONITOR} = {best.value:.4f}, {best.params}")
         print(f"{out / 'best.yaml'} (train it: moderncnn fit -c {out / 'best.yaml'})")
     print(f"study {study.study_name}: {len(study.trials)} trials")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,19 +38,16 @@ from moderncnn.data.files import (
 from moderncnn.data.packed import StreamingDataModule, is_packed_folder
 from moderncnn.inference.backbone import weights_sha256
 from moderncnn.inference.distributed import (
+    ONE_PROCESS,
     PredictSettings,
     Shard,
     ShardWriter,
-    add_trainer_arguments,
     is_rank_zero,
     plan_shards,
     run_sharded,
-    trainer_settings,
 )
 from moderncnn.inference.fast_features import backbone_features
-from moderncnn.inference.runtimes import RUNTIMES, THREADS_ENV
 from moderncnn.io.card import ModelCard, Preprocess
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.training.config import datamodule_from_config
 
@@ -63,7 +60,7 @@ from .sources import (
     datamodule_preprocess,
 )
 
-__all__ = ["FeatureCache", "PredictSettings", "extract_features", "main"]
+__all__ = ["FeatureCache", "PredictSettings", "extract_features", "features", "show_features"]
 
 HALF_TOLERANCE = 1e-3  # largest relative (Frobenius) change float16 storage may make
 
@@ -458,64 +455,71 @@ class _CacheJob:
         return write_manifest(self.root, self.key, meta, self.class_names, shards, self.skipped)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``moderncnn features [--backbone NAME] [--weights W] (--data DIR | -c YAML) --out DIR``."""
-    parser = CommandParser(prog="moderncnn features", description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", help="a model name (`moderncnn models`); not with a .ckpt")
-    parser.add_argument(
-        "--weights", default=None, help="'imagenet', an https:// URL, a file, or a .ckpt of ours"
-    )
-    parser.add_argument(
-        "--model-kwargs", type=json.loads, default=None, metavar="JSON",
-        help='the backbone\'s arguments, e.g. \'{"channels": [16, 32, 64], "layers": [1, 1, 1]}\'',
-    )  # fmt: skip
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="image folder: class sub-folders (or train/val/test/)")
-    source.add_argument("--config", help="training YAML whose `data:` section gives the data")
-    parser.add_argument("--out", required=True, help="cache folder")
-    parser.add_argument("--stage", type=int, default=None, help="pool this stage's feature map")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="images per forward pass (CPU 8, GPU 64)"
-    )
-    parser.add_argument("--workers", type=int, default=0, help="image-decoding processes")
-    parser.add_argument("--image-size", type=int, default=None, help="side fed to the backbone")
-    parser.add_argument("--half", action="store_true", help="store float16 features")
-    parser.add_argument(
-        "--bf16", action="store_true", help="compute under bfloat16 autocast (CPU bf16 units, GPU)"
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--runtime", default="auto", choices=RUNTIMES,
-        help="where the backbone runs; auto: ONNX Runtime or OpenVINO on a CPU, torch on CUDA",
-    )  # fmt: skip
-    parser.add_argument(
-        "--threads", type=int, default=None, help=f"intra-op threads (default ${THREADS_ENV})"
-    )
-    parser.add_argument(
-        "--shard-size", type=int, default=4096, help="images per cache file (the unit of resume)"
-    )
-    add_trainer_arguments(parser)
-    args = parser.parse_args(argv)
+def features(
+    out: str | Path,
+    data: str | Path | None = None,
+    *,
+    config: str | None = None,
+    arch: str | None = None,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    stage: int | None = None,
+    batch_size: int | None = None,
+    workers: int = 0,
+    image_size: int | None = None,
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    device: str = "auto",
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto",
+    threads: int | None = None,
+    trainer: PredictSettings = ONE_PROCESS,
+    shard_size: int = 4096,
+) -> FeatureCache:
+    """Cache a frozen backbone's pooled features of an image folder or a config's data.
+
+    The command ``moderncnn features``; ``extract_features`` is the same with a module, a data
+    module or a transform as well.
+
+    Args:
+        out: cache folder (a rerun with the same arguments reuses or completes it).
+        data: image folder: class sub-folders (or train/val/test/ folders of them).
+        config: instead of data, a training YAML (or shipped config name) whose data section
+            gives the data.
+        arch: the backbone, a registered model name (moderncnn models); not with a .ckpt.
+        model: the trained artifact to take the backbone from (a .ckpt or saved-model folder
+            of ours), or pretrained weights for arch: imagenet, an https:// URL or a file.
+        model_kwargs: the backbone's arguments, e.g. {"channels": [16, 32, 64]}.
+        stage: pool this stage's feature map (feature_info index) instead of the last.
+        batch_size: images per forward pass (default: 8 on a CPU at 128 px or more, else 64).
+        workers: image-decoding processes.
+        image_size: side the images are resized to before the backbone.
+        precision: fp32; bf16: compute under bfloat16 autocast (about 2x faster on CPUs with
+            bf16 units and on GPUs), store float32; fp16: compute in fp32, store float16 (half
+            the disk; refused if that changes the features by more than 0.1%).
+        device: where the backbone runs; auto: CUDA if available, else the CPU.
+        runtime: where the backbone runs: auto (ONNX Runtime or OpenVINO on a CPU, torch on
+            CUDA), torch, onnxruntime or openvino.
+        threads: intra-op threads (default $MODERNCNN_THREADS, else the usable cores).
+        trainer: processes to run on (devices, nodes, strategy, accelerator).
+        shard_size: images per cache file (the unit of resume).
+    """
+    if (data is None) == (config is None):
+        raise ConfigError("features: give the images as data (a folder) or config (a YAML)")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     # The same reading of a config's `data:` section as `moderncnn preview`.
-    data = args.data if args.data else datamodule_from_config(args.config)
-    cache = extract_features(
-        args.backbone,
-        data,
-        args.out,
-        weights=args.weights,
-        model_kwargs=args.model_kwargs,
-        stage=args.stage,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        image_size=args.image_size,
-        device=args.device,
-        half=args.half,
-        bf16=args.bf16,
-        runtime=args.runtime,
-        threads=args.threads,
-        trainer=trainer_settings(args),
-        shard_size=args.shard_size,
-    )
+    source = data if data is not None else datamodule_from_config(config)
+    return extract_features(
+        arch, source, out, weights=model, model_kwargs=model_kwargs, stage=stage,
+        batch_size=batch_size, num_workers=workers, image_size=image_size, device=device,
+        half=precision == "fp16", bf16=precision == "bf16", runtime=runtime, threads=threads,
+        trainer=trainer, shard_size=shard_size,
+    )  # fmt: skip
+
+
+def show_features(cache: FeatureCache, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn features`` prints: each split's images and features, and the cache."""
     if not is_rank_zero():
         return 0  # the other processes of a multi-process run: process 0 reports
     for split in cache.splits:

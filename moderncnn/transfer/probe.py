@@ -18,7 +18,6 @@ AdamW runs over minibatches, by default for at least ``MIN_STEPS`` steps.
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ from torch import Tensor
 
 from moderncnn.inference.probe import PROBE_HEAD, PROBE_INFO, ProbeHead, load_probe, save_probe
 from moderncnn.io.card import ModelCard
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import DataError
 from moderncnn.viz import plot_confusion_matrix
 from moderncnn.viz._figure import figures_not_shown
@@ -44,7 +42,8 @@ __all__ = [
     "evaluate",
     "load_probe",
     "probe_card",
-    "main",
+    "probe",
+    "show_probe",
     "train_probe",
 ]
 
@@ -331,53 +330,43 @@ def format_report(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``moderncnn probe CACHE [--mlp HIDDEN] [--epochs] [--lr] [--out DIR]``."""
-    parser = CommandParser(prog="moderncnn probe", description=__doc__.splitlines()[0])
-    parser.add_argument("cache", help="feature cache folder from `moderncnn features`")
-    parser.add_argument(
-        "--mlp",
-        type=int,
-        default=None,
-        metavar="HIDDEN",
-        help="train a one-hidden-layer MLP of this width instead of a linear layer",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="train with AdamW for this many epochs (default: a linear probe is fitted to "
-        f"convergence with L-BFGS; an MLP gets at least {MIN_EPOCHS} epochs and {MIN_STEPS} steps)",
-    )
-    parser.add_argument(
-        "--lr", type=float, default=None, help="train with AdamW at this peak learning rate"
-    )
-    parser.add_argument(
-        "--weight-decay",
-        type=float,
-        default=None,
-        help=f"L-BFGS's L2 penalty (default {L2_PER_IMAGE:g}/number of training images) "
-        "or AdamW's weight decay (1e-4)",
-    )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="output folder (default: CACHE/probe)")
-    args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.cache) / "probe"
-    with warnings.catch_warnings(record=True) as caught:  # shown below as one line each
-        warnings.simplefilter("default")
-        result = train_probe(
-            args.cache,
-            hidden=args.mlp,
-            epochs=args.epochs,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            out=out,
-        )
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
+def probe(
+    cache: str | Path,
+    *,
+    mlp: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    out: str | Path | None = None,
+) -> ProbeResult:
+    """Train a linear probe (or a small MLP) on cached features and save it beside them.
+
+    The command ``moderncnn probe``; ``train_probe`` is the same with its other choices.
+
+    Args:
+        cache: feature cache folder from moderncnn features.
+        mlp: train a one-hidden-layer MLP of this width instead of a linear layer.
+        epochs: train with AdamW for this many epochs (default: a linear probe is fitted to
+            convergence with L-BFGS; an MLP gets a minimum number of epochs and steps).
+        lr: train with AdamW at this peak learning rate.
+        weight_decay: L-BFGS's L2 penalty (default 4/number of training images) or AdamW's
+            weight decay (1e-4).
+        batch_size: AdamW's features per step.
+        seed: seeds the initialisation, the shuffling and the held-out split.
+        out: output folder (default: CACHE/probe).
+    """
+    out = Path(out) if out else Path(cache) / "probe"
+    return train_probe(
+        cache, hidden=mlp, epochs=epochs, lr=lr, weight_decay=weight_decay,
+        batch_size=batch_size, seed=seed, out=out,
+    )  # fmt: skip
+
+
+def show_probe(result: ProbeResult, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn probe`` prints: the metrics of every split and where the probe is."""
+    out = Path(arguments["out"]) if arguments.get("out") else Path(arguments["cache"]) / "probe"
     print(format_report(result.metrics))
     print(f"saved the probe in {out} ({HEAD_FILE}, {INFO_FILE}, confusion_matrix.png)")
     return 0

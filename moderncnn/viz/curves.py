@@ -12,13 +12,11 @@ import csv
 import io
 import math
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from moderncnn.io.command_line import CommandParser
-from moderncnn.io.errors import DataError, MissingFileError, ModernCNNError
+from moderncnn.io.errors import DataError, MissingFileError
 
 from ._figure import finish, new_figure
 from ._run_folder import LinkOutsideError, read_text, run_file
@@ -27,7 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_curves", "plot_main", "read_learning_rates", "read_metrics"]
+__all__ = ["plot_curves", "read_learning_rates", "read_metrics", "show_curves"]
 
 RunSource = str | Path | Sequence[str | Path]
 # Panels: (y label, metrics); top-5 has its own axis, so top-1 differences stay readable.
@@ -139,16 +137,21 @@ def _epoch_of(step: int, epochs: list[int], last_steps: list[int]) -> float:
     return epochs[i] + (step - first) / length
 
 
-def plot_curves(run: RunSource, save: str | Path | None = None, title: str | None = None) -> Figure:
+def plot_curves(
+    run: RunSource, save: str | Path | bool | None = None, title: str | None = None
+) -> Figure:
     """Loss, accuracy, top-5 accuracy (with more than 5 classes) and learning rate per epoch.
 
     Args:
-        run: a run folder (``lightning_logs/version_N``) or its ``metrics.csv``; several (a
-            run and its resumption) are merged in order, later ones winning.
-        save: file to write the figure to (``curves.png``); None: only return it.
+        run: a run folder (lightning_logs/version_N) or its metrics.csv; several (a run and
+            its resumption) are merged in order, later ones winning.
+        save: file to write the figure to (a .png); True: curves.png beside the run's
+            metrics.csv; None: only return it.
         title: the figure's title; default: the model's name and the run folder.
     """
     files = [run] if isinstance(run, str | Path) else list(run)
+    if save is True:
+        save = metrics_file(files[0]).parent / "curves.png" if files else None
     if not files:
         raise DataError("plot_curves needs a run folder or metrics.csv, got an empty list")
     epochs: dict[int, dict[str, float]] = {}
@@ -215,17 +218,11 @@ def _model_name(run_dir: Path) -> str | None:
     return found.group(1) if found else None
 
 
-def plot_main(argv: list[str]) -> int:
-    """``moderncnn plot RUN_DIR [-o PNG]``: learning curves of a run."""
-    parser = CommandParser(prog="moderncnn plot", description=plot_main.__doc__)
-    parser.add_argument("run", help="run folder with metrics.csv (lightning_logs/version_N)")
-    parser.add_argument("-o", "--output", help="PNG to write (default: RUN/curves.png)")
-    args = parser.parse_args(argv)
-    try:
-        output = Path(args.output) if args.output else metrics_file(args.run).parent / "curves.png"
-        plot_curves(args.run, save=output)
-    except ModernCNNError as err:
-        print(f"moderncnn plot: error: {err}", file=sys.stderr)
-        return 1
-    print(output)
+def show_curves(figure: Figure, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn plot`` prints: the file written."""
+    save = arguments.get("save")
+    run = arguments["run"]
+    if save is True:
+        save = metrics_file(run if isinstance(run, str | Path) else run[0]).parent / "curves.png"
+    print(save if save else "not saved: give --out FILE.png")
     return 0

@@ -12,17 +12,16 @@ given by name (instant even for Inception-v4)::
 
 from __future__ import annotations
 
-import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from moderncnn.inference import load_model
 from moderncnn.io.atomic import atomic_write
-from moderncnn.io.errors import ConfigError, ModernCNNError, OutputError
+from moderncnn.io.errors import ConfigError, OutputError
 from moderncnn.models import create_model, layer_table
 
 from ._figure import finish, new_figure
@@ -32,7 +31,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["Branch", "Stage", "architecture_stages", "plot_architecture", "summary_main"]
+__all__ = [
+    "Branch", "Stage", "architecture_stages", "plot_architecture", "show_summary", "summary"
+]  # fmt: skip
 
 # Layout, in inches (the axes' data units are inches, so text sizes and boxes agree).
 BOX_W, BOX_H, GAP = 5.4, 0.62, 0.34  # a stage box; the arrow between two boxes
@@ -74,32 +75,80 @@ def plot_architecture(
     return finish(_draw(stages, heading, input_size, skipped), save, dpi=DPI)
 
 
-def summary_main(argv: list[str]) -> int:
-    """``moderncnn summary NAME [--diagram PNG]``: the layer table, and the picture if asked."""
-    parser = layer_table.summary_parser()
-    parser.add_argument(
-        "--diagram", metavar="PATH", help="also draw the stages to PATH (.png, .pdf or .svg)"
-    )
+def summary(
+    model: nn.Module | str | Path | None = None,
+    input_size: tuple[int, ...] | None = None,
+    depth: int = 3,
+    batch_size: int = 1,
+    *,
+    arch: str | None = None,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    out: str | Path | None = None,
+) -> layer_table.ModelSummary:
+    """Layer table of a network: output shapes, parameters and MACs; a diagram if asked.
+
+    Args:
+        model: a module, or the trained artifact (a .ckpt, probe or saved-model folder).
+        input_size: one input without the batch dimension, e.g. (3, 224, 224); default: a
+            named or trained model's input size (its training resolution), else 3 x 224 x 224.
+        depth: deepest module level listed (1 = the model's direct children).
+        batch_size: leading dimension of the input; MACs are for the whole batch.
+        arch: instead of model, a registered model name (moderncnn models), built on the
+            meta device (no memory, no compute).
+        num_classes: classifier width, with arch.
+        in_chans: input image channels, with arch.
+        out: also draw the stages to this file (.png, .pdf or .svg).
+    """
+    if (model is None) == (arch is None):
+        raise ConfigError("summary: give model (a module or a trained artifact) or arch (a name)")
+    target = _writable(str(out)) if out is not None else None  # refused before any work
+    if arch is not None:
+        network, name = _named_model(arch, num_classes, in_chans), arch
+    elif isinstance(model, nn.Module):
+        network, name = model, type(model).__name__
+        input_size = input_size or (3, 224, 224)
+    else:
+        loaded = load_model(model)
+        if loaded.network is None:
+            raise ConfigError(f"{model} is an exported model; give its checkpoint or folder")
+        network, name = loaded.network, str(model)
+        in_chans = loaded.card.in_chans
+    if input_size is None:
+        input_size = (in_chans, *getattr(network, "input_size", (3, 224, 224))[1:])
+    input_size = tuple(input_size)
+    smallest = getattr(network, "min_input_size", None)
+    if smallest and any(s < m for s, m in zip(input_size[1:], smallest[1:], strict=True)):
+        raise ConfigError(
+            f"input size {input_size} is smaller than {name}'s minimum {tuple(smallest)}; "
+            "pass a larger input_size"
+        )
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, or a usage error argparse already printed
-        return int(exit_.code or 0)
-    if args.diagram is None:
-        return layer_table.main(argv)
-    try:
-        path, format_ = _writable(args.diagram)
-        status = layer_table.main(list(_without_diagram(argv)))
-        if status:
-            return status
-        kwargs = {"num_classes": args.num_classes, "in_chans": args.in_chans}
-        input_size = tuple(args.input_size) if args.input_size else None
-        figure = plot_architecture(args.name, input_size, **kwargs)
-        _save(figure, path, format_)
-    except ModernCNNError as err:
-        print(f"moderncnn summary: error: {err}", file=sys.stderr)
-        return 1
-    print(f"diagram: {path}")
+        table = layer_table.summary(network, input_size, depth, batch_size)
+    except RuntimeError as err:  # e.g. input channels that differ from the model's
+        raise ConfigError(f"{name} on input {input_size}: {' '.join(str(err).split())}") from err
+    if target is not None:
+        kwargs = {"num_classes": num_classes, "in_chans": in_chans} if arch else {}
+        _save(plot_architecture(arch or network, input_size, **kwargs), *target)
+    return table
+
+
+def show_summary(table: layer_table.ModelSummary, arguments: dict[str, Any]) -> int:
+    """What ``moderncnn summary`` prints: the table, and where the diagram is."""
+    print(table)
+    if arguments.get("out") is not None:
+        print(f"diagram: {arguments['out']}")
     return 0
+
+
+def _named_model(name: str, num_classes: int, in_chans: int) -> nn.Module:
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans}
+    try:
+        # No memory and no weight init: shapes and MACs need no real numbers.
+        with torch.device("meta"):
+            return create_model(name, **kwargs)
+    except (NotImplementedError, RuntimeError):  # an __init__ that needs real data
+        return create_model(name, **kwargs)
 
 
 def _model(model_or_name: nn.Module | str, kwargs: dict[str, Any]) -> tuple[nn.Module, str]:
@@ -253,18 +302,6 @@ def _branch_row(ax: Axes, stage: Stage, x: float, top: float) -> None:
 
 
 # --- the command ----------------------------------------------------------------------------
-
-
-def _without_diagram(argv: list[str]) -> Iterator[str]:
-    """``argv`` less ``--diagram PATH`` (``--diagram=PATH``, or argparse's ``--diag PATH``)."""
-    tokens = iter(argv)
-    for token in tokens:
-        flag = token.split("=", 1)[0]
-        if len(flag) > 3 and "--diagram".startswith(flag):
-            if "=" not in token:
-                next(tokens, None)
-            continue
-        yield token
 
 
 def _writable(target: str) -> tuple[Path, str]:

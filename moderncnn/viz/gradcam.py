@@ -27,7 +27,6 @@ from moderncnn.data.files import find_images
 from moderncnn.data.images import BadImageError, load_image
 from moderncnn.inference import LoadedModel, load_model
 from moderncnn.io.card import ModelCard
-from moderncnn.io.command_line import CommandParser
 from moderncnn.io.errors import ConfigError, DataError
 from moderncnn.io.pixels import denormalize
 from moderncnn.io.safe_text import plain_text_label
@@ -261,15 +260,22 @@ def explain(
     """Grad-CAM explanations of ``images`` (files, or a normalised N x C x H x W tensor).
 
     Args:
-        model: a checkpoint, probe or saved-model path, a :class:`LoadedModel`, an
-            ``ImageClassifier`` or any classifier ``nn.Module``.
+        model: the trained artifact (a .ckpt, probe or saved-model folder), a LoadedModel, an
+            ImageClassifier or any classifier nn.Module.
+        images: image files or folders of images, or a normalised N x C x H x W tensor.
         target: the class to explain, by name or index (default: each image's prediction).
-        stage: ``feature_info`` index or module name (default: the last stage).
-        out: a folder: one ``<image name>.gradcam.png`` per image is written there.
+        stage: feature_info index or module name (default: the last stage).
+        topk: classes listed beside each map.
+        out: a folder: one <image name>.gradcam.png per image is written there.
         batch_size: images per Grad-CAM pass; memory grows with it, not with the image count.
     """
     _check_positive("topk", topk)
     _check_positive("batch_size", batch_size)
+    if not isinstance(images, Tensor):  # folders: their images
+        items = [images] if isinstance(images, str | Path) else images
+        images = [
+            f for item in map(Path, items) for f in (find_images(item) if item.is_dir() else [item])
+        ]
     network, card = network_and_card(model)
     inputs, display, files, skipped = _read_images(images, card)
     device = next(iter(network.parameters()), torch.empty(0)).device
@@ -370,44 +376,13 @@ def plot_explanation(result: Explanation, save: str | Path | None = None) -> Fig
 # -- command line ------------------------------------------------------------------------
 
 
-def main(argv: list[str]) -> int:
-    """``moderncnn explain --checkpoint CKPT IMAGES... [--out DIR]``."""
-    parser = CommandParser(
-        prog="moderncnn explain",
-        description="Grad-CAM: where the network looked for its prediction, one PNG per image.",
-    )
-    parser.add_argument("images", nargs="+", help="image files or folders of images")
-    parser.add_argument("--checkpoint", required=True, help=".ckpt, probe or saved-model folder")
-    parser.add_argument("--out", default="explain", help="folder for the PNGs (./explain)")
-    parser.add_argument("--class", dest="target", help="explain this class, not the prediction")
-    parser.add_argument("--stage", help="feature_info index or module name (last stage)")
-    parser.add_argument("--topk", type=int, default=3, help="classes listed beside the map (3)")
-    parser.add_argument(
-        "--batch-size", type=int, default=GRAD_CAM_BATCH, help="images per Grad-CAM pass (8)"
-    )
-    args = parser.parse_args(argv)
-    stage: int | str | None = args.stage
-    if isinstance(stage, str) and stage.lstrip("-").isdigit():
-        stage = int(stage)
-    files: list[Path] = []
-    for item in map(Path, args.images):
-        if item.is_dir():
-            files += find_images(item)
-        else:
-            files.append(item)
-    results = explain(
-        args.checkpoint,
-        files,
-        target=args.target,
-        stage=stage,
-        topk=args.topk,
-        out=args.out,
-        batch_size=args.batch_size,
-    )
+def show_explanations(results: list[Explanation], arguments: dict[str, Any]) -> int:
+    """What ``moderncnn explain`` prints: each image's classes, and where the pictures are."""
     for result in results:
         shown = ", ".join(
             f"{c} {p:.1%}" for c, p in zip(result.classes, result.probabilities, strict=True)
         )
         print(f"{result.file}: {shown}")
-    print(f"Grad-CAM pictures ({results[0].stage}): {Path(args.out)}")
+    where = arguments.get("out")
+    print(f"Grad-CAM pictures ({results[0].stage}): {Path(where) if where else 'not saved'}")
     return 0

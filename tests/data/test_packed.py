@@ -55,7 +55,7 @@ def _index(packed: Path, split: str) -> dict:
 def test_packing_twice_gives_the_same_chunks(folder: Path, tmp_path: Path, capsys) -> None:
     for out in ("a", "b"):
         argv = ["pack", str(folder), "--out", str(tmp_path / out), "--workers", "2"]
-        assert cli_main([*argv, "--chunk-bytes", "20KB"]) == 0
+        assert cli_main([*argv, "--chunk_bytes", "20KB"]) == 0
     assert "train: 48 images, 1 unreadable left out" in capsys.readouterr().out
     a, b = _chunks(tmp_path / "a"), _chunks(tmp_path / "b")
     assert len(a) > 4 and a == b  # several chunks, byte for byte the same

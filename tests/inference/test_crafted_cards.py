@@ -62,7 +62,7 @@ def test_json_nested_100k_deep_is_one_line(saved: Path, capsys) -> None:
     (saved / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DataError, match="not a card moderncnn writes"):
         load_model(saved)
-    assert cli(["predict", "--checkpoint", str(saved), str(saved / "x.png")]) == 1
+    assert cli(["predict", "--model", str(saved), str(saved / "x.png")]) == 1
     assert len(capsys.readouterr().err.splitlines()) == 1
 
 
@@ -144,7 +144,7 @@ def test_a_probe_head_with_a_renamed_weight_is_one_line(tmp_path: Path, capsys) 
     with pytest.raises(DataError, match="does not fit probe.json") as err:
         load_probe(folder)
     assert "\n" not in str(err.value) and '"oet.0.weight"' in str(err.value)
-    assert cli(["predict", "--checkpoint", str(folder), str(tmp_path / "x.png")]) == 1
+    assert cli(["predict", "--model", str(folder), str(tmp_path / "x.png")]) == 1
     assert len(capsys.readouterr().err.splitlines()) == 1
 
 

@@ -137,7 +137,7 @@ def test_a_swapped_export_in_a_read_only_folder_runs_from_the_user_cache(
 def test_an_export_whose_card_names_other_classes_is_refused(tmp_path: Path, image: Path) -> None:
     ckpt = write_checkpoint(tmp_path / "run.ckpt")
     onnx = tmp_path / "m.onnx"
-    assert cli_main(["export", str(ckpt), "--format", "onnx", "-o", str(onnx)]) == 0
+    assert cli_main(["export", "--model", str(ckpt), "--format", "onnx", "--out", str(onnx)]) == 0
     meta = json.loads(sidecar_path(onnx).read_text())
     for n in (20, 5):  # more names: wrong labels; fewer: an IndexError
         card = {**meta["card"], "num_classes": n, "class_names": [f"c{i}" for i in range(n)]}
@@ -151,11 +151,13 @@ def test_a_torchscript_export_whose_card_names_other_classes_is_refused(
 ) -> None:
     ckpt = write_checkpoint(tmp_path / "run.ckpt")
     ts = tmp_path / "m.torchscript"
-    assert cli_main(["export", str(ckpt), "--format", "torchscript", "-o", str(ts)]) == 0
+    assert (
+        cli_main(["export", "--model", str(ckpt), "--format", "torchscript", "--out", str(ts)]) == 0
+    )
     meta = json.loads(sidecar_path(ts).read_text())
     card = {**meta["card"], "num_classes": 5, "class_names": [f"c{i}" for i in range(5)]}
     sidecar_path(ts).write_text(json.dumps({**meta, "card": card}))
-    assert cli_main(["predict", "--checkpoint", str(ts), str(image)]) == 1
+    assert cli_main(["predict", "--model", str(ts), str(image)]) == 1
     err = capsys.readouterr().err
     assert "gives (1, 10) logits but its card names 5 classes" in err and "Traceback" not in err
 
@@ -167,7 +169,7 @@ def test_a_torchscript_export_whose_card_names_other_classes_is_refused(
 def fixed_batch_export(tmp_path: Path) -> Path:
     ckpt = write_checkpoint(tmp_path / "run.ckpt")
     onnx = tmp_path / "m.onnx"
-    assert cli_main(["export", str(ckpt), "--format", "onnx", "-o", str(onnx)]) == 0
+    assert cli_main(["export", "--model", str(ckpt), "--format", "onnx", "--out", str(onnx)]) == 0
     return onnx
 
 
@@ -207,7 +209,7 @@ def test_a_sidecar_that_disagrees_with_its_graph_is_one_line(
     for runtime in ["onnxruntime", "openvino"]:
         if runtime == "openvino":
             pytest.importorskip("openvino")
-        argv = ["predict", "--checkpoint", str(fixed_batch_export), str(image)]
+        argv = ["predict", "--model", str(fixed_batch_export), str(image)]
         assert cli_main([*argv, "--runtime", runtime]) == 1
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
@@ -294,7 +296,7 @@ def test_no_writable_place_for_the_export_is_one_line(two_runs, monkeypatch, cap
     a, _ = two_runs
     users.mkdir(parents=True, exist_ok=True)
     read_only(monkeypatch, a.parent, users)
-    argv = ["predict", "--checkpoint", str(a), str(image), "--runtime", "onnxruntime"]
+    argv = ["predict", "--model", str(a), str(image), "--runtime", "onnxruntime"]
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
     assert "cannot write the ONNX export run." in err and "Read-only file system" in err
@@ -310,7 +312,7 @@ def test_a_huge_thread_count_is_refused_before_any_engine_starts(two_runs, image
     with pytest.raises(ConfigError, match=f"threads must be at most {limit} .*got 50000"):
         resolve_threads(50000)
     a, _ = two_runs
-    argv = ["predict", "--checkpoint", str(a), str(image), "--threads", "50000"]
+    argv = ["predict", "--model", str(a), str(image), "--threads", "50000"]
     for runtime in ["onnxruntime", "torch"]:
         assert cli_main([*argv, "--runtime", runtime]) == 1
         assert "threads must be at most" in capsys.readouterr().err

@@ -148,7 +148,7 @@ def test_predict_command_reads_the_hub_cache(pushed: dict, hub_cache: Path, tmp_
     fill_hub_cache(hub_cache, REPO_ID, pushed["folder"])
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), np.uint8)).save(image)
-    assert cli_main(["predict", "--checkpoint", f"hf_hub:{REPO_ID}", str(image)]) == 0
+    assert cli_main(["predict", "--model", f"hf_hub:{REPO_ID}", str(image)]) == 0
     out = capsys.readouterr().out
     assert "x.png" in out and any(name in out for name in NAMES)
 

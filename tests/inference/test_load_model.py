@@ -105,12 +105,22 @@ def test_five_artifact_kinds_load_with_identical_predictions(
     saved = save_model(from_ckpt, tmp_path / "saved")
     assert json.loads((saved / "config.json").read_text())["architecture"] == "resnet18_cifar"
     assert (
-        cli_main(["export", str(checkpoint), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
+        cli_main(
+            [
+                "export",
+                "--model",
+                str(checkpoint),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
         == 0
     )
     scripted = tmp_path / "m.torchscript"
-    argv = ["export", str(checkpoint), "--format", "torchscript", "-o", str(scripted)]
-    assert cli_main([*argv, "--dynamic-batch"]) == 0
+    argv = ["export", "--model", str(checkpoint), "--format", "torchscript", "--out", str(scripted)]
+    assert cli_main([*argv, "--dynamic_batch"]) == 0
     for artifact in (saved, tmp_path / "m.onnx", tmp_path / "m.torchscript"):
         loaded = load_model(artifact)
         assert loaded.card.class_names == from_ckpt.card.class_names
@@ -129,7 +139,7 @@ def test_five_artifact_kinds_load_with_identical_predictions(
     assert_same_predictions(
         load_model(tmp_path / "probe_saved").predict(grey_folder, topk=2), by_probe
     )
-    argv = ["export", str(tmp_path / "probe"), "--format", "onnx", "--dynamic-batch"]
+    argv = ["export", "--model", str(tmp_path / "probe"), "--format", "onnx", "--dynamic_batch"]
     assert cli_main(argv) == 0
     assert_same_predictions(
         load_model(tmp_path / "probe" / "model.onnx").predict(grey_folder), by_probe
@@ -146,7 +156,7 @@ def test_features_probe_predict_from_a_10_class_checkpoint_on_the_command_line(
         cli_main(
             [
                 "features",
-                "--weights",
+                "--model",
                 str(checkpoint),
                 "--data",
                 str(grey_folder),
@@ -162,7 +172,7 @@ def test_features_probe_predict_from_a_10_class_checkpoint_on_the_command_line(
     assert backbone["model_kwargs"] == TINY and backbone["preprocess"]["mean"] == [0.286]
     assert backbone["num_classes"] == 0 and manifest["meta"]["num_features"] == 16
     assert cli_main(["probe", str(cache), "--epochs", "5", "--out", str(probe)]) == 0
-    assert cli_main(["predict", "--checkpoint", str(probe), str(grey_folder)]) == 0
+    assert cli_main(["predict", "--model", str(probe), str(grey_folder)]) == 0
     assert "12 images classified, 0 unreadable" in capsys.readouterr().out
 
 
@@ -231,7 +241,7 @@ def test_export_of_a_fine_tuned_checkpoint_works_offline_without_its_weights_fil
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
     monkeypatch.setattr("moderncnn.io.download.urlopen", offline)
-    assert cli_main(["export", str(tmp_path / "ft.ckpt"), "--format", "onnx"]) == 0
+    assert cli_main(["export", "--model", str(tmp_path / "ft.ckpt"), "--format", "onnx"]) == 0
     card = json.loads((tmp_path / "ft.onnx.json").read_text())["card"]
     assert "weights" not in card["model_kwargs"] and card["model_kwargs"] == TINY
     assert card["preprocess"]["resize_size"] is None and card["preprocess"]["image_size"] == 32
@@ -340,12 +350,12 @@ def test_load_from_checkpoint_never_runs_pickled_code(
 
 
 def test_a_missing_artifact_and_a_broken_card_are_one_line_errors(tmp_path: Path, capsys) -> None:
-    assert cli_main(["predict", "--checkpoint", str(tmp_path / "nope.ckpt"), str(tmp_path)]) == 1
+    assert cli_main(["predict", "--model", str(tmp_path / "nope.ckpt"), str(tmp_path)]) == 1
     assert "nope.ckpt' does not exist" in capsys.readouterr().err
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "config.json").write_text('{"architecture": 3}')
     shutil.copy(tmp_path / "saved" / "config.json", tmp_path / "saved" / "model.safetensors")
-    assert cli_main(["predict", "--checkpoint", str(tmp_path / "saved"), str(tmp_path)]) == 1
+    assert cli_main(["predict", "--model", str(tmp_path / "saved"), str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.json" in err and "Traceback" not in err
 
@@ -373,7 +383,7 @@ def test_a_probe_folder_runs_its_own_onnx_export_and_names_the_fix_for_a_moved_b
     )
     probe = tmp_path / "probe"
     train_probe(cache, epochs=5, val_fraction=0.0, out=probe)
-    argv = ["export", str(probe), "--format", "onnx", "--dynamic-batch"]
+    argv = ["export", "--model", str(probe), "--format", "onnx", "--dynamic_batch"]
     assert cli_main(argv) == 0
     by_torch = predict(grey_folder, probe, runtime="torch")
     by_onnx = predict(grey_folder, probe, runtime="onnxruntime")
@@ -388,7 +398,17 @@ def test_a_probe_folder_runs_its_own_onnx_export_and_names_the_fix_for_a_moved_b
         load_model(probe).predict(grey_folder)
     moved.rename(checkpoint)  # put back: the export makes a copy that no longer needs it
     assert (
-        cli_main(["export", str(probe), "--format", "safetensors", "-o", str(tmp_path / "own")])
+        cli_main(
+            [
+                "export",
+                "--model",
+                str(probe),
+                "--format",
+                "safetensors",
+                "--out",
+                str(tmp_path / "own"),
+            ]
+        )
         == 0
     )
     checkpoint.unlink()

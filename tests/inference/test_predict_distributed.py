@@ -65,9 +65,9 @@ def test_two_processes_write_the_predictions_one_process_writes(
 
     out = tmp_path / "two"
     command = [
-        sys.executable, "-m", "moderncnn.cli", "predict", "--checkpoint", str(saved), str(images),
-        "--topk", "3", "--batch-size", "4", "--runtime", "torch",
-        "--csv", f"{out}.csv", "--json", f"{out}.json",
+        sys.executable, "-m", "moderncnn.cli", "predict", "--model", str(saved), str(images),
+        "--topk", "3", "--batch_size", "4", "--runtime", "torch",
+        "--out", f"{out}.csv", f"{out}.json",
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

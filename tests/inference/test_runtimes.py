@@ -168,7 +168,7 @@ def test_int8_keeps_accuracy_on_real_images_and_is_refused_beyond_budget(
     def validation():
         return zip(val_x.split(250), val_y.split(250), strict=True)
 
-    with pytest.raises(QuantizationError, match="budget -100.*--max-drop"):
+    with pytest.raises(QuantizationError, match="budget -100.*--max_drop"):
         quantize_export(fp32_file, tmp_path / "no.onnx", calibration, validation, max_drop=-100)
     assert not (tmp_path / "no.onnx").exists()
 
@@ -193,16 +193,18 @@ def test_predict_and_features_cli_choose_the_runtime(
     folder, model, _ = saved(tmp_path, "resnet18_cifar", **TINY)
     outputs = {}
     for engine in ["torch", "onnxruntime"]:
-        assert cli_main(["predict", "--checkpoint", str(folder), str(cifar_samples_dir),
+        assert cli_main(["predict", "--model", str(folder), str(cifar_samples_dir),
                          "--runtime", engine, "--topk", "1", "--threads", "1"]) == 0  # fmt: skip
         outputs[engine] = [line.split(": ")[1].split()[0] for line in
                            capsys.readouterr().out.splitlines() if ".png: " in line]  # fmt: skip
     assert len(outputs["torch"]) == 20 and outputs["torch"] == outputs["onnxruntime"]
-    assert cli_main(["predict", "--checkpoint", str(folder), str(cifar_samples_dir),
+    assert cli_main(["predict", "--model", str(folder), str(cifar_samples_dir),
                      "--runtime", "torch", "--precision", "int8"]) == 1  # fmt: skip
     assert "choose runtime 'onnxruntime'" in capsys.readouterr().err
-    assert cli_main(["export", str(folder), "--format", "onnx", "--int8"]) == 1
-    assert "--int8 needs --format onnx and --calibrate CONFIG" in capsys.readouterr().err
+    assert (
+        cli_main(["export", "--model", str(folder), "--format", "onnx", "--precision", "int8"]) == 1
+    )
+    assert "precision int8 needs format onnx and calibrate CONFIG" in capsys.readouterr().err
 
     feats = {}
     for engine in ["torch", "onnxruntime"]:

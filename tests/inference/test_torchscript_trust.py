@@ -92,9 +92,17 @@ def test_commands_refuse_the_planted_checkpoint_in_one_line(
 
     Image.new("RGB", (32, 32), "white").save(image)
     argv = {
-        "predict": ["predict", "--checkpoint", str(planted), str(image)],
-        "export": ["export", str(planted), "--format", "onnx", "-o", str(tmp_path / "x.onnx")],
-        "explain": ["explain", "--checkpoint", str(planted), str(image), "--out", str(tmp_path)],
+        "predict": ["predict", "--model", str(planted), str(image)],
+        "export": [
+            "export",
+            "--model",
+            str(planted),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "x.onnx"),
+        ],
+        "explain": ["explain", "--model", str(planted), str(image), "--out", str(tmp_path)],
     }[command]
     assert cli_main(argv) == 1
     err = capsys.readouterr().err.strip()

@@ -153,8 +153,8 @@ def test_summary_counts_resnet20_by_hand() -> None:
 
 @pytest.mark.slow
 def test_summary_command_on_fashion_mnist_sized_input(capsys) -> None:
-    argv = ["summary", "plain20", "--in-chans", "1", "--input-size", "1", "28", "28"]
-    assert cli_main([*argv, "--num-classes", "10", "--depth", "1"]) == 0
+    argv = ["summary", "--arch", "plain20", "--in_chans", "1", "--input_size", "1", "28", "28"]
+    assert cli_main([*argv, "--num_classes", "10", "--depth", "1"]) == 0
     out = capsys.readouterr().out
     assert "CifarResNet: input 1 x 1 x 28 x 28" in out
     assert "layer3  1 x 64 x 7 x 7    /4" in out and "269,434" in out  # 1-channel stem: 269,722

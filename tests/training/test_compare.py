@@ -32,7 +32,7 @@ def command(config: Path, out: Path) -> list[str]:
     return [
         sys.executable, "-m", "moderncnn.cli", "compare", "-c", str(config), "--models", *MODELS,
         "--seeds", "2", "--out", str(out), "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches=3", "--set",
+        "--trainer.limit_train_batches=3", "--model_overrides",
         f"densenet121_cifar:model.model_kwargs={json.dumps(DENSENET_KWARGS)}",
     ]  # fmt: skip
 
@@ -119,7 +119,7 @@ def test_a_refused_compare_writes_nothing(
     with pytest.raises(ConfigError, match="unknown model 'resnet_nope'"):
         compare(config, ["resnet18_cifar", "resnet_nope"], out=out)
     argv = ["compare", "-c", str(config), "--models", "resnet18_cifar", "--out", str(out)]
-    assert moderncnn_main([*argv, "--set", "resnet18_cifar-model.lr"]) == 1
+    assert moderncnn_main([*argv, "--model_overrides", "resnet18_cifar-model.lr"]) == 1
     assert "expected MODEL:KEY=VALUE" in capsys.readouterr().err
     assert moderncnn_main([*argv, "--seeds", "0"]) == 1
     assert moderncnn_main([*argv, "--seeds", "two"]) == 2  # argparse
@@ -166,7 +166,8 @@ def test_a_finished_trial_made_from_another_base_config_is_refused(
     [
         (["--data.init_args.batch_size", "0"],
          "--models resnet18_cifar: data: batch_size must be a positive integer, got 0"),
-        (["--set", "densenet121_cifar:model.model_kwargs={growth_rate: 4, frobnicate: 1}"],
+        (["--model_overrides",
+          "densenet121_cifar:model.model_kwargs={growth_rate: 4, frobnicate: 1}"],
          "--models densenet121_cifar: "),
         (["--trainer.max_epochs", "0"], "trainer.max_epochs must be >= 1"),
     ],

@@ -103,7 +103,7 @@ def test_plot_refuses_a_metrics_csv_that_links_out_of_the_run_folder(
     run = make_run(tmp_path / "run")
     (run / "metrics.csv").unlink()
     (run / "metrics.csv").symlink_to(secret)
-    assert cli(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 1
+    assert cli(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 1
     err = capsys.readouterr().err
     assert "outside the run folder" in err and "SECRET" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "c.png").exists()
@@ -169,7 +169,7 @@ def test_report_and_plot_read_csvs_resaved_as_latin1(tmp_path: Path, capsys) -> 
     code, err, html = report(run, capsys)
     assert code == 0, err
     assert "caf\ufffd" in html and "\ufffdt\ufffd" in html
-    assert cli(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 1  # UTF-16: not numbers
+    assert cli(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 1  # UTF-16: not numbers
     err = capsys.readouterr().err
     assert "metrics.csv" in err and len(err.splitlines()) == 1
 
@@ -208,7 +208,7 @@ def test_read_only_run_folder_is_named_and_can_be_reported_elsewhere(
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written, nothing lost
     out = tmp_path / "elsewhere.html"
     assert cli(["report", str(run), "--out", str(out)]) == 0 and "<html" in out.read_text()
-    assert cli(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 0
+    assert cli(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
 
 
 # -- L5: a figure is written where it was asked --------------------------------------------------
@@ -229,7 +229,7 @@ def test_lr_find_refuses_a_folder_or_unknown_format_before_training(tmp_path: Pa
     config.write_text("model:\n  model: resnet18_cifar\n")
     (tmp_path / "adir").mkdir()
     for out, said in (("adir", "it is a folder"), ("lr.v2", "'.v2' is not an image format")):
-        assert cli(["lr-find", "-c", str(config), "-o", str(tmp_path / out)]) == 1
+        assert cli(["lr-find", "-c", str(config), "--out", str(tmp_path / out)]) == 1
         err = capsys.readouterr().err
         assert said in err and len(err.splitlines()) == 1
 
@@ -244,7 +244,7 @@ def test_a_file_that_is_a_symlink_loop_is_absent_not_a_traceback(
     (run / f"{name}.loop").symlink_to(name)
     code, err, html = report(run, capsys)
     assert code == 0 and "Traceback" not in err and "<html" in html
-    code = cli(["plot", str(run), "-o", str(tmp_path / "c.png")])
+    code = cli(["plot", str(run), "--out", str(tmp_path / "c.png")])
     err = capsys.readouterr().err
     assert code == (1 if name == "metrics.csv" else 0) and len(err.splitlines()) == code
     if code:

@@ -173,7 +173,7 @@ def test_lr_find_writes_its_plot_and_a_value_and_no_run_folder(
     monkeypatch.chdir(tmp_path)
     config = make_tiny_config(tmp_path / "c.yaml", train_subset=2000)
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert moderncnn_main(["lr-find", "-c", str(config), "--steps", "30", "-o", "lr.png"]) == 0
+    assert moderncnn_main(["lr-find", "-c", str(config), "--steps", "30", "--out", "lr.png"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (line,) = [line for line in out.splitlines() if line.startswith("model.lr: ")]
@@ -199,7 +199,7 @@ def test_lr_find_names_a_bad_setting(
         lr_find(tmp_path / "missing.yaml")
     config = make_tiny_config(tmp_path / "c.yaml", train_subset=256)
     bad = ["lr-find", "-c", str(config), "--data.init_args.batch_size=0"]
-    bad += ["-o", str(tmp_path / "x.png")]
+    bad += ["--out", str(tmp_path / "x.png")]
     assert moderncnn_main(bad) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("moderncnn lr-find: error: ") and "batch_size" in line
@@ -363,7 +363,7 @@ def test_predict_on_files_with_tta_averages_the_flipped_view(
         assert got == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ConfigError, match="tta must be a list of hflip, shift"):
         loaded.predict(files, tta=["rotate"])
-    assert moderncnn_main(["predict", "--checkpoint", str(path), str(files[0]), "--tta=hflip"]) == 0
+    assert moderncnn_main(["predict", "--model", str(path), str(files[0]), "--tta=hflip"]) == 0
     assert "1 images classified" in capsys.readouterr().out
 
 

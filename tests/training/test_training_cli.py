@@ -214,5 +214,5 @@ def test_plot_command_draws_a_real_run(smoke_run: Path, tmp_path: Path) -> None:
     from moderncnn.cli import main as moderncnn_main
 
     out = tmp_path / "curves.png"
-    assert moderncnn_main(["plot", str(smoke_run), "-o", str(out)]) == 0
+    assert moderncnn_main(["plot", str(smoke_run), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

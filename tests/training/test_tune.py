@@ -78,7 +78,7 @@ def test_two_workers_on_one_journal_run_disjoint_trials(
     space.write_text("model.lr: {low: 0.01, high: 0.5, log: true}\n")
     argv = [
         sys.executable, "-m", "moderncnn.cli", "tune", "-c", str(config), "--space", str(space),
-        "--trials", "2", "--out", str(out), "--study", "shared", "--trainer.max_epochs", "1",
+        "--trials", "2", "--out", str(out), "--study_name", "shared", "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -235,16 +235,16 @@ def test_a_storage_file_that_is_not_a_journal_is_refused_untouched(
 @pytest.mark.parametrize(
     ("args", "space", "message"),
     [
-        (["--startup-trials", "-1"], None, "--startup-trials must be a whole number >= 0, got -1"),
-        (["--warmup-epochs", "-2"], None, "--warmup-epochs must be a whole number >= 0, got -2"),
+        (["--startup_trials", "-1"], None, "--startup_trials must be a whole number >= 0, got -1"),
+        (["--warmup_epochs", "-2"], None, "--warmup_epochs must be a whole number >= 0, got -2"),
         (["--storage", "foo://bar"], None, "--storage foo://bar: Can't load plugin"),
         (["--storage", "sqlite:////nonexistent/dir/t.db"], None,
          "--storage sqlite:////nonexistent/dir/t.db: (sqlite3.OperationalError) unable to open"),
         (["--storage", "{tmp}/missing/t.journal"], None,
          "--storage {tmp}/missing/t.journal: the folder {tmp}/missing does not exist"),
         (["--storage", "{tmp}"], None, "--storage {tmp} is a folder"),
-        (["--study", "/abs/path"], None, "--study '/abs/path': give a plain name"),
-        (["--study", "../../x"], None, "--study '../../x': give a plain name"),
+        (["--study_name", "/abs/path"], None, "--study_name '/abs/path': give a plain name"),
+        (["--study_name", "../../x"], None, "--study_name '../../x': give a plain name"),
         ([], "data.init_args.batch_size: {choices: [64, 0]}",
          "s.yaml: data.init_args.batch_size=0: data: batch_size must be a positive integer, got 0"),
         ([], "data.init_args.batch_size: {low: 0, high: 64}",
@@ -291,7 +291,7 @@ def test_a_combination_refused_in_a_trial_is_one_line_and_leaves_no_folder(
     bad = ["densenet121_cifar", {"channels": [8, 16], "layers": [1, 1]}]
     seed = next(s for s in range(100) if first_proposal(s) == bad)
     argv = ["tune", "-c", str(tiny_config), "--space", str(space), "--trials", "1"]
-    assert moderncnn_main([*argv, "--out", str(out), "--study", "s", "--seed", str(seed)]) == 1
+    assert moderncnn_main([*argv, "--out", str(out), "--study_name", "s", "--seed", str(seed)]) == 1
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Trial 0 failed" not in err, err
     errors = [line for line in err.splitlines() if line.startswith("moderncnn tune: error: ")]

@@ -182,8 +182,8 @@ def test_writer_killed_before_manifest_invalidates_old_cache(tmp_path: Path) -> 
 
 
 def test_features_cli(cifar_folder: Path, tmp_path: Path, capsys) -> None:
-    argv = ["features", "--backbone", "resnet18_cifar", "--data", str(cifar_folder)]
-    assert cli_main([*argv, "--out", str(tmp_path / "c"), "--batch-size", "10"]) == 0
+    argv = ["features", "--arch", "resnet18_cifar", "--data", str(cifar_folder)]
+    assert cli_main([*argv, "--out", str(tmp_path / "c"), "--batch_size", "10"]) == 0
     assert "all: 20 images x" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["meta"]["backbone"] == argv[2] and manifest["meta"]["weights"] is None
@@ -230,7 +230,7 @@ def test_cli_reports_offline_weights_as_one_message(
         raise download.URLError("no network")
 
     monkeypatch.setattr(download, "urlopen", offline)
-    argv = ["features", "--backbone", "resnet18", "--weights", "imagenet"]
+    argv = ["features", "--arch", "resnet18", "--model", "imagenet"]
     assert cli_main([*argv, "--data", str(cifar_folder), "--out", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("moderncnn features: error: could not download https://")
@@ -244,7 +244,7 @@ def test_features_cli_from_a_training_config(cifar_folder: Path, tmp_path: Path,
         "data:\n  class_path: ImageFolderDataModule\n"
         f"  init_args:\n    root: {cifar_folder}\n    image_size: 32\n    val_fraction: 0.25\n"
     )
-    argv = ["features", "--backbone", "resnet18_cifar", "--config", str(config)]
+    argv = ["features", "--arch", "resnet18_cifar", "--config", str(config)]
     assert cli_main([*argv, "--out", str(tmp_path / "c")]) == 0
     cache = FeatureCache(tmp_path / "c")
     assert cache.splits == ["train", "val"] and cache.num_features == 512

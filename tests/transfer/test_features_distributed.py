@@ -68,9 +68,9 @@ def test_two_processes_make_the_cache_one_makes(folder: Path, tmp_path: Path) ->
 
     # As a user runs it: Lightning starts the second process by running the command again.
     command = [
-        sys.executable, "-m", "moderncnn.cli", "features", "--backbone", "resnet18_cifar",
-        "--model-kwargs", json.dumps(TINY), "--data", str(folder), "--out", str(tmp_path / "two"),
-        "--shard-size", "4", "--batch-size", "3", "--runtime", "torch",
+        sys.executable, "-m", "moderncnn.cli", "features", "--arch", "resnet18_cifar",
+        "--model_kwargs", json.dumps(TINY), "--data", str(folder), "--out", str(tmp_path / "two"),
+        "--shard_size", "4", "--batch_size", "3", "--runtime", "torch",
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -122,8 +122,8 @@ def test_predict_cli_writes_csv_and_json(probe_dir, cifar_folder: Path, tmp_path
     files = sorted(cifar_folder.rglob("*.png"))[:3]
     out_csv, out_json = tmp_path / "p.csv", tmp_path / "p.json"
     missing = tmp_path / "missing.png"
-    argv = ["predict", "--checkpoint", str(probe), *map(str, files), str(missing)]
-    assert cli_main([*argv, "--topk", "2", "--csv", str(out_csv), "--json", str(out_json)]) == 0
+    argv = ["predict", "--model", str(probe), *map(str, files), str(missing)]
+    assert cli_main([*argv, "--topk", "2", "--out", str(out_csv), str(out_json)]) == 0
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 3 * 2 + 1 and rows[0]["rank"] == "1"
     assert [r["file"] for r in rows if r["error"]] == [str(missing)]

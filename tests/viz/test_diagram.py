@@ -17,7 +17,7 @@ from moderncnn.cli import main as cli_main
 from moderncnn.io.errors import ConfigError
 from moderncnn.models import create_model
 from moderncnn.viz import plot_architecture
-from moderncnn.viz.diagram import architecture_stages, summary_main
+from moderncnn.viz.diagram import architecture_stages
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -174,7 +174,7 @@ def test_cli_prints_the_table_and_writes_the_diagram(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "arch.png"
-    assert cli_main(["summary", "resnet18_cifar", "--depth", "1", "--diagram", str(out)]) == 0
+    assert cli_main(["summary", "--arch", "resnet18_cifar", "--depth", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "layer4" in printed and "Total params" in printed  # the table, as before
     assert printed.rstrip().endswith(f"diagram: {out}")
@@ -182,16 +182,16 @@ def test_cli_prints_the_table_and_writes_the_diagram(
     assert image.size[1] > image.size[0] > 500
     assert len(image.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 1  # not blank
 
-    # Again, over the old file (and with --diagram=PATH): a whole new file, no temporary left.
-    argv = ["googlenet_cifar", "--depth", "1", f"--diagram={out}", "--num-classes", "10"]
-    assert summary_main(argv) == 0
+    # Again, over the old file (and with --out=PATH): a whole new file, no temporary left.
+    argv = ["--arch", "googlenet_cifar", "--depth", "1", f"--out={out}", "--num_classes", "10"]
+    assert cli_main(["summary", *argv]) == 0
     assert read_png(out).size[0] > image.size[0]  # googlenet wraps into columns
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.png"]
 
 
 def test_cli_help_lists_the_diagram_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["summary", "--help"]) == 0
-    assert "--diagram PATH" in capsys.readouterr().out
+    assert "--out OUT" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_cli_bad_diagram_path_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, reason: str
 ) -> None:
     path = tmp_path / target
-    assert cli_main(["summary", "resnet18_cifar", "--diagram", str(path)]) == 1
+    assert cli_main(["summary", "--arch", "resnet18_cifar", "--out", str(path)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""  # checked before the table is printed
     assert captured.err.count("\n") == 1 and str(path) in captured.err and reason in captured.err
@@ -221,7 +221,7 @@ def test_cli_failed_write_leaves_the_old_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Figure, "savefig", half_then_full_disk)
-    assert summary_main(["resnet18_cifar", "--diagram", str(out)]) == 1
+    assert cli_main(["summary", "--arch", "resnet18_cifar", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert (
         err

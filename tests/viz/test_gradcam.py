@@ -130,7 +130,7 @@ def test_explain_command_writes_one_picture_per_image(
 ) -> None:
     ckpt = _checkpoint(tmp_path / f"c{num_classes}.ckpt", num_classes)
     out = tmp_path / "out"
-    args = ["explain", "--checkpoint", str(ckpt), *map(str, images), "--out", str(out)]
+    args = ["explain", "--model", str(ckpt), *map(str, images), "--out", str(out)]
     for _ in range(2):  # a second call overwrites, and works the same
         assert cli(args) == 0
         printed = capsys.readouterr().out
@@ -149,12 +149,12 @@ def test_explain_a_chosen_class_and_the_errors(images: list[Path], tmp_path: Pat
     assert explain(ckpt, images[:1], target=3)[0].heatmap.shape == (28, 28)
     with pytest.raises(ConfigError, match="stage 5 does not exist; the stages are 0: layer1"):
         explain(ckpt, images[:1], stage=5)
-    args = ["explain", "--checkpoint", str(ckpt), str(images[0]), "--out", str(tmp_path / "o")]
+    args = ["explain", "--model", str(ckpt), str(images[0]), "--out", str(tmp_path / "o")]
     assert cli([*args, "--class", "Nope"]) == 1
     err = capsys.readouterr().err
     assert "moderncnn explain: error: class 'Nope' is not one of the model's classes" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
-    assert cli(["explain", "--checkpoint", str(ckpt), str(tmp_path / "missing.png")]) == 1
+    assert cli(["explain", "--model", str(ckpt), str(tmp_path / "missing.png")]) == 1
     assert "none of the images could be read" in capsys.readouterr().err
 
 
@@ -206,8 +206,8 @@ def test_explain_never_runs_grad_cam_on_more_than_a_batch(
     folder.mkdir()
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
-    args = ["--out", str(tmp_path / "out"), "--batch-size", "2"]
-    assert cli(["explain", "--checkpoint", str(ckpt), str(folder), *args]) == 0
+    args = ["--out", str(tmp_path / "out"), "--batch_size", "2"]
+    assert cli(["explain", "--model", str(ckpt), str(folder), *args]) == 0
     assert batch_sizes == [2, 1] and len(list((tmp_path / "out").iterdir())) == 3
 
 
@@ -215,7 +215,7 @@ def test_a_batch_size_that_is_not_a_positive_int_is_one_line(tmp_path: Path, cap
     ckpt = _checkpoint(tmp_path / "c.ckpt", 3)
     with pytest.raises(ConfigError, match="batch_size must be a positive int, got 0"):
         explain(ckpt, torch.randn(2, 1, 28, 28), batch_size=0)
-    args = ["explain", "--checkpoint", str(ckpt), str(tmp_path / "x.png"), "--batch-size", "-1"]
+    args = ["explain", "--model", str(ckpt), str(tmp_path / "x.png"), "--batch_size", "-1"]
     assert cli(args) == 1
     err = capsys.readouterr().err
     assert "batch_size must be a positive int, got -1" in err and len(err.splitlines()) == 1

@@ -11,10 +11,10 @@ import torch
 import yaml
 from matplotlib.figure import Figure
 
+from moderncnn.cli import main as cli_main
 from moderncnn.data import FashionMNISTDataModule
 from moderncnn.io.errors import ConfigError, DataError, MissingFileError
 from moderncnn.models import create_model
-from moderncnn.training.config import preview_main
 from moderncnn.viz import (
     plot_confusion_matrix,
     plot_curves,
@@ -25,7 +25,7 @@ from moderncnn.viz import (
     show_results,
 )
 from moderncnn.viz.confusion import write_confusion_matrix
-from moderncnn.viz.curves import plot_main, read_learning_rates
+from moderncnn.viz.curves import read_learning_rates
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -105,7 +105,7 @@ def test_curves_of_a_resumed_run_merge_both_files(run_dir: Path, tmp_path: Path)
 
 
 def test_plot_of_a_folder_without_metrics_fails_clearly(tmp_path: Path, capsys) -> None:
-    assert plot_main([str(tmp_path)]) == 1
+    assert cli_main(["plot", str(tmp_path)]) == 1
     assert f"{tmp_path / 'metrics.csv'} does not exist" in capsys.readouterr().err
     with pytest.raises(MissingFileError, match="metrics.csv"):
         plot_curves(tmp_path)
@@ -115,7 +115,7 @@ def test_plot_of_a_folder_without_metrics_fails_clearly(tmp_path: Path, capsys) 
 
 
 def test_plot_command_writes_curves_png(run_dir: Path) -> None:
-    assert plot_main([str(run_dir)]) == 0
+    assert cli_main(["plot", str(run_dir)]) == 0
     assert (run_dir / "curves.png").read_bytes()[:8] == PNG
 
 
@@ -230,14 +230,14 @@ def test_preview_draws_a_grid_of_the_configs_data(fashion_mnist_dir: Path, tmp_p
         )
     )
     out = tmp_path / "grid.png"
-    assert preview_main(["-c", str(config), "-o", str(out), "-n", "12"]) == 0
+    assert cli_main(["preview", "-c", str(config), "--out", str(out), "--n", "12"]) == 0
     assert out.read_bytes()[:8] == PNG and out.stat().st_size > 5_000
 
 
 def test_preview_names_a_bad_data_section(tmp_path: Path, capsys) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("data:\n  class_path: FashionMNISTDataModule\n  init_args: {batchsize: 8}\n")
-    assert preview_main(["-c", str(config)]) == 1
+    assert cli_main(["preview", "-c", str(config)]) == 1
     assert "batchsize" in capsys.readouterr().err
 
 
