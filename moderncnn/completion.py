@@ -34,6 +34,12 @@ def completion_parser():
 
 def completion_main(argv: list[str]) -> int:
     """Print the completion script of the shell named in ``argv``."""
+    if argv in (["-h"], ["--help"]):
+        print(f"usage: moderncnn completion {{{','.join(SHELLS)}}}\n\n"
+              "Print the shell completion script of every moderncnn command, e.g.\n"
+              "  moderncnn completion bash > ~/.local/share/bash-completion/completions/"
+              "moderncnn")  # fmt: skip
+        return 0
     if len(argv) != 1 or argv[0] not in SHELLS:
         print(f"usage: moderncnn completion {{{','.join(SHELLS)}}}", file=sys.stderr)
         return 2

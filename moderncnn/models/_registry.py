@@ -131,6 +131,7 @@ def variant_builder(
         args = get_variant_config(name).build_args(kwargs)
         return model_class(num_classes=num_classes, in_chans=in_chans, **args)
 
+    create.__module__ = model_class.__module__  # the entry points live in the family's module
     return create
 
 
