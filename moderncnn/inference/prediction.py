@@ -92,14 +92,10 @@ def predict(
             run resumes.
         shard_size: files per shard (with several processes).
     """
-    outs = [] if out is None else [out] if isinstance(out, str | Path) else list(out)
-    for file in outs:
-        if Path(file).suffix.lower() not in (".csv", ".json"):
-            raise ConfigError(f"out {str(file)!r}: give a file ending in .csv or .json")
+    outs = _output_files(out)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if tta is not None and not isinstance(tta, str):  # "hflip,shift" on a command line
-        tta = [view for item in tta for view in str(item).split(",") if view]
+    tta = _tta_views(tta)
     trainer = trainer or PredictSettings()
     joined = parts is None and bool(outs) and trainer.processes > 1
     parts = Path(f"{outs[0]}.parts") if joined else parts
@@ -109,12 +105,32 @@ def predict(
         trainer=trainer, parts=parts, shard_size=shard_size,
     )  # fmt: skip
     if outs and is_rank_zero():
-        for file in outs:
-            write = write_json if Path(file).suffix.lower() == ".json" else write_csv
-            write(predictions, file)
+        _write_outputs(predictions, outs)
         if joined:
             shutil.rmtree(parts)
     return predictions
+
+
+def _output_files(out: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
+    """The files to write, each a .csv or .json (a ConfigError naming another)."""
+    outs = [] if out is None else [out] if isinstance(out, str | Path) else list(out)
+    for file in outs:
+        if Path(file).suffix.lower() not in (".csv", ".json"):
+            raise ConfigError(f"out {str(file)!r}: give a file ending in .csv or .json")
+    return outs
+
+
+def _tta_views(tta: Sequence[str] | None) -> Sequence[str] | None:
+    """The views, "hflip,shift" (a command line's spelling) split at the commas."""
+    if tta is None or isinstance(tta, str):
+        return tta
+    return [view for item in tta for view in str(item).split(",") if view]
+
+
+def _write_outputs(predictions: list[Prediction], outs: list[str | Path]) -> None:
+    for file in outs:
+        write = write_json if Path(file).suffix.lower() == ".json" else write_csv
+        write(predictions, file)
 
 
 def _predict(

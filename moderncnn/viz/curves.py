@@ -154,23 +154,14 @@ def plot_curves(
         save = metrics_file(files[0]).parent / "curves.png" if files else None
     if not files:
         raise DataError("plot_curves needs a run folder or metrics.csv, got an empty list")
-    epochs: dict[int, dict[str, float]] = {}
-    rates: dict[str, list[tuple[float, float]]] = {}
-    for file in files:
-        for epoch, metrics in read_metrics(file).items():
-            epochs.setdefault(epoch, {}).update(metrics)
-        for name, points in read_learning_rates(file).items():
-            rates.setdefault(name, []).extend(points)
+    epochs, rates = _merged_metrics(files)
     panels = [(label, names) for label, names in PANELS if _any(epochs, names)]
     figure = new_figure(figsize=(4.2 * (len(panels) + 1), 3.8))
     axes = figure.subplots(1, len(panels) + 1, squeeze=False)[0]
     plotted = {name for _, names in panels for name in names}
     last_epoch = max((e for e, m in epochs.items() if plotted & set(m)), default=0)
     for ax, (label, names) in zip(axes, panels, strict=False):
-        for name in names:
-            points = [(e, m[name]) for e, m in sorted(epochs.items()) if name in m]
-            if points:
-                ax.plot(*zip(*points, strict=True), "-o", label=name, markersize=3)
+        _plot_epochs(ax, epochs, names)
         ax.set_xlim(-0.25, max(last_epoch, 1) + 0.25)  # two integers in view: integer ticks
         _style(ax, label)
     _plot_rates(axes[-1], rates)
@@ -178,6 +169,27 @@ def plot_curves(
     last = metrics_file(files[-1]).parent
     figure.suptitle(title or f"{_model_name(last) or 'model'}: {last}")
     return finish(figure, save)
+
+
+def _merged_metrics(
+    files: list[str | Path],
+) -> tuple[dict[int, dict[str, float]], dict[str, list[tuple[float, float]]]]:
+    """Per-epoch metrics and learning-rate points of several metrics files, later ones winning."""
+    epochs: dict[int, dict[str, float]] = {}
+    rates: dict[str, list[tuple[float, float]]] = {}
+    for file in files:
+        for epoch, metrics in read_metrics(file).items():
+            epochs.setdefault(epoch, {}).update(metrics)
+        for name, points in read_learning_rates(file).items():
+            rates.setdefault(name, []).extend(points)
+    return epochs, rates
+
+
+def _plot_epochs(ax: Axes, epochs: dict[int, dict[str, float]], names: Sequence[str]) -> None:
+    for name in names:
+        points = [(e, m[name]) for e, m in sorted(epochs.items()) if name in m]
+        if points:
+            ax.plot(*zip(*points, strict=True), "-o", label=name, markersize=3)
 
 
 def _any(epochs: dict[int, dict[str, float]], names: Sequence[str]) -> bool:
