@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import torch
 import yaml
 
 from moderncnn.training.compare import compare, markdown_table
+from moderncnn.training.run_facts import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -112,7 +112,7 @@ def main() -> int:
         "# `moderncnn compare`: four families on Fashion-MNIST, on a CPU",
         "",
         f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
-        f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; "
+        f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         f"- load average (1 min) at start: {load:.2f}; whole compare: {minutes:.1f} min",
         "- budget: 2 epochs of 3,584 training images (batch 128, SGD + Nesterov, one cycle, "

@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 from moderncnn.data import CIFAR10DataModule, FashionMNISTDataModule
 from moderncnn.data.fashion_mnist import DEBIAN_DIR
 from moderncnn.data.in_memory import TensorDataModule
+from moderncnn.training.run_facts import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data.md"
 GOAL = 5.0  # ours / glue, batches per second (higher is better)
@@ -178,12 +179,7 @@ class _TrainingTrainer:
 
 
 def machine_info(args: argparse.Namespace) -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     device = args.device
     if device.type == "cuda":
         device = f"{device} ({torch.cuda.get_device_name(device)})"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import torch
 import yaml
 
 from moderncnn.training.compare import compare
+from moderncnn.training.run_facts import cpu_name
 from moderncnn.training.trials import TrialResult
 from moderncnn.viz import plot_degradation
 from moderncnn.viz.degradation import read_step_curves
@@ -64,15 +64,6 @@ def final_errors(trial: TrialResult) -> dict[str, float]:
         "test": 100 * (1 - trial.test_acc) if trial.test_acc is not None else float("nan"),
         "steps": train[-1][0] if train else 0,
     }
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def schedule(config: dict) -> str:

@@ -48,6 +48,8 @@ import torch
 import torchvision
 from torch import nn
 
+from moderncnn.training.run_facts import cpu_name
+
 RESULTS = Path(__file__).resolve().parent / "results" / "features.md"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Goals, ours against the seeds (higher is better): extraction images/s, cache bytes (seeds /
@@ -413,12 +415,7 @@ def goals_summary(runs: dict[str, list[dict]], paths: list[str]) -> list[str]:
 
 
 def machine_info(args: argparse.Namespace) -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     device = str(args.device)
     if args.device.type == "cuda":
         device = f"{device} ({torch.cuda.get_device_name(args.device)})"

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from moderncnn import create_model
 from moderncnn.inference import optimize_for_inference
+from moderncnn.training.run_facts import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "models.md"
 # Resolution each model is published at (px).
@@ -290,12 +291,7 @@ def spread(values: list[float]) -> str:
 
 
 def machine_info(args: argparse.Namespace) -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     return [
         f"- CPU: {cpu}, {os.cpu_count()} logical cores; torch threads: {torch.get_num_threads()}"
         f" (`torch.set_num_threads({args.threads})`, `--threads`)",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,20 +32,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from moderncnn.training.run_facts import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "scale.md"
 WIDTHS = {"channels": [16, 32, 64, 128], "layers": [1, 1, 1, 1]}
 IMAGES = 1024
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_images(root: Path, count: int) -> Path:

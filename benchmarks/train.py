@@ -47,6 +47,7 @@ from torchvision.transforms import v2
 
 import moderncnn
 from moderncnn.data.idx import read_idx
+from moderncnn.training.run_facts import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -209,12 +210,7 @@ def run_plain(seed: int, quick: bool) -> tuple[float, float]:
 
 
 def machine_info() -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     busy = (
         [f"- **busy machine (load {load:.1f} on {cores} cores): times are inflated; re-run**"]

@@ -52,6 +52,7 @@ from moderncnn.data import FashionMNISTDataModule
 from moderncnn.io.card import Preprocess
 from moderncnn.models import create_model
 from moderncnn.training.module import ImageClassifier
+from moderncnn.training.run_facts import cpu_name
 from moderncnn.transfer.features import extract_features
 from moderncnn.transfer.finetune import FreezeBackbone
 from moderncnn.transfer.probe import train_probe
@@ -295,14 +296,6 @@ def parameters(label: str) -> int:
     name, kwargs = ARCHITECTURES[label]
     network = create_model(name, num_classes=5, in_chans=1, **kwargs)
     return sum(p.numel() for p in network.parameters())
-
-
-def cpu_name() -> str:
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def markdown(rows: list[Row], notes: list[str], budget: Budget, info: dict[str, Any]) -> str:

@@ -558,7 +558,10 @@ def check_one_line(status: int, err: str, command: str) -> None:
     assert status in (0, 1), (status, err[-2000:])
     assert "Traceback" not in err, err[-3000:]
     if status:
-        errors = [line for line in err.splitlines() if line.startswith(f"moderncnn {command}:")]
+        # one error line; the warnings of the run before it are one line each
+        errors = [
+            line for line in err.splitlines() if line.startswith(f"moderncnn {command}: error")
+        ]
         assert len(errors) == 1, err[-3000:]
 
 
@@ -585,9 +588,9 @@ def check_tune_state(state: dict) -> None:
         before = journal.read_bytes() if journal.exists() else None
         argv = ["tune", "-c", str(config), "--space", str(space), "--trials", "1",
                 "--out", str(out), "--startup_trials", str(state["startup"]),
-                "--warmup-epochs", str(state["warmup"])]  # fmt: skip
+                "--warmup_epochs", str(state["warmup"])]  # fmt: skip
         argv += [f"--storage={storage}"] if storage else []
-        argv += [f"--study={state['study']}"] if state["study"] is not None else []
+        argv += [f"--study_name={state['study']}"] if state["study"] is not None else []
         status, err = run_command(argv, work)
         check_one_line(status, err, "tune")
         assert {k: v for k, v in snapshot_files(out / "trials").items() if k in kept} == kept

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import import_module
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from types import SimpleNamespace, UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 __all__ = ["Command", "apply_deprecated", "function_parser", "run_function"]
 
@@ -101,10 +101,11 @@ def apply_deprecated(command: str, argv: Sequence[str], table: Mapping[str, Any]
             tokens = new(value)
             if tokens[:1] != (flag,):
                 warn(flag, tokens[:1])
-            out += [*tokens, value]
+            # FLAG=VALUE keeps the value bound to its flag (one that starts with '-', or empty)
+            out += [*tokens[:-1], f"{tokens[-1]}={value}"] if eq else [*tokens, value]
         else:
             warn(flag, new)
-            out += [*new, value] if eq else list(new)
+            out += [*new[:-1], f"{new[-1]}={value}"] if eq else list(new)
         i += 1
     return out
 
@@ -120,12 +121,15 @@ def _signature(func: Callable[..., Any]) -> inspect.Signature:
     """``func``'s signature with its parameters' annotations evaluated (its return annotation
     may name a type imported only for type checkers, such as matplotlib's Figure)."""
     signature = inspect.signature(func)
-    params = []
-    for param in signature.parameters.values():
-        annotation = param.annotation
-        if isinstance(annotation, str):
-            annotation = eval(annotation, getattr(func, "__globals__", {}))  # noqa: S307
-        params.append(param.replace(annotation=annotation))
+    # typing resolves the parameters' string annotations in the function's module (the return
+    # annotation is left out: it may name a type that module imports for type checkers only).
+    stub = SimpleNamespace(
+        __annotations__={n: p.annotation for n, p in signature.parameters.items()
+                         if p.annotation is not inspect.Parameter.empty}
+    )  # fmt: skip
+    hints = get_type_hints(stub, globalns=getattr(func, "__globals__", {}))
+    params = [p.replace(annotation=hints.get(n, p.annotation))
+              for n, p in signature.parameters.items()]  # fmt: skip
     return signature.replace(parameters=params, return_annotation=inspect.Signature.empty)
 
 

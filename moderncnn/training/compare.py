@@ -123,7 +123,7 @@ def compare(
             replaced by each name.
         models: registered model names (moderncnn models), each compared once.
         seeds: seeds per model: seed_everything 0, 1, ... seeds-1.
-        out: output folder; trials go to out/runs/<model>/seed<k>/.
+        out: output folder; trials go to ``out/runs/MODEL/seedK/``.
         overrides: dotted keys set for every model ({"trainer.max_epochs": 5}); on the
             command line any --KEY VALUE with a dotted key (--trainer.max_epochs 5).
         model_overrides: settings of one model only, after overrides: {model: {dotted key:

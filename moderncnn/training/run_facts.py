@@ -109,7 +109,8 @@ def valid_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
     return valid
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), what benchmarks and run reports name."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -122,7 +123,7 @@ def _cpu_name() -> str:
 def hardware() -> dict[str, Any]:
     """The machine a run used: CPU, cores, torch threads, GPU and library versions."""
     facts: dict[str, Any] = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

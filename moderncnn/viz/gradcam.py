@@ -266,7 +266,7 @@ def explain(
         target: the class to explain, by name or index (default: each image's prediction).
         stage: feature_info index or module name (default: the last stage).
         topk: classes listed beside each map.
-        out: a folder: one <image name>.gradcam.png per image is written there.
+        out: a folder: one ``IMAGE.gradcam.png`` per image is written there.
         batch_size: images per Grad-CAM pass; memory grows with it, not with the image count.
     """
     _check_positive("topk", topk)
